@@ -1,0 +1,272 @@
+"""configure + make of each variant → a build manifest.
+
+Both variants are built out of tree with the same compiler and the same
+configure flags, so the two binaries differ only by the patch series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import PINNED_COMMIT, __version__
+from .errors import InfraError, UserError
+from .paths import patches_dir
+from .proc import run
+from .source import Checkout, PatchFile, SourceCache, _write_json, patch_series, series_key
+
+Progress = Callable[[str], None]
+
+# Which patch directories make each variant, in application order.
+VARIANT_LAYERS: dict[str, tuple[str, ...]] = {
+    "baseline": ("compat",),
+    "dataplane": ("compat", "dataplane"),
+    "poll": ("compat", "dataplane", "beyond"),
+}
+
+CONFIGURE_FLAGS: tuple[str, ...] = (
+    "--target-list=x86_64-softmmu",
+    "--python=python3",
+    "--enable-linux-aio",
+    "--disable-werror",
+    "--disable-smartcard",
+    "--disable-smartcard-nss",
+    "--disable-guest-agent",
+    "--disable-opengl",
+    "--disable-sdl",
+    "--disable-vnc-tls",
+    "--disable-vnc-sasl",
+    "--disable-curses",
+    "--disable-docs",
+    "--disable-spice",
+    "--disable-xen",
+    "--audio-drv-list=",
+    "--disable-strip",
+)
+
+BINARY = Path("x86_64-softmmu") / "qemu-system-x86_64"
+
+# tool or header → the Debian package that provides it
+REQUIRED_TOOLS = {"gcc": "build-essential", "make": "build-essential",
+                  "pkg-config": "pkg-config", "python3": "python3", "git": "git"}
+REQUIRED_PKGCONFIG = {"glib-2.0": "libglib2.0-dev", "zlib": "zlib1g-dev"}
+REQUIRED_HEADERS = {"libaio.h": "libaio-dev"}
+
+
+@dataclass(frozen=True)
+class VariantPlan:
+    name: str
+    patches: tuple[PatchFile, ...]
+    worktree: Path
+    build_dir: Path
+    up_to_date: bool
+
+    @property
+    def binary(self) -> Path:
+        return self.build_dir / BINARY
+
+
+@dataclass
+class BuildOutcome:
+    name: str
+    manifest: dict
+    rebuilt: bool
+    skipped_reason: str | None = None
+    notices: list[str] = field(default_factory=list)
+
+
+def variant_patches(name: str, root: Path | None = None) -> list[PatchFile] | None:
+    """The variant's patches in order, or None if one of its layers has no patches yet."""
+    root = root or patches_dir()
+    patches: list[PatchFile] = []
+    for layer in VARIANT_LAYERS[name]:
+        found = patch_series(root / layer)
+        if not found:
+            return None
+        patches += found
+    return patches
+
+
+def check_prerequisites() -> None:
+    """Every missing tool or header at once, as the Debian packages to install."""
+    missing: dict[str, str] = {}
+    for tool, package in REQUIRED_TOOLS.items():
+        if not shutil.which(tool):
+            missing[tool] = package
+    if shutil.which("pkg-config"):
+        for module, package in REQUIRED_PKGCONFIG.items():
+            if run(["pkg-config", "--exists", module], check=False).returncode != 0:
+                missing[module] = package
+    for header, package in REQUIRED_HEADERS.items():
+        if not any(Path(d, header).exists() for d in ("/usr/include", "/usr/local/include")):
+            missing[header] = package
+    if missing:
+        packages = " ".join(sorted(set(missing.values())))
+        raise UserError(f"missing {', '.join(missing)}; install with: apt-get install {packages}")
+
+
+def compiler_version() -> str:
+    return run(["gcc", "--version"]).output.splitlines()[0].strip()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path(build_dir: Path) -> Path:
+    return build_dir / "manifest.json"
+
+
+def read_manifest(build_dir: Path) -> dict | None:
+    try:
+        return json.loads(manifest_path(build_dir).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _inputs(cache: SourceCache, patches: tuple[PatchFile, ...] | list[PatchFile],
+            compiler: str) -> dict:
+    """What a build depends on; equal inputs and an intact binary mean nothing to do."""
+    return {
+        "source_commit": cache.commit,
+        "series_key": series_key(cache.commit, patches),
+        "configure_flags": list(CONFIGURE_FLAGS),
+        "compiler": compiler,
+    }
+
+
+def is_up_to_date(build_dir: Path, inputs: dict) -> bool:
+    manifest = read_manifest(build_dir)
+    if not manifest or manifest.get("status") != "ok":
+        return False
+    if any(manifest.get(key) != value for key, value in inputs.items()):
+        return False
+    binary = build_dir / BINARY
+    return binary.exists() and sha256_file(binary) == manifest.get("binary_sha256")
+
+
+class Builder:
+    """Plans and builds the variants of one source into one cache."""
+
+    def __init__(self, cache: SourceCache, jobs: int | None = None,
+                 progress: Progress | None = None):
+        self.cache = cache
+        self.jobs = jobs or max(1, os.cpu_count() or 1)
+        self.progress = progress or (lambda message: None)
+        self._compiler: str | None = None
+
+    @property
+    def compiler(self) -> str:
+        if self._compiler is None:
+            self._compiler = compiler_version()
+        return self._compiler
+
+    def build_dir(self, name: str) -> Path:
+        return self.cache.cache / "build" / name
+
+    def plan(self, names: list[str]) -> tuple[list[VariantPlan], list[str]]:
+        """The variants that can be built now, and a notice for each that cannot."""
+        plans, notices = [], []
+        for name in names:
+            patches = variant_patches(name)
+            if patches is None:
+                missing = [layer for layer in VARIANT_LAYERS[name] if not patch_series(patches_dir() / layer)]
+                notices.append(f"{name}: not built: patches/{missing[0]} has no patches yet")
+                continue
+            build_dir = self.build_dir(name)
+            inputs = _inputs(self.cache, patches, self.compiler)
+            plans.append(VariantPlan(name, tuple(patches), self.cache.worktrees / name,
+                                     build_dir, is_up_to_date(build_dir, inputs)))
+        return plans, notices
+
+    def build(self, plan: VariantPlan, repo) -> BuildOutcome:
+        inputs = _inputs(self.cache, plan.patches, self.compiler)
+        if plan.up_to_date:
+            return BuildOutcome(plan.name, read_manifest(plan.build_dir) or {}, rebuilt=False)
+        checkout = self.cache.checkout(repo, plan.name, list(plan.patches), self.progress)
+        started = time.monotonic()
+        manifest = self._manifest(plan, checkout, inputs, status="building")
+        _write_json(manifest_path(plan.build_dir), manifest)
+        self._configure(plan, checkout)
+        self._make(plan)
+        manifest.update(
+            status="ok",
+            binary_sha256=sha256_file(plan.binary),
+            build_seconds=round(time.monotonic() - started, 1),
+            version=run([plan.binary, "-version"]).output.strip().splitlines()[0].split(", Copyright")[0],
+            finished_at=_now(),
+        )
+        _write_json(manifest_path(plan.build_dir), manifest)
+        return BuildOutcome(plan.name, manifest, rebuilt=True)
+
+    def _manifest(self, plan: VariantPlan, checkout: Checkout, inputs: dict, status: str) -> dict:
+        return {
+            "variant": plan.name,
+            "status": status,
+            "source_url": self.cache.source,
+            **inputs,
+            "patches": [{"file": f"{p.path.parent.name}/{p.path.name}", "sha256": p.sha256}
+                        for p in plan.patches],
+            "worktree_head": checkout.head,
+            "worktree_branch": checkout.branch,
+            "configure_command": configure_argv(checkout.path),
+            "make_command": ["make", f"-j{self.jobs}"],
+            "binary": str(plan.binary),
+            "harness_version": __version__,
+            "started_at": _now(),
+        }
+
+    def _configure(self, plan: VariantPlan, checkout: Checkout) -> None:
+        """Configure again only if the flags or the worktree path changed."""
+        plan.build_dir.mkdir(parents=True, exist_ok=True)
+        argv = configure_argv(checkout.path)
+        stamp = plan.build_dir / "configure.stamp"
+        if (plan.build_dir / "config-host.mak").exists() and stamp.exists() \
+                and stamp.read_text() == shlex.join(argv):
+            return
+        stamp.unlink(missing_ok=True)
+        self.progress(f"{plan.name}: configure")
+        run(argv, cwd=plan.build_dir, log_file=plan.build_dir / "build.log",
+            what=f"configure {plan.name}", timeout=600)
+        stamp.write_text(shlex.join(argv))
+
+    def _make(self, plan: VariantPlan) -> None:
+        self.progress(f"{plan.name}: make -j{self.jobs} (a cold build takes a minute or two)")
+        log_file = plan.build_dir / "build.log"
+        run(["make", f"-j{self.jobs}"], cwd=plan.build_dir, log_file=log_file,
+            what=f"make {plan.name}", timeout=3600)
+        if not plan.binary.exists():
+            raise InfraError(f"make {plan.name} finished but {plan.binary} is missing (log: {log_file})")
+
+
+def configure_argv(worktree: Path) -> list[str]:
+    return [str(worktree / "configure"), *CONFIGURE_FLAGS]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def built_binary(cache_root: Path, name: str) -> Path:
+    """The binary of a built variant, or a UserError that says how to build it."""
+    manifest = read_manifest(cache_root / "build" / name)
+    binary = cache_root / "build" / name / BINARY
+    if not manifest or manifest.get("status") != "ok" or not binary.exists():
+        raise UserError(f"variant {name!r} is not built; run: harness build --variant {name}")
+    return binary
+
+
+__all__ = ["Builder", "VariantPlan", "BuildOutcome", "VARIANT_LAYERS", "CONFIGURE_FLAGS",
+           "check_prerequisites", "built_binary", "variant_patches", "PINNED_COMMIT"]

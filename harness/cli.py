@@ -1,0 +1,112 @@
+"""The `harness` command: thin wrappers that map errors to exit codes."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import DEFAULT_SOURCE, __version__
+from .errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build, benchmark and report the 2012 virtio-blk data-plane RFC.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _progress(message: str) -> None:
+    console.print(f"[dim]…[/dim] {message}")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every command run."),
+          cache: Optional[Path] = typer.Option(None, "--cache", envvar="HARNESS_CACHE",
+                                               help="Cache directory (clones, builds, guests).")):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(name)s: %(message)s")
+    if cache:
+        import os
+        os.environ["HARNESS_CACHE"] = str(cache)
+
+
+@app.command()
+def version():
+    """Print the harness version."""
+    out.print(__version__)
+
+
+@app.command()
+def build(
+    source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
+                                         help=f"qemu-kvm git URL or local clone [default: {DEFAULT_SOURCE}]"),
+    variant: List[str] = typer.Option(["baseline", "dataplane", "poll"], "--variant",
+                                      help="Variants to build (baseline, dataplane, poll)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Take the source from this bench config."),
+):
+    """Clone the pinned tree, apply the patches and build each variant."""
+    from .build import VARIANT_LAYERS, Builder, check_prerequisites, configure_argv
+    from .config import load_config
+    from .paths import cache_dir
+    from .source import SourceCache
+
+    unknown = [v for v in variant if v not in VARIANT_LAYERS]
+    if unknown:
+        raise HarnessError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANT_LAYERS)}")
+    if config and not source:
+        source = load_config(config).source
+    source = source or DEFAULT_SOURCE
+    cache = SourceCache(cache_dir(), source)
+    check_prerequisites()
+    builder = Builder(cache, jobs=jobs, progress=_progress)
+    plans, notices = builder.plan(list(dict.fromkeys(variant)))
+    for notice in notices:
+        console.print(f"[yellow]note:[/yellow] {notice}")
+    if dry_run:
+        _print_plan(cache, builder, plans, configure_argv)
+        return
+    repo = cache.ensure(progress=_progress)
+    table = Table("variant", "status", "seconds", "binary", "version")
+    for plan in plans:
+        outcome = builder.build(plan, repo)
+        manifest = outcome.manifest
+        table.add_row(plan.name, "built" if outcome.rebuilt else "up to date",
+                      str(manifest.get("build_seconds", "")) if outcome.rebuilt else "0",
+                      manifest.get("binary", ""), manifest.get("version", ""))
+    out.print(table)
+
+
+def _print_plan(cache, builder, plans, configure_argv) -> None:
+    out.print(f"source: {cache.source} @ {cache.commit}")
+    out.print(f"cache:  {cache.cache}")
+    for plan in plans:
+        state = "up to date, nothing to do" if plan.up_to_date else "will build"
+        out.print(f"\n[bold]{plan.name}[/bold]: {state}")
+        out.print(f"  worktree: {plan.worktree} (branch harness/{plan.name})")
+        for patch in plan.patches:
+            out.print(f"  git am {patch.path.parent.name}/{patch.path.name}")
+        out.print(f"  in {plan.build_dir}: {shlex.join(configure_argv(plan.worktree))}")
+        out.print(f"  make -j{builder.jobs}")
+
+
+def main() -> None:
+    try:
+        app()
+    except HarnessError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]; finished work is kept")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Benchmark configuration: YAML → validated, frozen specs.
+
+All validation lives here, so that a malformed file fails before anything is
+built or booted, with one line naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+BUILT_VARIANTS = ("baseline", "dataplane", "poll")
+RW_MODES = ("randread", "randwrite", "read", "write", "randrw")
+ACCELS = ("auto", "kvm", "tcg")
+GUEST_KINDS = ("fio", "microguest", "custom")
+AIO_MODES = ("native", "io_uring", "threads")
+_SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
+
+
+def parse_size(text: str | int) -> int:
+    """'4k' → 4096, '1G' → 1 GiB, 512 → 512 (bytes)."""
+    match = _SIZE_RE.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (use e.g. 512, 4k, 64M, 1G)")
+    number, unit = match.groups()
+    return int(number) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit.lower()]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VariantSpec(_Spec):
+    """One QEMU to compare: a build of ours, or a QEMU binary on the system."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    build: Literal["baseline", "dataplane", "poll"] | None = None
+    binary: str | None = None
+    iothread: bool = False
+    aio: Literal["native", "io_uring", "threads"] = "native"
+    device_props: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        if isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, dict) and not value.get("build") and not value.get("binary"):
+            if value.get("name") in BUILT_VARIANTS:
+                value = {**value, "build": value["name"]}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.build) == bool(self.binary):
+            raise ValueError(
+                f"variant {self.name!r}: give exactly one of 'build' "
+                f"({', '.join(BUILT_VARIANTS)}) or 'binary' (a QEMU on this system)"
+            )
+        if self.build and self.iothread:
+            raise ValueError(f"variant {self.name!r}: iothread= needs a system QEMU ('binary'); "
+                             "the 2012 tree has no iothread objects")
+        if self.build and self.aio != "native":
+            raise ValueError(f"variant {self.name!r}: the 2012 tree supports only aio: native")
+        return self
+
+
+class DiskSpec(_Spec):
+    """A preallocated raw test image; several disks form a matrix dimension."""
+
+    name: str = Field(default="disk", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    path: Path
+    size: str = "1G"
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) < (16 << 20):
+            raise ValueError("size must be at least 16M")
+        return value
+
+    @property
+    def size_bytes(self) -> int:
+        return parse_size(self.size)
+
+
+class GuestSpec(_Spec):
+    kind: Literal["fio", "microguest", "custom"] = "fio"
+    memory_mb: int = Field(default=512, ge=64, le=16384)
+    vcpus: int = Field(default=1, ge=1, le=64)
+    # custom guests: the user's own kernel/initrd or disk image with an SSH login
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    image: Path | None = None
+    ssh_user: str = "root"
+    ssh_key: Path | None = None
+    # micro-guest: how it waits for completions
+    wait: Literal["poll", "irq", "intx"] = "poll"
+
+    @model_validator(mode="after")
+    def _custom_needs(self):
+        if self.kind == "custom" and not (self.kernel or self.image):
+            raise ValueError("guest.kind 'custom' needs guest.kernel (with initrd) or guest.image")
+        if self.kind == "custom" and not self.ssh_key:
+            raise ValueError("guest.kind 'custom' needs guest.ssh_key (the private key to log in)")
+        return self
+
+
+class WorkloadSpec(_Spec):
+    rw: list[Literal["randread", "randwrite", "read", "write", "randrw"]] = ["randread"]
+    bs: list[str] = ["4k"]
+    iodepth: list[int] = [1, 16]
+    numjobs: list[int] = [1]
+    runtime_s: int = Field(default=10, ge=1, le=3600)
+    ramp_s: int = Field(default=2, ge=0, le=600)
+    requests: int = Field(default=20000, ge=1, description="micro-guest requests per point")
+
+    @field_validator("bs", mode="before")
+    @classmethod
+    def _bs_text(cls, values):
+        return [str(v) for v in values] if isinstance(values, list) else values
+
+    @field_validator("bs")
+    @classmethod
+    def _bs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            size = parse_size(value)
+            if size < 512 or size % 512:
+                raise ValueError(f"bs {value!r} must be a multiple of 512 bytes")
+        return values
+
+    @field_validator("iodepth", "numjobs")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if not values or any(v < 1 or v > 1024 for v in values):
+            raise ValueError("must be a non-empty list of integers from 1 to 1024")
+        return values
+
+
+class TimeoutSpec(_Spec):
+    boot_s: int = Field(default=300, ge=5)
+    point_s: int = Field(default=180, ge=5)
+    shutdown_s: int = Field(default=20, ge=1)
+
+
+class BenchConfig(_Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    source: str | None = None
+    variants: list[VariantSpec]
+    baseline: str = "baseline"
+    guest: GuestSpec = GuestSpec()
+    disks: list[DiskSpec]
+    workloads: WorkloadSpec = WorkloadSpec()
+    repetitions: int = Field(default=3, ge=1, le=100)
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    timeouts: TimeoutSpec = TimeoutSpec()
+
+    @model_validator(mode="after")
+    def _names(self):
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: names must be unique, got {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the variants {names}")
+        disk_names = [d.name for d in self.disks]
+        if len(set(disk_names)) != len(disk_names):
+            raise ValueError(f"disks: names must be unique, got {disk_names}")
+        return self
+
+    def variant(self, name: str) -> VariantSpec:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise UserError(f"unknown variant {name!r}; the config has {[v.name for v in self.variants]}")
+
+
+def _one_line(exc: ValidationError, origin: str) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{origin}: {where}: {message}{more}"
+
+
+def load_config(path: Path | str) -> BenchConfig:
+    """Read and validate a YAML config; any problem is one UserError line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config {path}: {exc.strerror}") from exc
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, origin: str = "<config>") -> BenchConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{origin}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{origin}: expected a mapping of settings at the top level")
+    try:
+        return BenchConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(_one_line(exc, origin)) from exc

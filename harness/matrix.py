@@ -1,0 +1,74 @@
+"""The benchmark matrix: which points run, in which order.
+
+A point is one measurement: variant × disk × workload × repetition.  Points are
+grouped into sessions (one VM boot runs every workload of one variant, disk and
+repetition), and sessions are interleaved across variants — A B A B, with the
+order of variants rotated on each repetition — so that drift of the machine
+over the run cancels out instead of favouring whichever variant ran first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+from .config import BenchConfig
+
+
+@dataclass(frozen=True)
+class Workload:
+    rw: str
+    bs: str
+    iodepth: int
+    numjobs: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.rw}-{self.bs}-qd{self.iodepth}-j{self.numjobs}"
+
+
+@dataclass(frozen=True)
+class Point:
+    variant: str
+    disk: str
+    workload: Workload
+    rep: int
+
+    @property
+    def key(self) -> str:
+        """Unique within a run; names the raw output files and the resume state."""
+        return f"{self.variant}.{self.disk}.{self.workload.label}.r{self.rep}"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One VM boot: a variant on a disk, running several workloads for one repetition."""
+
+    variant: str
+    disk: str
+    rep: int
+    points: tuple[Point, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}.{self.disk}.r{self.rep}"
+
+
+def workloads(config: BenchConfig) -> list[Workload]:
+    spec = config.workloads
+    return [Workload(rw, bs, qd, jobs)
+            for rw, bs, qd, jobs in product(spec.rw, spec.bs, spec.iodepth, spec.numjobs)]
+
+
+def plan(config: BenchConfig) -> list[Session]:
+    """All sessions of a run in execution order (variants interleaved and rotated)."""
+    names = [v.name for v in config.variants]
+    sessions = []
+    for rep in range(1, config.repetitions + 1):
+        shift = (rep - 1) % len(names)
+        order = names[shift:] + names[:shift]
+        for disk in config.disks:
+            for variant in order:
+                points = tuple(Point(variant, disk.name, w, rep) for w in workloads(config))
+                sessions.append(Session(variant, disk.name, rep, points))
+    return sessions

@@ -1,0 +1,98 @@
+"""Build planning and manifests (pure), and the real build when a source is at hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import PINNED_COMMIT
+from harness.build import CONFIGURE_FLAGS, VARIANT_LAYERS, is_up_to_date, sha256_file, variant_patches
+from harness.source import series_key
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fake_build(tmp_path: Path, inputs: dict) -> Path:
+    build_dir = tmp_path / "build"
+    binary = build_dir / "x86_64-softmmu" / "qemu-system-x86_64"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(b"\x7fELF fake")
+    manifest = {"status": "ok", "binary_sha256": sha256_file(binary), **inputs}
+    (build_dir / "manifest.json").write_text(json.dumps(manifest))
+    return build_dir
+
+
+def test_manifest_decides_up_to_date(tmp_path):
+    inputs = {"source_commit": PINNED_COMMIT, "series_key": "k", "configure_flags": list(CONFIGURE_FLAGS),
+              "compiler": "gcc 12"}
+    build_dir = _fake_build(tmp_path, inputs)
+    assert is_up_to_date(build_dir, inputs)
+    assert not is_up_to_date(build_dir, {**inputs, "series_key": "other"})
+    assert not is_up_to_date(build_dir, {**inputs, "compiler": "gcc 13"})
+    (build_dir / "x86_64-softmmu" / "qemu-system-x86_64").write_bytes(b"changed")
+    assert not is_up_to_date(build_dir, inputs)
+
+
+def test_interrupted_build_manifest_is_not_up_to_date(tmp_path):
+    inputs = {"series_key": "k"}
+    build_dir = _fake_build(tmp_path, inputs)
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    (build_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "building"}))
+    assert not is_up_to_date(build_dir, inputs)
+
+
+def test_series_key_depends_on_order_and_content(tmp_path):
+    from harness.source import PatchFile
+    a, b = PatchFile(Path("a"), "1" * 64), PatchFile(Path("b"), "2" * 64)
+    assert series_key("c", [a, b]) != series_key("c", [b, a])
+    assert series_key("c", [a]) != series_key("d", [a])
+
+
+def test_variant_layers_use_the_shipped_patches():
+    baseline = variant_patches("baseline")
+    assert baseline and all(p.path.parent.name == "compat" for p in baseline)
+    assert VARIANT_LAYERS["dataplane"][:1] == ("compat",)
+    dataplane = variant_patches("dataplane")
+    if dataplane is not None:
+        assert dataplane[: len(baseline)] == baseline
+
+
+def _harness(*args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=3600)
+
+
+def test_cli_rejects_unknown_variant():
+    result = _harness("build", "--variant", "turbo", "--dry-run")
+    assert result.returncode == 1 and "unknown variant 'turbo'" in result.stderr
+
+
+@pytest.mark.integration
+def test_real_build_then_noop(source_or_skip, tmp_path):
+    """Builds baseline (and dataplane if its series exists) from a real qemu-kvm source."""
+    import os
+    env = {**os.environ, "HARNESS_SOURCE": source_or_skip}
+    dry = _harness("build", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "git am compat/0001" in dry.stdout
+    first = _harness("build", env=env)
+    assert first.returncode == 0, first.stderr + first.stdout
+    started = time.monotonic()
+    second = _harness("build", env=env)
+    assert second.returncode == 0 and time.monotonic() - started < 10
+    assert "up to date" in second.stdout and "built " not in second.stdout
+    from harness.paths import cache_dir
+    for variant in ("baseline", "dataplane"):
+        manifest_file = cache_dir() / "build" / variant / "manifest.json"
+        if variant != "baseline" and not manifest_file.exists():
+            continue
+        manifest = json.loads(manifest_file.read_text())
+        assert manifest["source_commit"] == PINNED_COMMIT and manifest["status"] == "ok"
+        version = subprocess.run([manifest["binary"], "-version"], capture_output=True, text=True)
+        assert "1.0.50" in version.stdout
+        assert sha256_file(Path(manifest["binary"])) == manifest["binary_sha256"]

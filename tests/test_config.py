@@ -1,0 +1,82 @@
+from pathlib import Path
+
+import pytest
+
+from harness.config import load_config, parse_config, parse_size
+from harness.errors import UserError
+from harness.matrix import plan
+
+MINIMAL = """
+name: t
+variants: [baseline, dataplane]
+disks: [{path: /tmp/x.img, size: 64M}]
+"""
+
+
+def test_minimal_config_defaults():
+    config = parse_config(MINIMAL)
+    assert [v.build for v in config.variants] == ["baseline", "dataplane"]
+    assert config.accel == "auto" and config.repetitions == 3
+    assert config.disks[0].size_bytes == 64 << 20
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("workloads: {rw: [sideways]}", "workloads.rw.0"),
+    ("workloads: {iodepth: [0]}", "workloads.iodepth"),
+    ("workloads: {bs: [1000]}", "multiple of 512"),
+    ("accel: hvf", "accel"),
+    ("repetitions: 0", "repetitions"),
+    ("bogus: 1", "bogus"),
+])
+def test_bad_field_is_named(text, expected):
+    with pytest.raises(UserError) as info:
+        parse_config(MINIMAL + text, "c.yaml")
+    message = str(info.value)
+    assert message.startswith("c.yaml: ") and expected in message and "\n" not in message
+
+
+def test_unknown_build_and_no_source():
+    with pytest.raises(UserError, match="exactly one of 'build'"):
+        parse_config("name: t\nvariants: [{name: mine}]\ndisks: [{path: /x}]")
+    with pytest.raises(UserError, match="baseline: 'nope' is not one of"):
+        parse_config(MINIMAL + "baseline: nope")
+
+
+def test_system_variant_and_iothread_rules():
+    config = parse_config(MINIMAL.replace(
+        "[baseline, dataplane]",
+        "[baseline, {name: q, binary: qemu-system-x86_64, iothread: true, aio: io_uring}]"))
+    assert config.variant("q").iothread and config.variant("q").aio == "io_uring"
+    with pytest.raises(UserError, match="iothread"):
+        parse_config(MINIMAL.replace("[baseline, dataplane]", "[{name: baseline, iothread: true}]"))
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\nvariants: [baseline\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        load_config(path)
+    with pytest.raises(UserError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_sizes():
+    assert parse_size("4k") == 4096 and parse_size("1G") == 1 << 30 and parse_size(512) == 512
+    with pytest.raises(ValueError):
+        parse_size("4 KB")
+
+
+def test_plan_interleaves_and_rotates():
+    config = parse_config(MINIMAL + "repetitions: 2\nworkloads: {iodepth: [1, 4]}")
+    sessions = plan(config)
+    assert [s.variant for s in sessions] == ["baseline", "dataplane", "dataplane", "baseline"]
+    assert all(len(s.points) == 2 for s in sessions)
+    keys = [p.key for s in sessions for p in s.points]
+    assert len(keys) == len(set(keys))
+
+
+def test_shipped_configs_are_valid():
+    for path in sorted(Path(__file__).parent.parent.glob("configs/*.yaml")):
+        if path.name == "published.yaml":
+            continue
+        load_config(path)
