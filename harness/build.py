@@ -270,3 +270,40 @@ def built_binary(cache_root: Path, name: str) -> Path:
 
 __all__ = ["Builder", "VariantPlan", "BuildOutcome", "VARIANT_LAYERS", "CONFIGURE_FLAGS",
            "check_prerequisites", "built_binary", "variant_patches", "PINNED_COMMIT"]
+
+
+def check_series(builder: Builder, repo, layers: tuple[str, ...] = ("compat", "dataplane"),
+                 report: Callable[[str, bool, str], None] | None = None) -> list[tuple[str, bool]]:
+    """Build the last layer patch by patch (bisectability): [(patch file, compiled?)].
+
+    Uses its own worktree and build directory ("series-check"); each step
+    applies one more patch (the earlier ones stay applied) and runs make, so
+    only the first step is a cold build.  Stops at the first patch that does
+    not compile.
+    """
+    base: list[PatchFile] = []
+    for layer in layers[:-1]:
+        base += patch_series(patches_dir() / layer)
+    series = patch_series(patches_dir() / layers[-1])
+    if not series:
+        raise UserError(f"patches/{layers[-1]} has no patches to check")
+    name = "series-check"
+    build_dir = builder.build_dir(name)
+    outcomes: list[tuple[str, bool]] = []
+    for count in range(len(series) + 1):
+        patches = base + series[:count]
+        label = series[count - 1].path.name if count else "(base)"
+        checkout = builder.cache.checkout(repo, name, patches, builder.progress)
+        plan = VariantPlan(name, tuple(patches), checkout.path, build_dir, up_to_date=False)
+        try:
+            builder._configure(plan, checkout)
+            builder._make(plan)
+        except InfraError as exc:
+            outcomes.append((label, False))
+            if report:
+                report(label, False, str(exc).splitlines()[-1] if str(exc) else "")
+            break
+        outcomes.append((label, True))
+        if report:
+            report(label, True, "")
+    return outcomes

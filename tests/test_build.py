@@ -96,3 +96,15 @@ def test_real_build_then_noop(source_or_skip, tmp_path):
         version = subprocess.run([manifest["binary"], "-version"], capture_output=True, text=True)
         assert "1.0.50" in version.stdout
         assert sha256_file(Path(manifest["binary"])) == manifest["binary_sha256"]
+
+
+def test_missing_tools_name_debian_packages(monkeypatch, tmp_path):
+    from harness.build import check_prerequisites
+    from harness.errors import UserError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no gcc, make, pkg-config
+    with pytest.raises(UserError) as info:
+        check_prerequisites()
+    message = str(info.value)
+    assert "gcc" in message and "apt-get install" in message and "build-essential" in message
+    assert "\n" not in message

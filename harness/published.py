@@ -1,0 +1,338 @@
+"""Published data-plane figures (configs/published.yaml) set beside our own ratios.
+
+Each published figure names which ratio it is (`kind`); ours is computed the
+same way where we can (data plane / baseline, QEMU / host ceiling) at the
+workload closest to the published one.  Everything the comparison says —
+agreement and the reasons it may not carry over — is generated from the data
+and the YAML, never written by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from .config import parse_size
+from .errors import UserError
+from .paths import PROJECT_ROOT
+from .results import HOST_VARIANT
+from .stats import ok_rows, ratio_ci
+
+DEFAULT_PATH = PROJECT_ROOT / "configs" / "published.yaml"
+RATIO_KINDS = ("dataplane/baseline", "ownaio/blocklayer", "batched/blocklayer", "qemu/host")
+KINDS = RATIO_KINDS + ("absolute",)
+SAME_AS_OURS = {"dataplane/baseline": "same comparison as ours",
+                "ownaio/blocklayer": "their baseline is the block-layer data plane, ours the "
+                                     "block layer under the global mutex",
+                "batched/blocklayer": "a later optimisation of the block-layer data plane; "
+                                      "ours has no equivalent",
+                "qemu/host": "same comparison as ours"}
+
+
+@dataclass(frozen=True)
+class Published:
+    id: str
+    source: str
+    date: str
+    reference: str
+    claim: str
+    workload: str
+    match: dict
+    hardware: str
+    storage: str
+    host_cpus: str
+    guest_vcpus: str
+    accel: str
+    compared: str
+    kind: str
+    iops: float | None
+    base_iops: float | None
+    ratio: float | None
+
+
+def load_published(path: Path | str | None = None) -> list[Published]:
+    """The figures of configs/published.yaml; a malformed entry is a UserError."""
+    path = Path(path) if path else DEFAULT_PATH
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read published figures {path}: {exc}") from exc
+    return [_figure(entry, path) for entry in (data or {}).get("figures", [])]
+
+
+def _figure(entry: dict, path: Path) -> Published:
+    names = [f.name for f in fields(Published)]
+    missing = [n for n in names if n not in entry]
+    if missing:
+        raise UserError(f"{path}: figure {entry.get('id', '?')!r} lacks {missing}")
+    if entry["kind"] not in KINDS:
+        raise UserError(f"{path}: figure {entry['id']!r}: kind must be one of {KINDS}")
+    values = {n: entry[n] for n in names}
+    for name in ("iops", "base_iops", "ratio"):
+        values[name] = None if values[name] is None else float(values[name])
+    text = {n: str(values[n]) for n in names if n not in ("match", "iops", "base_iops", "ratio")}
+    return Published(**{**values, **text})
+
+
+# --- choosing our side ----------------------------------------------------------------------
+
+def _workloads(df: pd.DataFrame) -> pd.DataFrame:
+    return df[["rw", "bs", "iodepth", "numjobs"]].drop_duplicates()
+
+
+def closest_workload(df: pd.DataFrame, match: dict) -> tuple | None:
+    """Our workload nearest the published one; unstated fields prefer 4k randread at our
+    deepest queue and most jobs (published figures are peaks)."""
+    candidates = _workloads(df)
+    if candidates.empty:
+        return None
+    target = {"rw": match.get("rw") or "randread", "bs": parse_size(match.get("bs") or "4k"),
+              "iodepth": match.get("iodepth") or candidates["iodepth"].max(),
+              "numjobs": match.get("numjobs") or candidates["numjobs"].max()}
+
+    def distance(row) -> float:
+        return ((row.rw != target["rw"]) * 1000 + (parse_size(row.bs) != target["bs"]) * 100
+                + abs(math.log2(row.iodepth / target["iodepth"])) * 10
+                + abs(math.log2(row.numjobs / target["numjobs"])))
+
+    best = min(candidates.itertuples(index=False), key=distance)
+    return (best.rw, best.bs, int(best.iodepth), int(best.numjobs))
+
+
+def _label(workload: tuple) -> str:
+    rw, bs, qd, jobs = workload
+    return f"{rw} {bs} qd{qd} j{jobs}"
+
+
+def _at(df: pd.DataFrame, workload: tuple) -> pd.DataFrame:
+    rw, bs, qd, jobs = workload
+    return df[(df["rw"] == rw) & (df["bs"] == bs) & (df["iodepth"] == qd) & (df["numjobs"] == jobs)]
+
+
+def dataplane_variants(df: pd.DataFrame, baseline: str) -> list[str]:
+    """Variants named like 'dataplane', else every variant but the baseline."""
+    names = sorted(set(df["variant"]) - {baseline, HOST_VARIANT})
+    named = [n for n in names if "dataplane" in n]
+    return named or names
+
+
+def preferred_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Ok rows of the run, on KVM only when the run has KVM rows (published figures are KVM)."""
+    good = ok_rows(df)
+    guests = good[good["variant"] != HOST_VARIANT]
+    if (guests["accel"] == "kvm").any():
+        keep = (good["accel"] == "kvm") | (good["variant"] == HOST_VARIANT)
+        good = good[keep]
+    return good
+
+
+# --- the comparison -------------------------------------------------------------------------
+
+@dataclass
+class PublishedComparison:
+    ratios: pd.DataFrame     # one row per published figure × our guest × our variant
+    absolute: pd.DataFrame   # our median IOPS per workload and variant beside the host ceiling
+    paragraph: str           # markdown: the accelerator, one bullet per published ratio, the setups
+
+
+def _ours(rows: pd.DataFrame, base: pd.DataFrame) -> dict:
+    ratio, low, high = ratio_ci(rows["iops"], base["iops"])
+    return {"our_ratio": ratio, "our_ci_low": low, "our_ci_high": high,
+            "our_iops": rows["iops"].median(), "our_n": int(rows["iops"].notna().sum())}
+
+
+def _verdict(figure: Published, ours: dict) -> str:
+    if figure.kind == "absolute":
+        return "absolute figure only"
+    if figure.ratio is None:
+        return "no published number"
+    if not np.isfinite(ours.get("our_ratio", np.nan)):
+        return "we have no such measurement"
+    low, high = ours["our_ci_low"], ours["our_ci_high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "no CI (one repetition)"
+    if low <= figure.ratio <= high:
+        return "agrees (published within our CI)"
+    return "ours lower" if high < figure.ratio else "ours higher"
+
+
+def _pairs(figure: Published, mine: pd.DataFrame, host: pd.DataFrame, baseline: str,
+           workload: tuple) -> list[tuple[str, str, pd.DataFrame | None]]:
+    """(variant, denominator name, denominator rows) for the ratio of ours that matches."""
+    here = _at(mine, workload)
+    dataplanes = dataplane_variants(mine, baseline)
+    if figure.kind == "qemu/host":
+        return [(v, HOST_VARIANT, _at(host, workload)) for v in [baseline] + dataplanes]
+    if figure.kind == "absolute":
+        return [(v, "", None) for v in [baseline] + dataplanes]
+    return [(v, baseline, here[here["variant"] == baseline]) for v in dataplanes]
+
+
+def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[dict]:
+    guests_df = good[good["variant"] != HOST_VARIANT]
+    host = good[good["variant"] == HOST_VARIANT]
+    records = []
+    for guest, mine in guests_df.groupby("guest"):
+        workload = closest_workload(mine, figure.match)
+        if workload is None:
+            continue
+        here = _at(mine, workload)
+        for variant, denominator, base in _pairs(figure, mine, host, baseline, workload):
+            rows = here[here["variant"] == variant]
+            ours = {"our_ratio": np.nan, "our_ci_low": np.nan, "our_ci_high": np.nan,
+                    "our_iops": rows["iops"].median() if len(rows) else np.nan, "our_n": len(rows)}
+            if base is not None and len(rows) and len(base):
+                ours = _ours(rows, base)
+            records.append({"figure": figure.id, "source": figure.source, "kind": figure.kind,
+                            "their_workload": figure.workload, "their_hardware": figure.hardware,
+                            "their_storage": figure.storage, "their_cpus": figure.host_cpus,
+                            "their_accel": figure.accel, "their_ratio": figure.ratio,
+                            "their_iops": figure.iops,
+                            "comparable": SAME_AS_OURS.get(figure.kind, "absolute figure"),
+                            "guest": guest,
+                            "our_variant": f"{variant}/{denominator}" if denominator else variant,
+                            "our_workload": _label(workload),
+                            "our_accel": ", ".join(sorted(set(rows["accel"]))) or "none",
+                            **ours, "verdict": _verdict(figure, ours)})
+    return records
+
+
+def absolute_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Our median IOPS per guest, variant and workload beside fio on the host (same image)."""
+    from .stats import host_ceiling, summarize
+    good = preferred_rows(df)
+    keys = ["disk", "rw", "bs", "iodepth", "numjobs"]
+    mine = summarize(good[good["variant"] != HOST_VARIANT])
+    if mine.empty:
+        return pd.DataFrame()
+    table = mine[["guest", "variant", "accel"] + keys + ["iops_median"]]
+    table = table.merge(host_ceiling(good), on=keys, how="left")
+    table["of_host"] = table["iops_median"] / table["host_iops_median"]
+    return table
+
+
+def compare_with_published(df: pd.DataFrame, baseline: str, facts: dict | None = None,
+                           figures: list[Published] | None = None) -> PublishedComparison:
+    """Our ratios beside the published ones, our IOPS beside the host ceiling, and a
+    generated paragraph.  `facts` (from the run manifest) may give host_cpus and storage."""
+    figures = load_published() if figures is None else figures
+    good = preferred_rows(df)
+    records = [r for f in figures for r in _figure_rows(f, good, baseline)]
+    table = pd.DataFrame(records)
+    return PublishedComparison(table, absolute_table(df), _paragraph(table, good, facts or {}))
+
+
+# --- the generated text -----------------------------------------------------------------------
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _accel_sentence(accels: set[str], theirs: set[str]) -> str:
+    if not accels:
+        return "We have no successful measurements to compare."
+    stated = sorted(a.upper() for a in theirs - {"unknown"}) or ["none"]
+    silent = "; the others do not say" if "unknown" in theirs else ""
+    names = ", ".join(sorted(a.upper() for a in accels))
+    if accels == {"kvm"}:
+        return (f"Our numbers were measured on KVM; the published figures that state an "
+                f"accelerator state {', '.join(stated)}{silent}.")
+    return (f"Our numbers were measured under {names}, not KVM; the published figures that "
+            f"state an accelerator state {', '.join(stated)}{silent}. Under TCG the emulated "
+            "guest CPU rather than the I/O path is likely the bottleneck, so only the direction "
+            "of a ratio can be compared, not its size, and no absolute IOPS.")
+
+
+def _ratio_sentence(row) -> str:
+    ours = f"{_fmt(row.our_ratio)} [{_fmt(row.our_ci_low)}, {_fmt(row.our_ci_high)}]"
+    text = (f"{row.source}: published {row.kind} ratio {_fmt(row.their_ratio)} "
+            f"(workload: {row.their_workload}; hardware: {row.their_hardware}); "
+            f"ours {row.our_variant} {ours} at {row.our_workload} with the {row.guest} guest "
+            f"— {row.verdict}")
+    if row.comparable != "same comparison as ours":
+        text += f"; not the same comparison: {row.comparable}"
+    if row.their_accel == "unknown":
+        text += "; their accelerator is not stated"
+    elif row.their_accel != row.our_accel:
+        text += (f"; accelerators differ (theirs {row.their_accel.upper()}, "
+                 f"ours {row.our_accel.upper()})")
+    return text + "."
+
+
+def _setup_sentence(table: pd.DataFrame, facts: dict) -> str:
+    ours_cpus = str(facts.get("host_cpus") or "unknown")
+    ours_storage = str(facts.get("storage") or "unknown")
+    def known(column: str) -> list[str]:
+        return sorted(set(table[column]) - {"unknown"})
+    return (f"Setups differ: our host CPUs: {ours_cpus}; our disk: {ours_storage}; "
+            f"published host CPUs: {'; '.join(known('their_cpus')) or 'unknown'}; published "
+            f"hardware: {'; '.join(known('their_hardware')) or 'unknown'}; published storage: "
+            f"{'; '.join(known('their_storage')) or 'unknown'}.")
+
+
+def _paragraph(table: pd.DataFrame, good: pd.DataFrame, facts: dict) -> str:
+    accels = set(good.loc[good["variant"] != HOST_VARIANT, "accel"])
+    theirs = set(table["their_accel"]) if len(table) else set()
+    parts = [_accel_sentence(accels, theirs)]
+    if not table.empty:
+        numbered = table[table["their_ratio"].notna()]
+        parts.append("\n".join(f"- {_ratio_sentence(row)}" for row in numbered.itertuples(index=False)))
+        parts.append(_setup_sentence(table, facts))
+    return "\n\n".join(p for p in parts if p)
+
+
+# --- the plot ---------------------------------------------------------------------------------
+
+def plot_published(comparison: PublishedComparison, out_base: Path, accel_title: str) -> list[Path]:
+    """Ours (with CI) vs published ratios, one line per published ratio; PNG and SVG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = comparison.ratios
+    if table.empty:
+        return []
+    table = table[table["their_ratio"].notna()].reset_index(drop=True)
+    if table.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(table) + 1.8))
+    y = np.arange(len(table))[::-1]
+    ax.scatter(table["their_ratio"], y + 0.15, marker="D", color="tab:gray", label="published", zorder=3)
+    err = np.array([table["our_ratio"] - table["our_ci_low"], table["our_ci_high"] - table["our_ratio"]])
+    ax.errorbar(table["our_ratio"], y - 0.15, xerr=np.nan_to_num(err), fmt="o", color="tab:blue",
+                capsize=3, label="ours (95% CI)", zorder=3)
+    ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    for yy, theirs, ours in zip(y, table["their_ratio"], table["our_ratio"]):
+        ax.annotate(f"{theirs:.2f}", (theirs, yy + 0.15), textcoords="offset points",
+                    xytext=(6, -3), fontsize=7, color="tab:gray")
+        if np.isfinite(ours):
+            ax.annotate(f"{ours:.2f}", (ours, yy - 0.15), textcoords="offset points",
+                        xytext=(6, 3), fontsize=7, color="tab:blue")
+    labels = [f"{r.figure}\n{r.kind}: ours {r.our_variant}, {r.guest}" for r in table.itertuples()]
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xscale("log")
+    ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10, 20) if
+             0.8 * np.nanmin(table[["their_ratio", "our_ci_low", "our_ratio"]].values) <= t
+             <= 1.25 * np.nanmax(table[["their_ratio", "our_ci_high", "our_ratio"]].values)]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("ratio (log scale; 1.0 = no difference)")
+    ax.set_title(f"Our ratios vs published ratios — ours on {accel_title}")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_base)
+
+
+def _save(fig, out_base: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return paths

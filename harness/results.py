@@ -1,0 +1,319 @@
+"""The results of a run: one tidy row per variant × disk × workload × repetition.
+
+Rows are appended to <run_dir>/results.csv one at a time, each flushed and
+fsync'ed before the next point starts, so a crash or Ctrl-C loses at most the
+point that was running.  The raw output of every point is kept beside it under
+<run_dir>/raw/<point-key>.json, so a row can always be re-derived.
+
+Latency convention: latencies come from fio's completion latency (clat_ns), or
+from the total latency (lat_ns) when the job was run with lat_percentiles=1 —
+whichever carries percentiles.  For mixed workloads (randrw, rw) the latencies
+are the READ side's: fio reports percentiles per direction and they cannot be
+merged exactly from the summary.  IOPS and bandwidth are read + write.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .config import parse_size
+from .errors import InfraError
+from .matrix import Point, Workload
+
+COLUMNS = (
+    "run_id", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs", "rep",
+    "status", "iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
+    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at",
+)
+INT_COLUMNS = ("iodepth", "numjobs", "rep")
+FLOAT_COLUMNS = ("iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
+                 "guest_cpu_pct", "host_cpu_pct", "runtime_s")
+STR_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
+HOST_VARIANT = "host-fio"  # rows measuring fio on the host against the same image: the ceiling
+PERCENTILES = {"lat_p50_us": "50.000000", "lat_p99_us": "99.000000", "lat_p999_us": "99.900000"}
+_MIXED = ("randrw", "rw", "readwrite")
+NAN = float("nan")
+
+
+def point_key(variant: str, disk: str, rw: str, bs: str, iodepth: int, numjobs: int, rep: int) -> str:
+    """The same key as matrix.Point.key, rebuilt from a row's fields."""
+    return Point(variant, disk, Workload(rw, bs, int(iodepth), int(numjobs)), int(rep)).key
+
+
+def row_key(row: dict[str, Any]) -> str:
+    return point_key(row["variant"], row["disk"], row["rw"], row["bs"],
+                     row["iodepth"], row["numjobs"], row["rep"])
+
+
+def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, workload: Workload,
+            rep: int, log: str, started_at: str, status: str = "ok", error: str = "",
+            **metrics: float | None) -> dict[str, Any]:
+    """A complete row; metrics not given (or None) are NaN.  Unknown metric names are a bug."""
+    unknown = set(metrics) - set(FLOAT_COLUMNS)
+    if unknown:
+        raise ValueError(f"not result columns: {sorted(unknown)}")
+    row: dict[str, Any] = {
+        "run_id": run_id, "guest": guest, "variant": variant, "accel": accel, "disk": disk,
+        "rw": workload.rw, "bs": workload.bs, "iodepth": int(workload.iodepth),
+        "numjobs": int(workload.numjobs), "rep": int(rep), "status": status,
+        "error": error, "log": log, "started_at": started_at,
+    }
+    for name in FLOAT_COLUMNS:
+        value = metrics.get(name)
+        row[name] = NAN if value is None else float(value)
+    return {name: row[name] for name in COLUMNS}
+
+
+def failed_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str,
+               workload: Workload, rep: int, error: str, log: str, started_at: str) -> dict[str, Any]:
+    """A point that produced no measurement: status failed, the reason, NaN numbers."""
+    one_line = " ".join(str(error).split()) or "unknown error"
+    return new_row(run_id=run_id, guest=guest, variant=variant, accel=accel, disk=disk,
+                   workload=workload, rep=rep, log=log, started_at=started_at,
+                   status="failed", error=one_line)
+
+
+# --- fio JSON ---------------------------------------------------------------------------
+
+def parse_fio_output(text: str) -> dict:
+    """fio's JSON, tolerating the warning lines fio sometimes prints before it."""
+    start = text.find("{")
+    if start < 0:
+        raise InfraError("fio produced no JSON output")
+    try:
+        return json.loads(text[start:])
+    except json.JSONDecodeError as exc:
+        raise InfraError(f"fio output is not valid JSON: {exc}") from exc
+
+
+def fio_options(fio_json: dict) -> dict[str, str]:
+    """The job's effective options: global options overlaid by the first job's own."""
+    jobs = fio_json.get("jobs") or []
+    job_opts = jobs[0].get("job options", {}) if jobs else {}
+    return {**fio_json.get("global options", {}), **job_opts}
+
+
+def workload_from_fio(fio_json: dict, fallback: Workload | None = None) -> Workload:
+    """The workload fio actually ran, read from the options recorded in its JSON.
+
+    Options absent from the JSON (fio omits defaults) come from `fallback`, else
+    fio's defaults.  When both are known and disagree, the JSON belongs to another
+    point — an InfraError, because storing it would silently mislabel a result.
+    """
+    opts = fio_options(fio_json)
+    defaults = fallback or Workload("read", "4k", 1, 1)
+    found = Workload(rw=opts.get("rw", opts.get("readwrite", defaults.rw)),
+                     bs=opts.get("bs", opts.get("blocksize", defaults.bs)),
+                     iodepth=int(opts.get("iodepth", defaults.iodepth)),
+                     numjobs=int(opts.get("numjobs", defaults.numjobs)))
+    if fallback is None:
+        return found
+    if (found.rw, found.iodepth, found.numjobs) != (fallback.rw, fallback.iodepth, fallback.numjobs) \
+            or parse_size(found.bs) != parse_size(fallback.bs):
+        raise InfraError(f"fio ran {found.label} but the point expected {fallback.label}")
+    return fallback
+
+
+@dataclass(frozen=True)
+class _Side:
+    """The totals of one direction (read or write) over all jobs in the JSON."""
+
+    iops: float
+    bw_kib: float
+    lat: dict | None  # clat_ns or lat_ns of the first job with I/O in this direction
+
+
+def _latency_block(side: dict) -> dict | None:
+    for name in ("lat_ns", "clat_ns"):
+        block = side.get(name)
+        if block and block.get("percentile"):
+            return block
+    return side.get("clat_ns") or side.get("lat_ns")
+
+
+def _sum_side(jobs: list[dict], direction: str) -> _Side:
+    """Sums across jobs, so output without group_reporting is handled; latency from job 0."""
+    sides = [job.get(direction, {}) for job in jobs]
+    with_io = [s for s in sides if s.get("total_ios", s.get("io_bytes", 0))]
+    lat = _latency_block(with_io[0]) if with_io else None
+    return _Side(iops=sum(float(s.get("iops", 0.0)) for s in sides),
+                 bw_kib=sum(float(s.get("bw", 0.0)) for s in sides), lat=lat)
+
+
+def _us(block: dict | None, percentile: str | None = None) -> float:
+    if not block:
+        return NAN
+    value = block.get("mean") if percentile is None else block.get("percentile", {}).get(percentile)
+    return NAN if value is None else float(value) / 1000.0
+
+
+def _runtime_s(jobs: list[dict]) -> float:
+    ms = max(float(job.get(d, {}).get("runtime", 0)) for job in jobs for d in ("read", "write"))
+    return ms / 1000.0 if ms else NAN
+
+
+def fio_metrics(fio_json: dict, rw: str) -> dict[str, float]:
+    """IOPS, MiB/s and latencies (µs) of a fio JSON result; see the module docstring."""
+    jobs = fio_json.get("jobs") or []
+    if not jobs:
+        raise InfraError("fio JSON has no jobs")
+    errors = [job.get("error", 0) for job in jobs if job.get("error", 0)]
+    if errors:
+        raise InfraError(f"fio reported error {errors[0]} ({os.strerror(errors[0])})")
+    read, write = _sum_side(jobs, "read"), _sum_side(jobs, "write")
+    lat = read.lat if (rw in _MIXED or read.iops) else write.lat
+    if lat is None:
+        lat = write.lat
+    metrics = {"iops": read.iops + write.iops, "bw_mib_s": (read.bw_kib + write.bw_kib) / 1024.0,
+               "lat_mean_us": _us(lat), "runtime_s": _runtime_s(jobs)}
+    metrics.update({col: _us(lat, pct) for col, pct in PERCENTILES.items()})
+    return metrics
+
+
+def row_from_fio(fio_json: dict, *, run_id: str, guest: str, variant: str, accel: str, disk: str,
+                 workload: Workload | None, rep: int, guest_cpu_pct: float | None,
+                 host_cpu_pct: float | None, log: str, started_at: str) -> dict[str, Any]:
+    """One ok row from fio --output-format=json (fio 3.x, group_reporting or not).
+
+    The workload is taken from the options inside the JSON; `workload` (the
+    point's plan) fills options fio left out and is checked against the rest.
+    """
+    ran = workload_from_fio(fio_json, workload)
+    metrics = fio_metrics(fio_json, ran.rw)
+    return new_row(run_id=run_id, guest=guest, variant=variant, accel=accel, disk=disk,
+                   workload=ran, rep=rep, log=log, started_at=started_at,
+                   guest_cpu_pct=guest_cpu_pct, host_cpu_pct=host_cpu_pct, **metrics)
+
+
+# --- the store --------------------------------------------------------------------------
+
+def _csv_line(row: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["" if _is_nan(row[c]) else row[c] for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ResultsStore:
+    """<run_dir>/results.csv (append-only) and <run_dir>/raw/ (one file per point)."""
+
+    def __init__(self, run_dir: Path | str):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / "results.csv"
+        self.raw_dir = self.run_dir / "raw"
+        self._repaired = False
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row durably: header on first use, then append + flush + fsync."""
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"row lacks columns {missing}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._drop_torn_tail()
+        new_file = not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, "a", encoding="utf-8", newline="") as handle:
+            if new_file:
+                handle.write(_csv_line(dict(zip(COLUMNS, COLUMNS))))
+            handle.write(_csv_line(row))
+            handle.flush()
+            os.fsync(handle.fileno())
+        if new_file:
+            _fsync_dir(self.run_dir)
+
+    def _drop_torn_tail(self) -> None:
+        """A crash mid-write can leave a partial last line; cut it so the next row stays valid."""
+        if self._repaired or not self.path.exists():
+            return
+        self._repaired = True
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+                os.fsync(handle.fileno())
+
+    def rows(self) -> list[dict[str, str]]:
+        """The stored rows as strings (complete lines only)."""
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            return [r for r in csv.DictReader(handle) if None not in r.values() and None not in r]
+
+    def done_keys(self) -> set[str]:
+        """Point keys (matrix.Point.key) that finished with status ok: skip these on resume."""
+        return {row_key(r) for r in self.rows() if r["status"] == "ok"}
+
+    def load(self) -> pd.DataFrame:
+        return load_results(self.path)
+
+    def save_raw(self, key: str, text: str, suffix: str = ".json") -> Path:
+        """Keep a point's raw output (atomically: temp file + rename); returns its path."""
+        if "/" in key or key.startswith("."):
+            raise ValueError(f"bad point key {key!r}")
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        final = self.raw_dir / f"{key}{suffix}"
+        temp = final.with_name(final.name + ".tmp")
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        return final
+
+
+def empty_frame() -> pd.DataFrame:
+    return _typed(pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.reindex(columns=list(COLUMNS))
+    for col in STR_COLUMNS:
+        frame[col] = frame[col].fillna("").astype(str)
+    for col in INT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col]).astype("int64")
+    for col in FLOAT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    frame["started_at"] = pd.to_datetime(frame["started_at"], utc=True, errors="coerce",
+                                         format="ISO8601")
+    return frame
+
+
+def load_results(path: Path | str) -> pd.DataFrame:
+    """results.csv (or a run directory holding one) as a typed DataFrame.
+
+    Strings stay strings ('' when empty), iodepth/numjobs/rep are int64, the
+    measurements float64 (NaN when absent), started_at a UTC datetime.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.exists():
+        return empty_frame()
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+    frame = frame[frame["rep"].str.strip() != ""] if len(frame) else frame
+    return _typed(frame.replace({"": None}).astype(object))
+
+
+def frame_from_rows(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Typed DataFrame straight from row dicts (tests, in-memory use)."""
+    return _typed(pd.DataFrame(list(rows), columns=list(COLUMNS)))

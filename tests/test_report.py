@@ -1,0 +1,160 @@
+"""report.md, the plots, and the published-figures comparison, on a synthetic run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.errors import UserError
+from harness.matrix import Workload
+from harness.published import compare_with_published, load_published
+from harness.report import write_report
+from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
+
+FAILED_LOG = "logs/dataplane.file.r2.console.log"
+
+
+def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True) -> list[dict]:
+    rng = np.random.default_rng(7)
+    out = []
+    for qd in (1, 16, 64):
+        for rep in range(1, reps + 1):
+            for variant, scale in (("baseline", 1.0), ("dataplane", speedup), ("host-fio", 3.0)):
+                if variant == "host-fio" and not host:
+                    continue
+                workload = Workload("randread", "4k", qd, 1)
+                if (variant, qd, rep) == ("dataplane", 64, 2):
+                    out.append(failed_row(run_id="r1", guest="fio", variant=variant, accel=accel,
+                                          disk="file", workload=workload, rep=rep,
+                                          error="guest did not boot in 300 s", log=FAILED_LOG,
+                                          started_at="2026-11-25T04:00:00+00:00"))
+                    continue
+                iops = 10_000 * qd ** 0.5 * scale * (1 + rng.normal(0, 0.02))
+                lat = qd / iops * 1e6
+                out.append(new_row(run_id="r1", guest="fio", variant=variant, accel=accel,
+                                   disk="file", workload=workload, rep=rep, log="logs/x.log",
+                                   started_at="2026-11-25T04:00:00+00:00", iops=iops,
+                                   lat_mean_us=lat, lat_p50_us=lat, lat_p99_us=2 * lat,
+                                   lat_p999_us=3 * lat))
+    return out
+
+
+def make_run(path, accel: str = "tcg", manifest: dict | None = None, hostile: bool = False):
+    store = ResultsStore(path)
+    for row in rows(accel):
+        store.append(row)
+    if manifest is not None:
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    if hostile:
+        (path / "hostile.csv").write_text("case,variant,outcome\nring-overflow,dataplane,rejected\n")
+    return path
+
+
+def test_report_has_accelerator_table_failures_and_plots(tmp_path):
+    manifest = {"host": {"cpu_model": "Test CPU 9000", "nproc": 2, "kernel_release": "6.1.0-test"},
+                "variants": {"dataplane": {"version": "QEMU emulator version 1.3.50"}}}
+    report = write_report(make_run(tmp_path, manifest=manifest, hostile=True), "baseline")
+    text = report.read_text()
+    assert "TCG (software emulation): absolute numbers are not comparable to KVM" in text
+    assert "| variant | IOPS median (min–max) | p99 µs | ratio to baseline [95% CI]" in text
+    assert "randread 4k, iodepth 16, 1 job(s)" in text
+    assert "| dataplane | " in text and "1 (baseline)" in text
+    assert "host-fio (ceiling)" in text
+    assert "Test CPU 9000" in text and "6.1.0-test" in text and "QEMU emulator version 1.3.50" in text
+    assert FAILED_LOG in text and "guest did not boot in 300 s" in text
+    assert "dataplane.file.randread-4k-qd64-j1.r2" in text
+    assert "ring-overflow" in text
+    assert "## Published figures" in text and "1.5 million" not in text  # generated, not pasted
+    for name in ("iops_vs_iodepth", "latency_percentiles", "speedup", "published"):
+        png, svg = tmp_path / "plots" / f"{name}.png", tmp_path / "plots" / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert svg.stat().st_size > 1000
+        assert f"plots/{name}.png" in text
+
+
+def test_ratio_in_report_matches_data(tmp_path):
+    text = write_report(make_run(tmp_path), "baseline").read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| dataplane |"))
+    ratio = float(line.split("|")[4].split()[0])
+    assert ratio == pytest.approx(1.8, rel=0.06)
+
+
+def test_kvm_run_is_labelled_kvm(tmp_path):
+    text = write_report(make_run(tmp_path, accel="kvm"), "baseline").read_text()
+    assert "KVM (hardware virtualisation)" in text and "TCG" not in text.split("## Run facts")[0]
+
+
+def test_report_needs_results(tmp_path):
+    with pytest.raises(UserError, match="results.csv"):
+        write_report(tmp_path, "baseline")
+
+
+def test_published_figures_are_consistent():
+    figures = {f.id: f for f in load_published()}
+    assert {"qemu-e72f66a0", "ibm-slides-147k", "ibm-redhat-whitepaper-1.5m",
+            "qemu-dd67c1d7-ownaio", "qemu-dd67c1d7-batch", "vhost-blk-rfc-2022-ssd"} <= set(figures)
+    assert figures["qemu-e72f66a0"].ratio is None  # "several times": no number
+    for figure in figures.values():
+        assert figure.accel in ("kvm", "unknown")
+        if figure.ratio is not None and figure.base_iops:
+            assert figure.ratio == pytest.approx(figure.iops / figure.base_iops, rel=0.02)
+
+
+def test_published_comparison_prefers_kvm_and_explains_tcg():
+    tcg = rows("tcg", speedup=1.6)
+    kvm = [{**r, "accel": "kvm", "iops": r["iops"] * (2.0 if r["variant"] == "dataplane" else 1.0)}
+           for r in rows("kvm", speedup=1.0) if r["variant"] != "host-fio"]
+    mixed = compare_with_published(frame_from_rows(tcg + kvm), "baseline")
+    assert set(mixed.ratios["our_accel"]) == {"kvm"}
+    only_tcg = compare_with_published(frame_from_rows(tcg), "baseline", {"host_cpus": "2"})
+    assert "under TCG, not KVM" in only_tcg.paragraph and "our host CPUs: 2" in only_tcg.paragraph
+    ownaio = only_tcg.ratios[only_tcg.ratios["figure"] == "qemu-dd67c1d7-ownaio"].iloc[0]
+    assert ownaio["our_workload"] == "randread 4k qd64 j1"  # closest to their qd64
+    assert ownaio["verdict"] == "agrees (published within our CI)"  # 1.6 vs ours ≈ 1.6
+    host = only_tcg.ratios[only_tcg.ratios["kind"] == "qemu/host"]
+    assert set(host["our_variant"]) == {"baseline/host-fio", "dataplane/host-fio"}
+    assert (only_tcg.absolute["of_host"] < 1).all()
+
+
+def test_noisy_points_are_flagged(tmp_path):
+    store = ResultsStore(tmp_path)
+    for row in rows():
+        if row["variant"] == "dataplane" and row["status"] == "ok" and row["rep"] == 1:
+            row = {**row, "iops": row["iops"] * 1.5}  # one disturbed repetition: CV > 10%
+        store.append(row)
+    text = write_report(tmp_path, "baseline").read_text()
+    noisy = [l for l in text.splitlines() if l.startswith("| dataplane |") and "| noisy |" in l]
+    quiet = [l for l in text.splitlines() if l.startswith("| baseline |") and "noisy" in l]
+    assert len(noisy) == 3 and not quiet
+
+
+def test_report_of_a_run_where_everything_failed(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(failed_row(run_id="r1", guest="microguest", variant="baseline", accel="tcg",
+                            disk="file", workload=Workload("randread", "4k", 1, 1), rep=1,
+                            error="no virtio device found", log="logs/mg.console.log",
+                            started_at="2026-11-25T04:00:00+00:00"))
+    text = write_report(tmp_path, "baseline").read_text()
+    assert "No successful points to plot." in text
+    assert "`logs/mg.console.log`" in text and "no virtio device found" in text
+    assert "all failed" in text
+
+
+def test_facts_from_a_bench_manifest(tmp_path):
+    manifest = {"run_id": "r1", "accel": "tcg", "notices": ["/dev/kvm missing: using TCG"],
+                "host": {"kernel": "6.1.0-host", "cpu_model": "Some CPU", "cores": 2},
+                "config": {"disks": [{"name": "file", "path": "images/test.raw", "size": "1G"}]},
+                "variants": {"baseline": {"qemu_version": "QEMU emulator version 1.3.50",
+                                          "build": {"worktree_head": "0123456789abcdef0123"}},
+                             "dataplane": {"qemu_version": "QEMU emulator version 1.3.51",
+                                           "build": None}},
+                "guest": "Debian fio guest, kernel 6.1"}
+    text = write_report(make_run(tmp_path, manifest=manifest), "baseline").read_text()
+    facts = text.split("## Run facts")[1].split("## Summary")[0]
+    assert "| host CPUs | 2 |" in facts and "| host kernel | 6.1.0-host |" in facts
+    assert "baseline: QEMU emulator version 1.3.50 (commit 0123456789ab)" in facts
+    assert "dataplane: QEMU emulator version 1.3.51" in facts
+    assert "file: raw image images/test.raw (1G)" in facts
+    assert "/dev/kvm missing: using TCG" in facts and "Debian fio guest" in facts
