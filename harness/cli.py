@@ -97,6 +97,92 @@ def _print_plan(cache, builder, plans, configure_argv) -> None:
         out.print(f"  make -j{builder.jobs}")
 
 
+@app.command("check-series")
+def check_series_cmd(
+    source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
+                                         help="qemu-kvm git URL or local clone."),
+    layer: str = typer.Option("dataplane", "--layer", help="dataplane or beyond."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j"),
+):
+    """Build a patch series patch by patch: every patch must compile on its own."""
+    from .build import Builder, check_prerequisites, check_series
+    from .paths import cache_dir
+    from .source import SourceCache
+
+    layers = {"dataplane": ("compat", "dataplane"), "beyond": ("compat", "dataplane", "beyond")}
+    if layer not in layers:
+        raise HarnessError(f"--layer {layer!r}: choose dataplane or beyond")
+    check_prerequisites()
+    cache = SourceCache(cache_dir(), source or DEFAULT_SOURCE)
+    builder = Builder(cache, jobs=jobs, progress=_progress)
+    repo = cache.ensure(progress=_progress)
+
+    def report(label: str, ok: bool, detail: str) -> None:
+        out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {label} {detail}")
+
+    outcomes = check_series(builder, repo, layers[layer], report)
+    failed = [label for label, ok in outcomes if not ok]
+    if failed:
+        raise HarnessError(f"{failed[0]} does not compile (log: {builder.build_dir('series-check') / 'build.log'})")
+    out.print(f"all {len(outcomes) - 1} patches of patches/{layer} compile one by one")
+
+
+@app.command()
+def bench(
+    config: Path = typer.Option(..., "--config", "-c", help="Benchmark config (configs/*.yaml)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Go on with an interrupted run (results/<run-id>)."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="auto, kvm or tcg (overrides the config)."),
+):
+    """Boot guests under each variant, run the matrix, write results and the report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .bench import run_bench
+
+    if accel and accel not in ("auto", "kvm", "tcg"):
+        raise HarnessError(f"--accel {accel!r}: choose auto, kvm or tcg")
+    bar = None
+    if console.is_terminal:
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=console, transient=False)
+    run_dir = run_bench(config, resume=resume, accel=accel, progress=_progress, bar=bar)
+    out.print(f"report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
+           baseline: Optional[str] = typer.Option(None, help="Reference variant for ratios.")):
+    """Redraw plots and report.md from a run's results.csv, without rerunning."""
+    from .bench import find_run
+    from .report import write_report
+
+    run_dir = find_run(run)
+    if baseline is None:
+        baseline = _config_baseline(run_dir)
+    write_report(run_dir, baseline)
+    out.print(f"report: {run_dir / 'report.md'}")
+
+
+@app.command()
+def compare(run_a: str = typer.Argument(..., help="The reference run"),
+            run_b: str = typer.Argument(..., help="The run to compare with it")):
+    """The same workloads from two runs: ratio of medians with CIs, flagged beyond the noise."""
+    from .bench import find_run
+    from .compare import compare_runs, render_markdown
+
+    table = compare_runs(find_run(run_a), find_run(run_b))
+    out.print(render_markdown(table))
+
+
+def _config_baseline(run_dir: Path) -> str:
+    import yaml
+
+    config_file = run_dir / "config.yaml"
+    if config_file.exists():
+        data = yaml.safe_load(config_file.read_text()) or {}
+        return data.get("baseline", "baseline")
+    return "baseline"
+
+
 def main() -> None:
     try:
         app()

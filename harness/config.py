@@ -156,15 +156,31 @@ class BenchConfig(_Spec):
     source: str | None = None
     variants: list[VariantSpec]
     baseline: str = "baseline"
-    guest: GuestSpec = GuestSpec()
+    guests: list[GuestSpec] = Field(default_factory=lambda: [GuestSpec()], min_length=1)
     disks: list[DiskSpec]
     workloads: WorkloadSpec = WorkloadSpec()
     repetitions: int = Field(default=3, ge=1, le=100)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     timeouts: TimeoutSpec = TimeoutSpec()
+    host_ceiling: bool = Field(default=False, description="also run fio on the host on each image")
+    hostile: bool = Field(default=False, description="also run the micro-guest's malformed-request cases")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_guest(cls, value):
+        """`guest: {...}` is shorthand for a run with one guest."""
+        if isinstance(value, dict) and "guest" in value:
+            if "guests" in value:
+                raise ValueError("give either 'guest' or 'guests', not both")
+            value = {**value, "guests": [value["guest"]]}
+            del value["guest"]
+        return value
 
     @model_validator(mode="after")
     def _names(self):
+        kinds = [g.kind for g in self.guests]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"guests: each kind at most once, got {kinds}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variants: names must be unique, got {names}")
@@ -174,6 +190,12 @@ class BenchConfig(_Spec):
         if len(set(disk_names)) != len(disk_names):
             raise ValueError(f"disks: names must be unique, got {disk_names}")
         return self
+
+    def guest(self, kind: str) -> GuestSpec:
+        for guest in self.guests:
+            if guest.kind == kind:
+                return guest
+        raise UserError(f"no guest of kind {kind!r} in the config")
 
     def variant(self, name: str) -> VariantSpec:
         for variant in self.variants:

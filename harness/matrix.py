@@ -1,8 +1,8 @@
 """The benchmark matrix: which points run, in which order.
 
-A point is one measurement: variant × disk × workload × repetition.  Points are
-grouped into sessions (one VM boot runs every workload of one variant, disk and
-repetition), and sessions are interleaved across variants — A B A B, with the
+A point is one measurement: guest × variant × disk × workload × repetition.
+Points are grouped into sessions (one VM boot runs every workload of one guest,
+variant, disk and repetition), and sessions are interleaved across variants — A B A B, with the
 order of variants rotated on each repetition — so that drift of the machine
 over the run cancels out instead of favouring whichever variant ran first.
 """
@@ -29,6 +29,7 @@ class Workload:
 
 @dataclass(frozen=True)
 class Point:
+    guest: str
     variant: str
     disk: str
     workload: Workload
@@ -37,13 +38,14 @@ class Point:
     @property
     def key(self) -> str:
         """Unique within a run; names the raw output files and the resume state."""
-        return f"{self.variant}.{self.disk}.{self.workload.label}.r{self.rep}"
+        return f"{self.guest}.{self.variant}.{self.disk}.{self.workload.label}.r{self.rep}"
 
 
 @dataclass(frozen=True)
 class Session:
-    """One VM boot: a variant on a disk, running several workloads for one repetition."""
+    """One VM boot: a guest and a variant on a disk, running several workloads for one repetition."""
 
+    guest: str
     variant: str
     disk: str
     rep: int
@@ -51,7 +53,7 @@ class Session:
 
     @property
     def key(self) -> str:
-        return f"{self.variant}.{self.disk}.r{self.rep}"
+        return f"{self.guest}.{self.variant}.{self.disk}.r{self.rep}"
 
 
 def workloads(config: BenchConfig) -> list[Workload]:
@@ -67,8 +69,10 @@ def plan(config: BenchConfig) -> list[Session]:
     for rep in range(1, config.repetitions + 1):
         shift = (rep - 1) % len(names)
         order = names[shift:] + names[:shift]
-        for disk in config.disks:
-            for variant in order:
-                points = tuple(Point(variant, disk.name, w, rep) for w in workloads(config))
-                sessions.append(Session(variant, disk.name, rep, points))
+        for guest in config.guests:
+            for disk in config.disks:
+                for variant in order:
+                    points = tuple(Point(guest.kind, variant, disk.name, w, rep)
+                                   for w in workloads(config))
+                    sessions.append(Session(guest.kind, variant, disk.name, rep, points))
     return sessions

@@ -22,4 +22,6 @@ def patches_dir() -> Path:
 
 
 def results_dir() -> Path:
-    return PROJECT_ROOT / "results"
+    """$HARNESS_RESULTS, else results/ of the project."""
+    explicit = os.environ.get("HARNESS_RESULTS")
+    return Path(explicit).expanduser() if explicit else PROJECT_ROOT / "results"

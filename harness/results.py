@@ -44,13 +44,14 @@ _MIXED = ("randrw", "rw", "readwrite")
 NAN = float("nan")
 
 
-def point_key(variant: str, disk: str, rw: str, bs: str, iodepth: int, numjobs: int, rep: int) -> str:
+def point_key(guest: str, variant: str, disk: str, rw: str, bs: str, iodepth: int, numjobs: int,
+              rep: int) -> str:
     """The same key as matrix.Point.key, rebuilt from a row's fields."""
-    return Point(variant, disk, Workload(rw, bs, int(iodepth), int(numjobs)), int(rep)).key
+    return Point(guest, variant, disk, Workload(rw, bs, int(iodepth), int(numjobs)), int(rep)).key
 
 
 def row_key(row: dict[str, Any]) -> str:
-    return point_key(row["variant"], row["disk"], row["rw"], row["bs"],
+    return point_key(row["guest"], row["variant"], row["disk"], row["rw"], row["bs"],
                      row["iodepth"], row["numjobs"], row["rep"])
 
 

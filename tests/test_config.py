@@ -70,6 +70,7 @@ def test_plan_interleaves_and_rotates():
     config = parse_config(MINIMAL + "repetitions: 2\nworkloads: {iodepth: [1, 4]}")
     sessions = plan(config)
     assert [s.variant for s in sessions] == ["baseline", "dataplane", "dataplane", "baseline"]
+    assert all(s.guest == "fio" for s in sessions)
     assert all(len(s.points) == 2 for s in sessions)
     keys = [p.key for s in sessions for p in s.points]
     assert len(keys) == len(set(keys))
@@ -80,3 +81,16 @@ def test_shipped_configs_are_valid():
         if path.name == "published.yaml":
             continue
         load_config(path)
+
+
+def test_two_guests_in_one_run():
+    config = parse_config(MINIMAL + "guests: [{kind: fio}, {kind: microguest, wait: irq}]")
+    assert config.guest("microguest").wait == "irq"
+    sessions = plan(config)
+    assert {s.guest for s in sessions} == {"fio", "microguest"}
+    keys = [p.key for s in sessions for p in s.points]
+    assert len(keys) == len(set(keys))
+    with pytest.raises(UserError, match="either 'guest' or 'guests'"):
+        parse_config(MINIMAL + "guest: {kind: fio}\nguests: [{kind: fio}]")
+    with pytest.raises(UserError, match="each kind at most once"):
+        parse_config(MINIMAL + "guests: [{kind: fio}, {kind: fio}]")

@@ -127,7 +127,7 @@ def test_failed_row():
     row = failed()
     assert row["status"] == "failed" and row["error"] == "QEMU exited with status 1"
     assert all(math.isnan(row[c]) for c in ("iops", "lat_p99_us", "runtime_s"))
-    assert row_key(row) == Point("baseline", "file", Workload("randread", "4k", 16, 1), 1).key
+    assert row_key(row) == Point("fio", "baseline", "file", Workload("randread", "4k", 16, 1), 1).key
 
 
 def test_store_appends_loads_and_resumes(tmp_path):
@@ -144,8 +144,8 @@ def test_store_appends_loads_and_resumes(tmp_path):
     assert str(df["started_at"].dtype).startswith("datetime64")
     assert df.loc[1, "status"] == "failed" and math.isnan(df.loc[1, "iops"])
     assert df.loc[0, "error"] == "" and df.loc[0, "iops"] == pytest.approx(ok["iops"])
-    assert store.done_keys() == {"dataplane.file.randread-4k-qd4-j1.r1",
-                                 "dataplane.file.randread-4k-qd4-j1.r2"}
+    assert store.done_keys() == {"fio.dataplane.file.randread-4k-qd4-j1.r1",
+                                 "fio.dataplane.file.randread-4k-qd4-j1.r2"}
 
 
 def test_store_survives_a_torn_last_line(tmp_path):

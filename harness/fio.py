@@ -1,0 +1,135 @@
+"""fio inside the guest, over one SSH connection per boot.
+
+The SSH algorithms are pinned for TCG: an emulated guest needs ~20 s for a
+curve25519/ed25519 login but ~3 s for RSA keys with diffie-hellman-group14,
+so paramiko is told to offer nothing else (dropbear supports both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import time
+from dataclasses import dataclass
+
+import fabric
+import paramiko
+
+from .errors import InfraError
+from .guest import GuestImage
+from .matrix import Workload
+
+# paramiko logs every refused attempt while the guest boots as an ERROR with a
+# traceback; open_connection reports the last failure itself
+logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
+KEX = "diffie-hellman-group14-sha256"
+HOST_KEYS = ("rsa-sha2-256", "rsa-sha2-512")
+PUBKEYS = ("rsa-sha2-256",)
+
+
+@dataclass(frozen=True)
+class FioRun:
+    json_text: str  # fio's JSON exactly as printed, to be saved as raw output
+    data: dict
+    guest_cpu_pct: float  # busy share of all guest CPUs over the fio run (/proc/stat)
+    seconds: float  # wall time of the fio command as seen from the host
+
+
+def _disabled_algorithms() -> dict[str, list[str]]:
+    transport = paramiko.Transport
+    return {
+        "kex": [k for k in transport._preferred_kex if k != KEX],
+        "keys": [k for k in transport._preferred_keys if k not in HOST_KEYS],
+        "pubkeys": [k for k in transport._preferred_pubkeys if k not in PUBKEYS],
+    }
+
+
+def open_connection(port: int, image: GuestImage, timeout: float,
+                    host: str = "127.0.0.1") -> fabric.Connection:
+    """Log into the guest, retrying until `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    attempt_timeout = max(5.0, min(30.0, timeout))
+    while True:
+        conn = _connection(host, port, image, attempt_timeout)
+        try:
+            conn.open()
+            return conn
+        except Exception as exc:  # noqa: BLE001 - the guest may not listen yet
+            conn.close()
+            if time.monotonic() + 0.5 > deadline:
+                raise InfraError(f"cannot SSH into the guest at {host}:{port} as "
+                                 f"{image.ssh_user} within {timeout:.0f} s: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+            time.sleep(0.5)
+
+
+def _connection(host: str, port: int, image: GuestImage, timeout: float) -> fabric.Connection:
+    config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    return fabric.Connection(
+        host, user=image.ssh_user, port=port, config=config, connect_timeout=timeout,
+        connect_kwargs={
+            "key_filename": [str(image.ssh_key)], "look_for_keys": False,
+            "allow_agent": False, "disabled_algorithms": _disabled_algorithms(),
+            "banner_timeout": timeout, "auth_timeout": timeout,
+        },
+    )
+
+
+def fio_argv(workload: Workload, runtime_s: int, ramp_s: int,
+             device: str = "/dev/vda") -> list[str]:
+    """The fio command for one point (direct libaio on the raw test disk)."""
+    return [
+        "fio", f"--name={workload.label}", f"--filename={device}",
+        "--direct=1", "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={workload.bs}",
+        f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
+        f"--runtime={runtime_s}", f"--ramp_time={ramp_s}", "--time_based",
+        "--group_reporting", "--randrepeat=0", "--output-format=json",
+    ]
+
+
+def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s: int,
+            timeout: float, device: str = "/dev/vda") -> FioRun:
+    """Run one fio point; the guest's /proc/stat is sampled before and after."""
+    fio = shlex.join(fio_argv(workload, runtime_s, ramp_s, device))
+    command = f"head -n1 /proc/stat >&2; {fio}; rc=$?; head -n1 /proc/stat >&2; exit $rc"
+    started = time.monotonic()
+    try:
+        result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - timeouts and dropped connections
+        raise InfraError(f"fio in the guest failed ({type(exc).__name__}: {exc}): {fio}") from exc
+    seconds = time.monotonic() - started
+    if result.exited != 0:
+        raise InfraError(f"fio in the guest exited with {result.exited}: {fio}: "
+                         f"{_tail(result.stderr or result.stdout)}")
+    json_text, data = parse_fio_json(result.stdout, fio)
+    return FioRun(json_text, data, guest_cpu_pct(result.stderr), seconds)
+
+
+def parse_fio_json(stdout: str, command: str = "fio") -> tuple[str, dict]:
+    """fio may print notes before the JSON; keep the text from the first '{'."""
+    start = stdout.find("{")
+    if start < 0:
+        raise InfraError(f"fio printed no JSON: {command}: {_tail(stdout)}")
+    text = stdout[start:]
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InfraError(f"fio printed invalid JSON ({exc}): {command}") from exc
+
+
+def guest_cpu_pct(stat_lines: str) -> float:
+    """Busy % from two aggregate 'cpu ' lines of /proc/stat (iowait counts as idle)."""
+    samples = [[int(v) for v in line.split()[1:]] for line in stat_lines.splitlines()
+               if line.startswith("cpu ")]
+    if len(samples) < 2:
+        return float("nan")
+    delta = [b - a for a, b in zip(samples[0], samples[-1])]
+    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal
+    idle = delta[3] + delta[4]
+    return 100.0 * (total - idle) / total if total > 0 else float("nan")
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join((text or "").strip().splitlines()[-lines:])

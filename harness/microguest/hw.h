@@ -1,0 +1,154 @@
+/*
+ * Micro-guest: port and memory I/O, CPU helpers, shared declarations.
+ */
+#ifndef MG_HW_H
+#define MG_HW_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define barrier()       asm volatile("" ::: "memory")
+
+static inline void mb(void)
+{
+    asm volatile("lock; addl $0, (%%esp)" ::: "memory", "cc");
+}
+
+static inline void outb(uint16_t port, uint8_t val)
+{
+    asm volatile("outb %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline void outw(uint16_t port, uint16_t val)
+{
+    asm volatile("outw %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline void outl(uint16_t port, uint32_t val)
+{
+    asm volatile("outl %0, %1" : : "a"(val), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+    uint8_t val;
+    asm volatile("inb %1, %0" : "=a"(val) : "Nd"(port));
+    return val;
+}
+
+static inline uint16_t inw(uint16_t port)
+{
+    uint16_t val;
+    asm volatile("inw %1, %0" : "=a"(val) : "Nd"(port));
+    return val;
+}
+
+static inline uint32_t inl(uint16_t port)
+{
+    uint32_t val;
+    asm volatile("inl %1, %0" : "=a"(val) : "Nd"(port));
+    return val;
+}
+
+static inline void writel(uintptr_t addr, uint32_t val)
+{
+    *(volatile uint32_t *)addr = val;
+}
+
+static inline uint32_t readl(uintptr_t addr)
+{
+    return *(volatile uint32_t *)addr;
+}
+
+static inline uint64_t rdtsc(void)
+{
+    uint32_t lo, hi;
+    asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static inline void cpu_relax(void)
+{
+    asm volatile("pause" ::: "memory");
+}
+
+static inline void irq_disable(void)
+{
+    asm volatile("cli" ::: "memory");
+}
+
+/*
+ * sti; hlt: the interrupt shadow of sti guarantees no wake-up is lost.  This
+ * is the only place interrupts are enabled (see isr_common in boot.S).
+ */
+static inline void safe_halt(void)
+{
+    asm volatile("sti; hlt; cli" ::: "memory", "cc");
+}
+
+/* 64-by-32 division without libgcc (two divl). */
+static inline uint64_t div_u64_u32(uint64_t n, uint32_t d, uint32_t *rem)
+{
+    uint32_t hi = n >> 32, lo = n, qhi, qlo, r;
+
+    qhi = hi / d;
+    r = hi % d;
+    asm("divl %4" : "=a"(qlo), "=d"(r) : "a"(lo), "d"(r), "rm"(d));
+    if (rem) {
+        *rem = r;
+    }
+    return ((uint64_t)qhi << 32) | qlo;
+}
+
+uint64_t div_u64(uint64_t n, uint64_t d);
+
+/* lib.c */
+void *memset(void *s, int c, size_t n);
+void *memcpy(void *dst, const void *src, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+int streq(const char *a, const char *b);
+
+void serial_init(void);
+void out_char(char c);
+void out_str(const char *s);
+void out_u64(uint64_t v);
+void out_i64(int64_t v);
+void out_hex(uint32_t v);
+void out_key_u64(const char *key, uint64_t v);
+void out_key_str(const char *key, const char *v);
+void out_flush(void);
+void mg_halt(void) __attribute__((noreturn));
+void mg_poweroff(int ok) __attribute__((noreturn));
+
+/* timing */
+extern uint64_t tsc_hz;
+void tsc_calibrate(void);
+uint64_t cycles_to_ns(uint64_t cycles);
+uint64_t ms_to_cycles(uint32_t ms);
+
+/* interrupts */
+#define VEC_TIMER       0x30
+#define VEC_MSIX_QUEUE  0x41
+#define VEC_PIC_BASE    0x20
+#define VEC_SPURIOUS    0xff
+#define LAPIC_BASE      0xfee00000u
+
+extern volatile uint32_t irq_count;
+extern volatile uint32_t timer_ticks;
+extern volatile uint32_t unexpected_irqs;
+void idt_init(void);
+void pic_init(int unmask_line);
+void lapic_init(void);
+void mg_interrupt(uint32_t vector);
+
+/* PCI config space */
+uint32_t pci_read32(int bdf, int off);
+uint16_t pci_read16(int bdf, int off);
+uint8_t pci_read8(int bdf, int off);
+void pci_write32(int bdf, int off, uint32_t val);
+void pci_write16(int bdf, int off, uint16_t val);
+int pci_find(uint16_t vendor, uint16_t device);
+int pci_find_cap(int bdf, uint8_t id);
+
+#endif

@@ -1,0 +1,619 @@
+/*
+ * Micro-guest: a bare-metal virtio-blk benchmark.
+ *
+ * Reads its settings from the multiboot command line, drives the legacy
+ * virtio-blk device directly with qd requests in flight, and prints one
+ * MICROGUEST-RESULT line of JSON on COM1 (or, with mode=hostile, one
+ * MICROGUEST-HOSTILE line per malformed request).
+ */
+#include "mg.h"
+
+struct mg_config cfg;
+struct vdev dev;
+uintptr_t ram_end;
+
+extern char _bss_end[];
+static uintptr_t heap;
+
+struct multiboot_info {
+    uint32_t flags;
+    uint32_t mem_lower;
+    uint32_t mem_upper;
+    uint32_t boot_device;
+    uint32_t cmdline;
+};
+
+uintptr_t mg_alloc(uint32_t bytes)
+{
+    uintptr_t p = (heap + 4095) & ~(uintptr_t)4095;
+
+    bytes = (bytes + 4095) & ~4095u;
+    if (p + bytes + (1u << 20) > ram_end) {
+        return 0;
+    }
+    heap = p + bytes;
+    memset((void *)p, 0, bytes);
+    return p;
+}
+
+/* ---- command line ---- */
+
+static uint32_t parse_u32(const char *s)
+{
+    uint32_t v = 0;
+
+    while (*s >= '0' && *s <= '9') {
+        v = v * 10 + (*s++ - '0');
+    }
+    if (*s == 'k' || *s == 'K') {
+        v <<= 10;
+    } else if (*s == 'm' || *s == 'M') {
+        v <<= 20;
+    }
+    return v;
+}
+
+static void copy_str(char *dst, const char *src, size_t size)
+{
+    size_t i;
+
+    for (i = 0; i + 1 < size && src[i]; i++) {
+        dst[i] = src[i];
+    }
+    dst[i] = 0;
+}
+
+static void set_option(const char *key, const char *val)
+{
+    if (streq(key, "rw")) {
+        copy_str(cfg.rw, val, sizeof(cfg.rw));
+    } else if (streq(key, "bs")) {
+        cfg.bs = parse_u32(val);
+    } else if (streq(key, "qd")) {
+        cfg.qd = parse_u32(val);
+    } else if (streq(key, "n")) {
+        cfg.n = parse_u32(val);
+    } else if (streq(key, "warmup")) {
+        cfg.warmup = parse_u32(val);
+    } else if (streq(key, "seq")) {
+        cfg.seq = parse_u32(val);
+    } else if (streq(key, "rwmix")) {
+        cfg.rwmix = parse_u32(val);
+    } else if (streq(key, "wait")) {
+        if (streq(val, "irq") || streq(val, "msix")) {
+            cfg.wait = WAIT_IRQ;
+            cfg.wait_name = "irq";
+        } else if (streq(val, "intx")) {
+            cfg.wait = WAIT_INTX;
+            cfg.wait_name = "intx";
+        } else {
+            cfg.wait = WAIT_POLL;
+            cfg.wait_name = "poll";
+        }
+    } else if (streq(key, "verify")) {
+        cfg.verify = parse_u32(val);
+    } else if (streq(key, "seed")) {
+        cfg.seed = parse_u32(val);
+    } else if (streq(key, "mode")) {
+        cfg.hostile = streq(val, "hostile");
+    } else if (streq(key, "case")) {
+        copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
+    } else if (streq(key, "timeout_ms")) {
+        cfg.timeout_ms = parse_u32(val);
+    } else if (streq(key, "halt")) {
+        cfg.halt = parse_u32(val);
+    }
+}
+
+static void parse_cmdline(const char *s)
+{
+    char key[32], val[48];
+
+    copy_str(cfg.rw, "randread", sizeof(cfg.rw));
+    cfg.bs = 4096;
+    cfg.qd = 1;
+    cfg.n = 10000;
+    cfg.rwmix = 50;
+    cfg.wait = WAIT_POLL;
+    cfg.wait_name = "poll";
+    cfg.seed = 1;
+    cfg.timeout_ms = 10000;
+
+    while (s && *s) {
+        size_t k = 0, v = 0;
+
+        while (*s == ' ') {
+            s++;
+        }
+        while (*s && *s != ' ' && *s != '=') {
+            if (k + 1 < sizeof(key)) {
+                key[k++] = *s;
+            }
+            s++;
+        }
+        key[k] = 0;
+        if (*s != '=') {
+            continue;           /* the kernel path, or a bare word */
+        }
+        s++;
+        while (*s && *s != ' ') {
+            if (v + 1 < sizeof(val)) {
+                val[v++] = *s;
+            }
+            s++;
+        }
+        val[v] = 0;
+        set_option(key, val);
+    }
+}
+
+/* ---- workload ---- */
+
+static uint64_t rng_state;
+
+static inline uint32_t rng_next(void)
+{
+    uint64_t x = rng_state;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    rng_state = x;
+    return x >> 32;
+}
+
+static void rng_seed(uint32_t seed)
+{
+    rng_state = 0x9e3779b97f4a7c15ull ^ ((uint64_t)seed << 17) ^ seed;
+    if (!rng_state) {
+        rng_state = 1;
+    }
+}
+
+static inline uint32_t pattern_word(uint64_t sector, uint32_t word)
+{
+    return ((uint32_t)sector * 0x9e3779b1u) ^ (word * 0x85ebca77u) ^ cfg.seed
+           ^ (uint32_t)(sector >> 32);
+}
+
+static void fill_pattern(uint32_t *buf, uint64_t sector, uint32_t bytes)
+{
+    uint32_t s, w;
+
+    for (s = 0; s < bytes / 512; s++) {
+        for (w = 0; w < 128; w++) {
+            buf[s * 128 + w] = pattern_word(sector + s, w);
+        }
+    }
+}
+
+/* number of 512-byte sectors in buf that differ from the pattern */
+static uint32_t check_pattern(const uint32_t *buf, uint64_t sector, uint32_t bytes)
+{
+    uint32_t s, w, bad = 0;
+
+    for (s = 0; s < bytes / 512; s++) {
+        for (w = 0; w < 128; w++) {
+            if (buf[s * 128 + w] != pattern_word(sector + s, w)) {
+                bad++;
+                break;
+            }
+        }
+    }
+    return bad;
+}
+
+/*
+ * Latency histogram in TSC cycles, log-linear: 16 sub-buckets per power of
+ * two (about 6 % resolution); converted to ns only when printed.
+ */
+#define HIST_SUB_BITS   4
+#define HIST_SUB        (1 << HIST_SUB_BITS)
+#define HIST_BUCKETS    ((32 - HIST_SUB_BITS + 1) * HIST_SUB + 1)
+
+static uint32_t hist[HIST_BUCKETS];
+
+static inline uint32_t hist_index(uint64_t v)
+{
+    uint32_t x, e;
+
+    if (v >> 32) {
+        return HIST_BUCKETS - 1;
+    }
+    x = v;
+    if (x < HIST_SUB) {
+        return x;
+    }
+    e = 31 - __builtin_clz(x);
+    return (e - HIST_SUB_BITS + 1) * HIST_SUB + ((x >> (e - HIST_SUB_BITS)) & (HIST_SUB - 1));
+}
+
+static uint64_t hist_low(uint32_t i)
+{
+    uint32_t e;
+
+    if (i < HIST_SUB) {
+        return i;
+    }
+    if (i >= HIST_BUCKETS - 1) {
+        return (uint64_t)1 << 32;
+    }
+    e = i / HIST_SUB + HIST_SUB_BITS - 1;
+    return (uint64_t)(HIST_SUB + i % HIST_SUB) << (e - HIST_SUB_BITS);
+}
+
+struct phase_stats {
+    uint64_t t_start, t_end;
+    uint64_t lat_sum, lat_min, lat_max;
+    uint64_t halted;
+    uint32_t done;
+    uint32_t errors;
+    uint32_t mismatches;
+    int timed_out;
+};
+
+enum phase_kind {
+    PHASE_BENCH,        /* the workload as configured */
+    PHASE_WRITE_ALL,    /* verify: write the pattern along the block sequence */
+    PHASE_READ_CHECK,   /* verify: read the same sequence back and compare */
+};
+
+struct slot {
+    uint64_t t_submit;
+    uint64_t sector;
+    int is_write;
+};
+
+#define MAX_QD 256
+
+static struct slot slots[MAX_QD];
+static struct virtio_blk_outhdr *hdrs;
+static volatile uint8_t *statuses;
+static uintptr_t bufs;
+static uint32_t qd;
+static uint32_t spb;            /* sectors per block */
+static uint32_t nblocks;
+static uint32_t next_block;
+static int random_offsets;
+
+static uint64_t pick_sector(void)
+{
+    uint32_t block;
+
+    if (random_offsets) {
+        block = ((uint64_t)rng_next() * nblocks) >> 32;
+    } else {
+        block = next_block++;
+        if (next_block >= nblocks) {
+            next_block = 0;
+        }
+    }
+    return (uint64_t)block * spb;
+}
+
+static void submit(uint32_t i, enum phase_kind kind)
+{
+    struct slot *s = &slots[i];
+    uint16_t head = 3 * i;
+    int is_write;
+
+    s->sector = pick_sector();
+    if (kind == PHASE_WRITE_ALL) {
+        is_write = 1;
+    } else if (kind == PHASE_READ_CHECK) {
+        is_write = 0;
+    } else if (streq(cfg.rw, "randrw")) {
+        is_write = (rng_next() % 100) >= (uint32_t)cfg.rwmix;
+    } else {
+        is_write = streq(cfg.rw, "randwrite") || streq(cfg.rw, "write");
+    }
+    s->is_write = is_write;
+    if (kind == PHASE_WRITE_ALL) {
+        fill_pattern((uint32_t *)(bufs + i * cfg.bs), s->sector, cfg.bs);
+    }
+    hdrs[i].type = is_write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
+    hdrs[i].ioprio = 0;
+    hdrs[i].sector = s->sector;
+    dev.desc[head + 1].flags = VRING_DESC_F_NEXT | (is_write ? 0 : VRING_DESC_F_WRITE);
+    statuses[i] = 0xff;
+    vdev_add(&dev, head);
+    s->t_submit = rdtsc();
+}
+
+static void run_phase(uint32_t n, enum phase_kind kind, struct phase_stats *st, int record)
+{
+    uint32_t submitted = 0, i;
+    uint64_t timeout = ms_to_cycles(cfg.timeout_ms);
+
+    memset(st, 0, sizeof(*st));
+    st->lat_min = ~0ull;
+    st->t_start = rdtsc();
+    dev.halted_cycles = 0;
+    for (i = 0; i < qd && submitted < n; i++, submitted++) {
+        submit(i, kind);
+    }
+    vdev_kick(&dev);
+
+    while (st->done < n) {
+        uint16_t used_idx;
+        uint64_t now;
+        int resubmitted = 0;
+
+        if (!vdev_wait(&dev, cfg.wait, rdtsc() + timeout)) {
+            st->timed_out = 1;
+            break;
+        }
+        now = rdtsc();
+        used_idx = vdev_used_idx(&dev);
+        while (dev.last_used != used_idx) {
+            uint32_t id = dev.used->ring[vring_slot(&dev, dev.last_used)].id;
+            uint32_t k = id / 3;
+            uint64_t lat;
+
+            dev.last_used++;
+            if (k >= qd) {
+                st->errors++;
+                continue;
+            }
+            lat = now - slots[k].t_submit;
+            if (record) {
+                hist[hist_index(lat)]++;
+                st->lat_sum += lat;
+                if (lat < st->lat_min) {
+                    st->lat_min = lat;
+                }
+                if (lat > st->lat_max) {
+                    st->lat_max = lat;
+                }
+            }
+            if (statuses[k] != VIRTIO_BLK_S_OK) {
+                st->errors++;
+            } else if (kind == PHASE_READ_CHECK) {
+                st->mismatches += check_pattern((uint32_t *)(bufs + k * cfg.bs),
+                                                slots[k].sector, cfg.bs);
+            }
+            st->done++;
+            if (submitted < n) {
+                submit(k, kind);
+                submitted++;
+                resubmitted = 1;
+            }
+        }
+        if (resubmitted) {
+            vdev_kick(&dev);
+        }
+    }
+    st->t_end = rdtsc();
+    st->halted = dev.halted_cycles;
+}
+
+/* value of the bucket holding the rank-th smallest sample (midpoint, clamped) */
+static uint64_t hist_percentile(uint32_t total, uint32_t per10000, uint64_t lo, uint64_t hi)
+{
+    uint64_t rank = div_u64_u32((uint64_t)total * per10000 + 9999, 10000, NULL);
+    uint64_t cum = 0, v;
+    uint32_t i;
+
+    if (rank == 0) {
+        rank = 1;
+    }
+    for (i = 0; i < HIST_BUCKETS; i++) {
+        cum += hist[i];
+        if (cum >= rank) {
+            break;
+        }
+    }
+    if (i >= HIST_BUCKETS - 1) {
+        return hi;
+    }
+    v = (hist_low(i) + hist_low(i + 1)) / 2;
+    return v < lo ? lo : (v > hi ? hi : v);
+}
+
+static void print_result(const struct phase_stats *st, const struct phase_stats *check,
+                         const char *error)
+{
+    uint64_t elapsed_ns = cycles_to_ns(st->t_end - st->t_start);
+    uint64_t lat_min = st->done ? st->lat_min : 0;
+    uint32_t i;
+    int first = 1;
+    int ok = !error && !st->timed_out && st->done == cfg.n && !st->errors
+             && !(check && (check->errors || check->mismatches || check->timed_out));
+
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(ok);
+    out_key_str("mode", "bench");
+    out_key_str("rw", cfg.rw);
+    out_key_u64("bs", cfg.bs);
+    out_key_u64("qd", qd);
+    out_key_u64("qd_requested", cfg.qd);
+    out_key_u64("n", cfg.n);
+    out_key_u64("done", st->done);
+    out_key_u64("seq", !random_offsets);
+    out_key_str("wait", cfg.wait_name);
+    out_key_u64("msix", dev.msix);
+    out_key_u64("errors", st->errors + (check ? check->errors : 0));
+    out_key_u64("verify", check != NULL);
+    out_key_u64("mismatches", check ? check->mismatches : 0);
+    out_key_u64("verified", check ? check->done : 0);
+    out_key_u64("timed_out", st->timed_out || (check && check->timed_out));
+    out_key_u64("seed", cfg.seed);
+    out_key_u64("queue_size", dev.qsize);
+    out_key_u64("capacity_sectors", dev.capacity);
+    out_key_u64("host_features", dev.host_features);
+    out_key_u64("notifies", dev.notifies);
+    out_key_u64("irqs", irq_count);
+    out_key_u64("unexpected_irqs", unexpected_irqs);
+    out_key_u64("tsc_hz", tsc_hz);
+    out_key_u64("elapsed_ns", elapsed_ns);
+    out_key_u64("halted_ns", cycles_to_ns(st->halted));
+    out_key_u64("iops", elapsed_ns ? div_u64((uint64_t)st->done * 1000000000ull, elapsed_ns) : 0);
+    out_str(",\"lat_ns\":{\"mean\":");
+    out_u64(st->done ? cycles_to_ns(div_u64_u32(st->lat_sum, st->done, NULL)) : 0);
+    out_key_u64("min", cycles_to_ns(lat_min));
+    out_key_u64("max", cycles_to_ns(st->lat_max));
+    out_key_u64("p50", cycles_to_ns(hist_percentile(st->done, 5000, lat_min, st->lat_max)));
+    out_key_u64("p99", cycles_to_ns(hist_percentile(st->done, 9900, lat_min, st->lat_max)));
+    out_key_u64("p999", cycles_to_ns(hist_percentile(st->done, 9990, lat_min, st->lat_max)));
+    out_str("},\"hist\":[");
+    for (i = 0; i < HIST_BUCKETS; i++) {
+        if (!hist[i]) {
+            continue;
+        }
+        out_str(first ? "[" : ",[");
+        first = 0;
+        out_u64(cycles_to_ns(hist_low(i)));
+        out_char(',');
+        out_u64(cycles_to_ns(hist_low(i + 1)));
+        out_char(',');
+        out_u64(hist[i]);
+        out_char(']');
+    }
+    out_char(']');
+    if (error) {
+        out_key_str("error", error);
+    } else if (st->timed_out) {
+        out_key_str("error", "completion-timeout");
+    }
+    out_str("}\n");
+    mg_finish(ok);
+}
+
+static void fail(const char *error)
+{
+    out_str("\nMICROGUEST-RESULT {\"ok\":0");
+    out_key_str("mode", cfg.hostile ? "hostile" : "bench");
+    out_key_str("error", error);
+    out_str("}\n");
+    mg_finish(0);
+}
+
+void mg_finish(int ok)
+{
+    if (cfg.halt) {
+        out_str("MICROGUEST-HALT\n");
+        mg_halt();
+    }
+    mg_poweroff(ok);
+}
+
+static void bench(void)
+{
+    struct phase_stats st, check;
+    uint32_t i;
+    int writes = streq(cfg.rw, "randwrite") || streq(cfg.rw, "write");
+    int verify = cfg.verify && writes;
+
+    qd = cfg.qd;
+    if (qd > dev.qsize / 3) {
+        qd = dev.qsize / 3;
+    }
+    if (qd > MAX_QD) {
+        qd = MAX_QD;
+    }
+    if (qd < 1 || cfg.bs < 512 || cfg.bs % 512) {
+        fail("bad-qd-or-bs");
+    }
+    spb = cfg.bs / 512;
+    if (div_u64_u32(dev.capacity, spb, NULL) >> 32) {
+        nblocks = 0xffffffffu;
+    } else {
+        nblocks = div_u64_u32(dev.capacity, spb, NULL);
+    }
+    if (nblocks == 0) {
+        fail("disk-smaller-than-bs");
+    }
+    random_offsets = !cfg.seq && (streq(cfg.rw, "randread") || streq(cfg.rw, "randwrite")
+                                  || streq(cfg.rw, "randrw"));
+    hdrs = (struct virtio_blk_outhdr *)mg_alloc(qd * sizeof(*hdrs));
+    statuses = (volatile uint8_t *)mg_alloc(qd);
+    bufs = mg_alloc(qd * cfg.bs);
+    if (!hdrs || !statuses || !bufs) {
+        fail("out-of-guest-memory");
+    }
+    for (i = 0; i < qd; i++) {
+        struct vring_desc *d = &dev.desc[3 * i];
+
+        d[0].addr = (uintptr_t)&hdrs[i];
+        d[0].len = sizeof(hdrs[i]);
+        d[0].flags = VRING_DESC_F_NEXT;
+        d[0].next = 3 * i + 1;
+        d[1].addr = bufs + i * cfg.bs;
+        d[1].len = cfg.bs;
+        d[1].flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+        d[1].next = 3 * i + 2;
+        d[2].addr = (uintptr_t)&statuses[i];
+        d[2].len = 1;
+        d[2].flags = VRING_DESC_F_WRITE;
+        d[2].next = 0;
+    }
+    for (i = 0; i < qd; i++) {
+        fill_pattern((uint32_t *)(bufs + i * cfg.bs), i, cfg.bs);
+    }
+
+    out_str("MICROGUEST-BEGIN\n");
+    rng_seed(cfg.seed);
+    next_block = 0;
+    if (cfg.warmup) {
+        run_phase(cfg.warmup, PHASE_BENCH, &st, 0);
+        if (st.timed_out) {
+            print_result(&st, NULL, "warmup-timeout");
+        }
+    }
+    if (verify) {
+        rng_seed(cfg.seed);
+        next_block = 0;
+        run_phase(cfg.n, PHASE_WRITE_ALL, &st, 1);
+        out_str("MICROGUEST-END\n");
+        rng_seed(cfg.seed);
+        next_block = 0;
+        run_phase(cfg.n, PHASE_READ_CHECK, &check, 0);
+        print_result(&st, &check, NULL);
+    }
+    run_phase(cfg.n, PHASE_BENCH, &st, 1);
+    out_str("MICROGUEST-END\n");
+    print_result(&st, NULL, NULL);
+}
+
+void mg_main(uint32_t magic, struct multiboot_info *mbi)
+{
+    const char *err;
+
+    serial_init();
+    if (magic != 0x2badb002) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"error\":\"not-multiboot\"}\n");
+        mg_poweroff(0);
+    }
+    parse_cmdline((mbi->flags & 4) ? (const char *)mbi->cmdline : NULL);
+    ram_end = (mbi->flags & 1) ? (mbi->mem_upper + 1024) * 1024 : (32u << 20);
+    heap = (uintptr_t)_bss_end;
+
+    idt_init();
+    pic_init(-1);
+    tsc_calibrate();
+    lapic_init();
+    out_str("MICROGUEST-BOOT tsc_hz=");
+    out_u64(tsc_hz);
+    out_str(" ram_mb=");
+    out_u64(ram_end >> 20);
+    out_char('\n');
+
+    err = vdev_probe(&dev);
+    if (err) {
+        fail(err);
+    }
+    err = vdev_init(&dev, mg_alloc(VRING_MEM_BYTES), cfg.hostile ? WAIT_POLL : cfg.wait);
+    if (err) {
+        fail(err);
+    }
+    if (cfg.wait == WAIT_INTX && !cfg.hostile) {
+        pic_init(dev.intx_line);
+    }
+    if (cfg.hostile) {
+        cfg.wait = WAIT_POLL;
+        hostile_run();
+    } else {
+        bench();
+    }
+    mg_finish(1);
+}

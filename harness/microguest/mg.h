@@ -1,0 +1,37 @@
+/*
+ * Micro-guest: command line settings and shared state.
+ */
+#ifndef MG_MG_H
+#define MG_MG_H
+
+#include "virtio.h"
+
+struct mg_config {
+    char rw[12];            /* randread randwrite read write randrw */
+    uint32_t bs;            /* bytes, multiple of 512 */
+    uint32_t qd;
+    uint32_t n;             /* timed requests */
+    uint32_t warmup;        /* untimed requests before */
+    int seq;                /* sequential offsets */
+    int rwmix;              /* randrw: percent reads */
+    enum wait_mode wait;
+    const char *wait_name;
+    int verify;
+    uint32_t seed;
+    int hostile;
+    char hostile_case[32];
+    uint32_t timeout_ms;    /* per-wait timeout */
+    int halt;               /* halt instead of power off at the end */
+};
+
+extern struct mg_config cfg;
+extern struct vdev dev;
+extern uintptr_t ram_end;
+
+/* bump allocator for page-aligned, zeroed DMA memory; 0 when RAM runs out */
+uintptr_t mg_alloc(uint32_t bytes);
+
+void hostile_run(void);
+void mg_finish(int ok) __attribute__((noreturn));
+
+#endif

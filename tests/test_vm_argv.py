@@ -1,0 +1,221 @@
+"""Pure command-line tests: QEMU argv, fio argv, and the guest's building blocks."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import stat
+from pathlib import Path
+
+import pytest
+
+from harness.config import VariantSpec
+from harness.errors import UserError
+from harness.fio import fio_argv, guest_cpu_pct, parse_fio_json
+from harness.guest import GuestImage, Initramfs, custom_guest, module_order
+from harness.config import GuestSpec
+from harness.hostinfo import ensure_space, host_facts, prepare_disk
+from harness.matrix import Workload
+from harness.vm import VMSpec, qemu_argv
+
+FIO_DATA = Path(__file__).parent / "data" / "fio"
+
+GUEST = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"),
+                   append="console=ttyS0 rdinit=/init", ssh_user="root",
+                   ssh_key=Path("k/id_rsa"), description="test guest")
+
+
+def spec(variant: VariantSpec, **overrides) -> VMSpec:
+    values = dict(binary="qemu", accel="tcg", memory_mb=512, vcpus=2, guest=GUEST,
+                  disk_path=Path("d/disk.raw"), variant=variant, ssh_port=2222,
+                  qmp_socket=Path("r/qmp.sock"), console_log=Path("r/console.log"))
+    return VMSpec(**{**values, **overrides})
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == flag]
+
+
+def test_built_variant_uses_the_2012_dialect():
+    argv = qemu_argv(spec(VariantSpec(name="baseline")))
+    assert argv[:3] == ["qemu", "-machine", "pc,accel=tcg"]
+    assert option(argv, "-m") == ["512"] and option(argv, "-smp") == ["2"]
+    assert option(argv, "-drive") == [
+        "if=none,id=disk0,file=d/disk.raw,format=raw,cache=none,aio=native"]
+    assert option(argv, "-device") == ["virtio-blk-pci,drive=disk0",
+                                       "virtio-net-pci,netdev=n0,romfile="]
+    assert option(argv, "-netdev") == ["user,id=n0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    assert option(argv, "-qmp") == ["unix:r/qmp.sock,server,nowait"]
+    assert option(argv, "-serial") == ["file:r/console.log"]
+    assert option(argv, "-display") == ["none"]
+    assert "-object" not in argv
+    # the default VGA stays: no -nodefaults, no -vga none
+    assert "-nodefaults" not in argv and "-vga" not in argv
+
+
+def test_boot_arguments_come_from_the_guest_image():
+    argv = qemu_argv(spec(VariantSpec(name="baseline")))
+    assert option(argv, "-kernel") == ["k/vmlinuz"]
+    assert option(argv, "-initrd") == ["k/initrd.cpio"]
+    assert option(argv, "-append") == ["console=ttyS0 rdinit=/init"]
+
+
+def test_system_variant_with_iothread_and_io_uring():
+    variant = VariantSpec(name="qemu72", binary="/usr/bin/qemu-system-x86_64",
+                          iothread=True, aio="io_uring")
+    argv = qemu_argv(spec(variant, binary=variant.binary, accel="kvm"))
+    assert argv[:3] == ["/usr/bin/qemu-system-x86_64", "-machine", "pc,accel=kvm"]
+    assert option(argv, "-object") == ["iothread,id=io0"]
+    assert option(argv, "-drive")[0].endswith(",aio=io_uring")
+    assert option(argv, "-device")[0] == "virtio-blk-pci,drive=disk0,iothread=io0"
+    assert option(argv, "-qmp") == ["unix:r/qmp.sock,server=on,wait=off"]
+    # the iothread object must exist before the device that names it
+    assert argv.index("-object") < argv.index("-device")
+
+
+def test_device_props_are_appended_to_the_blk_device():
+    variant = VariantSpec(name="dataplane", device_props={"x-data-plane": "on", "scsi": "off"})
+    device = option(qemu_argv(spec(variant)), "-device")[0]
+    assert device == "virtio-blk-pci,drive=disk0,x-data-plane=on,scsi=off"
+
+
+def test_legacy_can_be_forced_for_a_system_binary():
+    variant = VariantSpec(name="old", binary="/opt/qemu-1.0")
+    argv = qemu_argv(spec(variant, legacy=True))
+    assert option(argv, "-qmp") == ["unix:r/qmp.sock,server,nowait"]
+
+
+def test_no_disk_and_a_custom_disk_image():
+    image = GuestImage(kernel=None, initrd=None, append="", ssh_user="me",
+                       ssh_key=Path("key"), description="img", marker=None,
+                       boot_image=Path("img.qcow2"))
+    argv = qemu_argv(spec(VariantSpec(name="baseline"), guest=image, disk_path=None))
+    assert "-kernel" not in argv
+    assert option(argv, "-drive") == ["file=img.qcow2,if=ide,index=0,media=disk,snapshot=on"]
+    assert not any(d.startswith("virtio-blk") for d in option(argv, "-device"))
+
+
+def test_argv_is_printable():
+    argv = qemu_argv(spec(VariantSpec(name="baseline")))
+    assert shlex.split(shlex.join(argv)) == argv
+
+
+# ------------------------------------------------------------------ fio
+
+
+def test_fio_argv():
+    argv = fio_argv(Workload("randrw", "64k", 16, 2), runtime_s=10, ramp_s=2)
+    assert argv[0] == "fio"
+    for expected in ("--name=randrw-64k-qd16-j2", "--filename=/dev/vda", "--direct=1",
+                     "--ioengine=libaio", "--rw=randrw", "--bs=64k", "--iodepth=16",
+                     "--numjobs=2", "--runtime=10", "--ramp_time=2", "--time_based",
+                     "--group_reporting", "--randrepeat=0", "--output-format=json"):
+        assert expected in argv
+
+
+def test_guest_cpu_pct_from_proc_stat():
+    before = "cpu  100 0 100 800 0 0 0 0 0 0"
+    after = "cpu  150 0 200 850 50 0 0 0 0 0"  # busy +150, idle+iowait +100
+    assert guest_cpu_pct(f"{before}\nnoise\n{after}\n") == pytest.approx(60.0)
+    assert guest_cpu_pct("") != guest_cpu_pct("")  # NaN when the samples are missing
+
+
+@pytest.mark.parametrize("name", ["randread-4k-qd4-j1", "randrw-4k-qd8-j1", "randread-4k-qd4-j2"])
+def test_recorded_guest_fio_json_parses(name):
+    text = (FIO_DATA / f"{name}.json").read_text()
+    json_text, data = parse_fio_json("fio: note: something first\n" + text)
+    assert json.loads(json_text) == data
+    job = data["jobs"][0]
+    assert job["jobname"] == name and job["read"]["iops"] > 0
+
+
+# ---------------------------------------------------------------- guest parts
+
+
+def test_module_order_puts_dependencies_first():
+    deps = {"virtio_net": ["net_failover", "virtio", "virtio_ring"],
+            "net_failover": ["failover"], "virtio_blk": ["virtio", "virtio_ring"],
+            "virtio_ring": [], "virtio": [], "failover": []}
+    order = module_order(["virtio_blk", "virtio_net"], deps.__getitem__)
+    assert sorted(order) == sorted(deps)
+    for name, needs in deps.items():
+        assert all(order.index(d) < order.index(name) for d in needs)
+
+
+def test_module_cycle_is_a_user_error():
+    with pytest.raises(UserError, match="cycle"):
+        module_order(["a"], {"a": ["b"], "b": ["a"]}.__getitem__)
+
+
+def test_initramfs_is_newc_with_parents_nodes_and_symlinks(tmp_path):
+    archive = Initramfs()
+    archive.file("usr/bin/tool", b"abc", 0o755)
+    archive.symlink("bin/sh", "busybox")
+    archive.node("dev/console", stat.S_IFCHR | 0o600, 5, 1)
+    out = tmp_path / "initrd.cpio"
+    archive.write(out)
+    data = out.read_bytes()
+    assert data.startswith(b"070701") and len(data) % 512 == 0
+    names = _cpio_names(data)
+    assert names[:2] == ["bin", "bin/sh"] and "usr" in names and "usr/bin" in names
+    assert names[-1] == "TRAILER!!!"
+
+
+def _cpio_names(data: bytes) -> list[str]:
+    names, offset = [], 0
+    while True:
+        header = data[offset:offset + 110]
+        size, namesize = int(header[54:62], 16), int(header[94:102], 16)
+        name = data[offset + 110:offset + 110 + namesize - 1].decode()
+        names.append(name)
+        if name == "TRAILER!!!":
+            return names
+        offset += 110 + namesize
+        offset += -offset % 4
+        offset += size + (-size % 4)
+
+
+def test_custom_guest_from_kernel_or_image(tmp_path):
+    for name in ("bzImage", "initrd", "disk.qcow2", "key"):
+        (tmp_path / name).write_text("x")
+    image = custom_guest(GuestSpec(kind="custom", kernel=tmp_path / "bzImage",
+                                   initrd=tmp_path / "initrd", ssh_user="me",
+                                   ssh_key=tmp_path / "key"))
+    assert image.marker is None and image.append == "console=ttyS0" and image.ssh_user == "me"
+    image = custom_guest(GuestSpec(kind="custom", image=tmp_path / "disk.qcow2",
+                                   ssh_key=tmp_path / "key"))
+    assert image.boot_image == tmp_path / "disk.qcow2" and image.kernel is None
+    with pytest.raises(UserError, match="guest.kernel: no such file"):
+        custom_guest(GuestSpec(kind="custom", kernel=tmp_path / "nope", ssh_key=tmp_path / "key"))
+
+
+# ------------------------------------------------------------ host and disks
+
+
+def test_host_facts_have_no_hostname():
+    import socket
+
+    facts = host_facts()
+    assert facts["cores"] >= 1 and facts["kernel"]
+    assert socket.gethostname() not in facts.values()
+    assert not any("host" in key and "name" in key for key in facts)
+
+
+def test_prepare_disk_is_preallocated_and_reused(tmp_path):
+    disk = tmp_path / "d.raw"
+    messages = []
+    prepare_disk(disk, 16 << 20, messages.append)
+    st = disk.stat()
+    assert st.st_size == 16 << 20 and st.st_blocks * 512 >= 16 << 20
+    assert disk.read_bytes()[:4096] != bytes(4096)  # real data, not zeroes
+    mtime = st.st_mtime_ns
+    prepare_disk(disk, 16 << 20)
+    assert disk.stat().st_mtime_ns == mtime  # reused, not rewritten
+    prepare_disk(disk, 17 << 20)
+    assert disk.stat().st_size == 17 << 20
+    assert messages
+
+
+def test_ensure_space_refuses_an_impossible_disk(tmp_path):
+    with pytest.raises(UserError, match="free"):
+        ensure_space(tmp_path / "huge.raw", 1 << 60)
