@@ -24,7 +24,7 @@ from . import __version__
 from .build import built_binary, read_manifest
 from .config import BenchConfig, GuestSpec, VariantSpec, load_config
 from .errors import HarnessError, InfraError, UserError
-from .matrix import Point, Session, plan
+from .matrix import Point, Session, plan, skipped
 from .paths import cache_dir, results_dir
 from .results import ResultsStore, failed_row
 from .source import _write_json
@@ -178,9 +178,11 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
     """The whole run; returns the run directory (report written there)."""
     config = load_config(config_path)
     run = prepare(config, config_path, resume, accel, progress)
-    runners = {guest.kind: _runner_for(run, guest, progress) for guest in config.guests}
+    runners = {guest.id: _runner_for(run, guest, progress) for guest in config.guests}
     description = "; ".join(f"{kind}: {r.description}" for kind, r in runners.items())
     write_manifest(run, "running", description)
+    for line in skipped(config):
+        progress(line)
     sessions = pending_sessions(run)
     total = sum(len(s.points) for s in sessions)
     progress(f"run {run.run_id}: {total} points in {len(sessions)} boots, accel={run.accel}")

@@ -92,6 +92,7 @@ class DiskSpec(_Spec):
 
 class GuestSpec(_Spec):
     kind: Literal["fio", "microguest", "custom"] = "fio"
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     memory_mb: int = Field(default=512, ge=64, le=16384)
     vcpus: int = Field(default=1, ge=1, le=64)
     # custom guests: the user's own kernel/initrd or disk image with an SSH login
@@ -103,6 +104,15 @@ class GuestSpec(_Spec):
     ssh_key: Path | None = None
     # micro-guest: how it waits for completions
     wait: Literal["poll", "irq", "intx"] = "poll"
+    # repetitions for this guest (default: the run's); cheap guests can afford more
+    repetitions: int | None = Field(default=None, ge=1, le=100)
+
+    @property
+    def id(self) -> str:
+        """The guest column of result rows: the name, else the kind (+ wait mode for the micro-guest)."""
+        if self.name:
+            return self.name
+        return f"microguest-{self.wait}" if self.kind == "microguest" else self.kind
 
     @model_validator(mode="after")
     def _custom_needs(self):
@@ -178,9 +188,9 @@ class BenchConfig(_Spec):
 
     @model_validator(mode="after")
     def _names(self):
-        kinds = [g.kind for g in self.guests]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"guests: each kind at most once, got {kinds}")
+        ids = [g.id for g in self.guests]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"guests: each guest at most once (give them names), got {ids}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variants: names must be unique, got {names}")
@@ -191,11 +201,11 @@ class BenchConfig(_Spec):
             raise ValueError(f"disks: names must be unique, got {disk_names}")
         return self
 
-    def guest(self, kind: str) -> GuestSpec:
+    def guest(self, guest_id: str) -> GuestSpec:
         for guest in self.guests:
-            if guest.kind == kind:
+            if guest.id == guest_id:
                 return guest
-        raise UserError(f"no guest of kind {kind!r} in the config")
+        raise UserError(f"no guest {guest_id!r} in the config; it has {[g.id for g in self.guests]}")
 
     def variant(self, name: str) -> VariantSpec:
         for variant in self.variants:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
-from .config import BenchConfig
+from .config import BenchConfig, GuestSpec
 
 
 @dataclass(frozen=True)
@@ -62,17 +62,42 @@ def workloads(config: BenchConfig) -> list[Workload]:
             for rw, bs, qd, jobs in product(spec.rw, spec.bs, spec.iodepth, spec.numjobs)]
 
 
+# The micro-guest drives one legacy virtqueue of 128 entries with three
+# descriptors per request.
+MICROGUEST_MAX_IODEPTH = 42
+
+
+def unsupported(guest: GuestSpec, workload: Workload) -> str | None:
+    """Why a guest cannot run a workload, or None if it can."""
+    if guest.kind == "microguest" and workload.numjobs > 1:
+        return "the micro-guest drives one queue (numjobs 1 only)"
+    if guest.kind == "microguest" and workload.iodepth > MICROGUEST_MAX_IODEPTH:
+        return f"the micro-guest keeps at most {MICROGUEST_MAX_IODEPTH} requests in flight"
+    return None
+
+
+def skipped(config: BenchConfig) -> list[str]:
+    """One line per (guest, workload) the plan leaves out, with the reason."""
+    return [f"{guest.id}: {w.label} left out: {reason}"
+            for guest in config.guests for w in workloads(config)
+            if (reason := unsupported(guest, w))]
+
+
 def plan(config: BenchConfig) -> list[Session]:
     """All sessions of a run in execution order (variants interleaved and rotated)."""
     names = [v.name for v in config.variants]
+    most = max([config.repetitions] + [g.repetitions or 0 for g in config.guests])
     sessions = []
-    for rep in range(1, config.repetitions + 1):
+    for rep in range(1, most + 1):
         shift = (rep - 1) % len(names)
         order = names[shift:] + names[:shift]
         for guest in config.guests:
+            if rep > (guest.repetitions or config.repetitions):
+                continue
+            runnable = [w for w in workloads(config) if not unsupported(guest, w)]
             for disk in config.disks:
                 for variant in order:
-                    points = tuple(Point(guest.kind, variant, disk.name, w, rep)
-                                   for w in workloads(config))
-                    sessions.append(Session(guest.kind, variant, disk.name, rep, points))
+                    points = tuple(Point(guest.id, variant, disk.name, w, rep) for w in runnable)
+                    if points:
+                        sessions.append(Session(guest.id, variant, disk.name, rep, points))
     return sessions

@@ -11,16 +11,13 @@ from typing import Callable
 
 from .bench import Progress, Run, now_iso
 from .config import GuestSpec
-from .errors import HarnessError, UserError
+from .errors import HarnessError
 from .matrix import Session
 from .microguest import RESULT_PREFIX, build_microguest, find_line, micro_row, run_microguest_point
 
 
 class MicroRunner:
     def __init__(self, run: Run, spec: GuestSpec, progress: Progress):
-        if any(jobs > 1 for jobs in run.config.workloads.numjobs):
-            raise UserError("workloads.numjobs: the micro-guest drives one queue; use numjobs: [1] "
-                            "(or a separate run with the fio guest for numjobs > 1)")
         self.run = run
         self.spec = spec
         self.progress = progress

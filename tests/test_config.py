@@ -85,12 +85,33 @@ def test_shipped_configs_are_valid():
 
 def test_two_guests_in_one_run():
     config = parse_config(MINIMAL + "guests: [{kind: fio}, {kind: microguest, wait: irq}]")
-    assert config.guest("microguest").wait == "irq"
+    assert config.guest("microguest-irq").wait == "irq"
     sessions = plan(config)
-    assert {s.guest for s in sessions} == {"fio", "microguest"}
+    assert {s.guest for s in sessions} == {"fio", "microguest-irq"}
     keys = [p.key for s in sessions for p in s.points]
     assert len(keys) == len(set(keys))
     with pytest.raises(UserError, match="either 'guest' or 'guests'"):
         parse_config(MINIMAL + "guest: {kind: fio}\nguests: [{kind: fio}]")
-    with pytest.raises(UserError, match="each kind at most once"):
+    with pytest.raises(UserError, match="each guest at most once"):
         parse_config(MINIMAL + "guests: [{kind: fio}, {kind: fio}]")
+
+
+def test_microguest_points_it_cannot_run_are_left_out_with_a_reason():
+    from harness.matrix import skipped
+
+    config = parse_config(MINIMAL + "guests: [{kind: fio}, {kind: microguest, repetitions: 4}]\n"
+                          "workloads: {iodepth: [1, 64], numjobs: [1, 4]}")
+    sessions = plan(config)
+    micro = [p for s in sessions if s.guest == "microguest-poll" for p in s.points]
+    assert {(p.workload.iodepth, p.workload.numjobs) for p in micro} == {(1, 1)}
+    assert max(p.rep for p in micro) == 4
+    fio = [p for s in sessions if s.guest == "fio" for p in s.points]
+    assert len(fio) == 2 * 4 * 3  # variants x workloads x repetitions
+    assert len(skipped(config)) == 3 and all("micro-guest" in line for line in skipped(config))
+
+
+def test_two_microguest_wait_modes_in_one_run():
+    config = parse_config(MINIMAL + "guests: [{kind: microguest, wait: poll}, {kind: microguest, wait: irq}]")
+    assert [g.id for g in config.guests] == ["microguest-poll", "microguest-irq"]
+    named = parse_config(MINIMAL + "guests: [{kind: fio, name: linux}]")
+    assert plan(named)[0].guest == "linux"
