@@ -45,6 +45,7 @@ class Run:
     store: ResultsStore
     notices: list[str] = field(default_factory=list)
     command_lines: dict[str, str] = field(default_factory=dict)
+    boot_seconds: dict[str, float] = field(default_factory=dict)  # launch → SSH ready, per boot
 
     @property
     def run_id(self) -> str:
@@ -136,6 +137,7 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
                      for v in run.config.variants},
         "qemu_command_lines": {**previous.get("qemu_command_lines", {}), **run.command_lines},
         "guest": guest_description or previous.get("guest", ""),
+        "boot_to_ssh_seconds": {**previous.get("boot_to_ssh_seconds", {}), **run.boot_seconds},
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())

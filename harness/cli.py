@@ -183,7 +183,15 @@ def _config_baseline(run_dir: Path) -> str:
     return "baseline"
 
 
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """SIGTERM stops a run like Ctrl-C does: QEMU reaped, finished points kept."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         app()
     except HarnessError as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import fabric
 import paramiko
+from invoke.exceptions import CommandTimedOut
 
 from .errors import InfraError
 from .guest import GuestImage
@@ -27,6 +28,14 @@ logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
 KEX = "diffie-hellman-group14-sha256"
 HOST_KEYS = ("rsa-sha2-256", "rsa-sha2-512")
 PUBKEYS = ("rsa-sha2-256",)
+
+
+class GuestStalled(InfraError):
+    """fio ran past its timeout: the session's guest cannot be trusted any more.
+
+    Seen with Debian's QEMU 7.2 and an iothread under TCG: about one boot in
+    ten loses a virtio-blk completion and the guest waits for it forever.
+    """
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,12 @@ def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s:
     started = time.monotonic()
     try:
         result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - timeouts and dropped connections
-        raise InfraError(f"fio in the guest failed ({type(exc).__name__}: {exc}): {fio}") from exc
+    except CommandTimedOut as exc:
+        raise GuestStalled(f"fio did not finish within {timeout:.0f} s (the guest or its disk "
+                           f"is stalled; reboot before the next point): {fio}") from exc
+    except Exception as exc:  # noqa: BLE001 - dropped connections and the like
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InfraError(f"fio in the guest failed ({type(exc).__name__}: {first}): {fio}") from exc
     seconds = time.monotonic() - started
     if result.exited != 0:
         raise InfraError(f"fio in the guest exited with {result.exited}: {fio}: "

@@ -8,7 +8,7 @@ from typing import Callable
 
 from .bench import Progress, Run, fail_points, now_iso
 from .config import GuestSpec
-from .errors import HarnessError
+from .errors import HarnessError, InfraError
 from .matrix import Point, Session
 from .results import row_from_fio
 
@@ -49,11 +49,16 @@ class FioRunner:
                 if self.image.marker:
                     vm.wait_for_marker(self.image.marker, timeouts.boot_s)
                 connection = open_connection(spec.ssh_port, self.image, timeouts.boot_s)
-                self.progress(f"{session.key}: SSH ready {time.monotonic() - booted:.1f} s after launch")
+                ready = time.monotonic() - booted
+                self.run.boot_seconds[session.key] = round(ready, 2)
+                self.progress(f"{session.key}: SSH ready {ready:.1f} s after launch")
                 try:
                     while remaining:
-                        self._point_or_fail(vm, connection, remaining[0], log_file)
-                        advance(remaining.pop(0).key)
+                        point = remaining.pop(0)
+                        try:
+                            self._point_or_fail(vm, connection, point, log_file)
+                        finally:
+                            advance(point.key)
                 finally:
                     connection.close()
                 vm.shutdown(timeouts.shutdown_s)
@@ -65,12 +70,18 @@ class FioRunner:
 
     def _point_or_fail(self, vm, connection, point: Point, log_file) -> None:
         """A failed fio marks only its point failed, unless QEMU itself has gone."""
+        from .fio import GuestStalled
+
         try:
             self._point(vm, connection, point, log_file)
+        except GuestStalled as exc:
+            # the guest's disk stopped answering: later fio runs in this boot would only wait
+            fail_points(self.run, [point], str(exc), log_file)
+            raise InfraError(f"not run: the guest stalled earlier in this boot ({point.key})") from exc
         except HarnessError as exc:
-            vm.check_alive()
             self.progress(f"{point.key}: failed: {exc}")
             fail_points(self.run, [point], str(exc), log_file)
+            vm.check_alive()
 
     def _point(self, vm, connection, point: Point, log_file) -> None:
         from .fio import run_fio

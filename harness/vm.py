@@ -13,12 +13,14 @@ reaped on exit, Ctrl-C included.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import shlex
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from .guest import FAILURE_MARKERS, GuestImage
 from .proc import kill_group
 
 log = logging.getLogger("harness.vm")
+_SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,21 @@ def qemu_argv(spec: VMSpec) -> list[str]:
     argv += _net_args(spec)
     server = "server,nowait" if spec.is_legacy else "server=on,wait=off"
     argv += ["-serial", f"file:{spec.console_log}", "-display", "none",
-             "-qmp", f"unix:{spec.qmp_socket},{server}"]
+             "-qmp", f"unix:{qmp_path(spec)},{server}"]
     return argv
+
+
+def qmp_path(spec: VMSpec) -> Path:
+    """spec.qmp_socket, or a short stand-in in the temp directory if it is too long.
+
+    A unix socket path must fit in 108 bytes; result directories nest deeper
+    than that.  The stand-in is derived from the long path, so it is stable.
+    """
+    path = Path(spec.qmp_socket)
+    if len(os.fsencode(path)) <= _SOCKET_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"harness-qmp-{digest}.sock"
 
 
 def _boot_args(guest: GuestImage) -> list[str]:
@@ -142,7 +158,7 @@ class VM:
                             f"{spec.guest.min_memory_mb} MB")
         spec.console_log.parent.mkdir(parents=True, exist_ok=True)
         spec.console_log.unlink(missing_ok=True)
-        spec.qmp_socket.unlink(missing_ok=True)
+        qmp_path(spec).unlink(missing_ok=True)
         log.info("qemu: %s", shlex.join(self.argv))
         with open(self._stderr_path, "wb") as err:
             err.write(f"$ {shlex.join(self.argv)}\n".encode())
@@ -162,8 +178,8 @@ class VM:
         deadline = time.monotonic() + self.connect_timeout
         while True:
             self.check_alive()
-            if self.spec.qmp_socket.exists():
-                qmp = QEMUMonitorProtocol(str(self.spec.qmp_socket))
+            if qmp_path(self.spec).exists():
+                qmp = QEMUMonitorProtocol(str(qmp_path(self.spec)))
                 try:
                     qmp.connect(negotiate=True)
                     self.qmp = qmp
@@ -175,7 +191,7 @@ class VM:
                 last = "socket not created"
             if time.monotonic() > deadline:
                 self.kill()
-                raise InfraError(f"cannot connect to QMP at {self.spec.qmp_socket} within "
+                raise InfraError(f"cannot connect to QMP at {qmp_path(self.spec)} within "
                                  f"{self.connect_timeout:.0f} s ({last}); {self._where()}")
             time.sleep(0.1)
 
@@ -233,7 +249,7 @@ class VM:
             if self.proc.poll() is None:
                 kill_group(self.proc, 9)
                 self.proc.wait()
-            self.spec.qmp_socket.unlink(missing_ok=True)
+            qmp_path(self.spec).unlink(missing_ok=True)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -11,12 +11,13 @@ import pytest
 
 from harness.config import VariantSpec
 from harness.errors import UserError
-from harness.fio import fio_argv, guest_cpu_pct, parse_fio_json
+from harness.errors import InfraError
+from harness.fio import GuestStalled, fio_argv, guest_cpu_pct, parse_fio_json, run_fio
 from harness.guest import GuestImage, Initramfs, custom_guest, module_order
 from harness.config import GuestSpec
 from harness.hostinfo import ensure_space, host_facts, prepare_disk
 from harness.matrix import Workload
-from harness.vm import VMSpec, qemu_argv
+from harness.vm import VMSpec, qemu_argv, qmp_path
 
 FIO_DATA = Path(__file__).parent / "data" / "fio"
 
@@ -95,6 +96,14 @@ def test_no_disk_and_a_custom_disk_image():
     assert not any(d.startswith("virtio-blk") for d in option(argv, "-device"))
 
 
+def test_a_long_qmp_socket_path_gets_a_short_stand_in():
+    long_path = Path("results") / ("x" * 120) / "fio.baseline.disk.r1.console.qmp"
+    argv = qemu_argv(spec(VariantSpec(name="baseline"), qmp_socket=long_path))
+    address = option(argv, "-qmp")[0].removeprefix("unix:").removesuffix(",server,nowait")
+    assert len(address) < 100 and address.endswith(".sock")
+    assert address == str(qmp_path(spec(VariantSpec(name="baseline"), qmp_socket=long_path)))
+
+
 def test_argv_is_printable():
     argv = qemu_argv(spec(VariantSpec(name="baseline")))
     assert shlex.split(shlex.join(argv)) == argv
@@ -127,6 +136,42 @@ def test_recorded_guest_fio_json_parses(name):
     assert json.loads(json_text) == data
     job = data["jobs"][0]
     assert job["jobname"] == name and job["read"]["iops"] > 0
+
+
+class FakeConnection:
+    """Stands in for fabric.Connection.run."""
+
+    def __init__(self, stdout="", stderr="", exited=0, raises=None):
+        self.result = type("Result", (), {"stdout": stdout, "stderr": stderr, "exited": exited})
+        self.raises = raises
+        self.commands = []
+
+    def run(self, command, **kwargs):
+        self.commands.append((command, kwargs))
+        if self.raises:
+            raise self.raises
+        return self.result
+
+
+def test_run_fio_parses_output_and_cpu():
+    text = (FIO_DATA / "randread-4k-qd4-j1.json").read_text()
+    stat = "cpu  100 0 100 800 0 0 0 0 0 0\ncpu  150 0 200 850 50 0 0 0 0 0\n"
+    conn = FakeConnection(stdout=text, stderr=stat)
+    run = run_fio(conn, Workload("randread", "4k", 4, 1), runtime_s=3, ramp_s=1, timeout=60)
+    assert run.data["jobs"][0]["read"]["iops"] > 0 and run.guest_cpu_pct == pytest.approx(60)
+    command, kwargs = conn.commands[0]
+    assert "--output-format=json" in command and kwargs["timeout"] == 60
+    assert kwargs["in_stream"] is False
+
+
+def test_run_fio_failures_are_infra_errors():
+    from invoke.exceptions import CommandTimedOut
+
+    workload = Workload("randread", "4k", 1, 1)
+    with pytest.raises(InfraError, match="exited with 1: fio .*: fio: no such file"):
+        run_fio(FakeConnection(stderr="fio: no such file", exited=1), workload, 3, 0, 60)
+    with pytest.raises(GuestStalled, match="did not finish within 60 s"):
+        run_fio(FakeConnection(raises=CommandTimedOut(None, 60)), workload, 3, 0, 60)
 
 
 # ---------------------------------------------------------------- guest parts
