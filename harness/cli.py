@@ -80,7 +80,7 @@ def build(
         manifest = outcome.manifest
         table.add_row(plan.name, "built" if outcome.rebuilt else "up to date",
                       str(manifest.get("build_seconds", "")) if outcome.rebuilt else "0",
-                      manifest.get("binary", ""), manifest.get("version", ""))
+                      manifest.get("binary", ""), manifest.get("version", "").split(", Copyright")[0])
     out.print(table)
 
 
