@@ -27,7 +27,7 @@ from .errors import HarnessError, InfraError, UserError
 from .matrix import Point, Session, plan, skipped
 from .paths import cache_dir, results_dir
 from .results import ResultsStore, failed_row
-from .source import _write_json
+from .files import write_json_atomic
 
 log = logging.getLogger("harness.bench")
 Progress = Callable[[str], None]
@@ -141,7 +141,7 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())
-    _write_json(path, manifest)
+    write_json_atomic(path, manifest)
 
 
 _VERSIONS: dict[Path, str] = {}

@@ -6,7 +6,6 @@ configure flags, so the two binaries differ only by the patch series.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shlex
@@ -21,7 +20,8 @@ from . import PINNED_COMMIT, __version__
 from .errors import InfraError, UserError
 from .paths import patches_dir
 from .proc import run
-from .source import Checkout, PatchFile, SourceCache, _write_json, patch_series, series_key
+from .files import sha256_file, write_json_atomic
+from .source import Checkout, PatchFile, SourceCache, patch_series, series_key
 
 Progress = Callable[[str], None]
 
@@ -117,14 +117,6 @@ def compiler_version() -> str:
     return run(["gcc", "--version"]).output.splitlines()[0].strip()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def manifest_path(build_dir: Path) -> Path:
     return build_dir / "manifest.json"
 
@@ -198,7 +190,7 @@ class Builder:
         checkout = self.cache.checkout(repo, plan.name, list(plan.patches), self.progress)
         started = time.monotonic()
         manifest = self._manifest(plan, checkout, inputs, status="building")
-        _write_json(manifest_path(plan.build_dir), manifest)
+        write_json_atomic(manifest_path(plan.build_dir), manifest)
         self._configure(plan, checkout)
         self._make(plan)
         manifest.update(
@@ -208,7 +200,7 @@ class Builder:
             version=run([plan.binary, "-version"]).output.strip().splitlines()[0].split(", Copyright")[0],
             finished_at=_now(),
         )
-        _write_json(manifest_path(plan.build_dir), manifest)
+        write_json_atomic(manifest_path(plan.build_dir), manifest)
         return BuildOutcome(plan.name, manifest, rebuilt=True)
 
     def _manifest(self, plan: VariantPlan, checkout: Checkout, inputs: dict, status: str) -> dict:

@@ -30,6 +30,7 @@ from typing import Callable
 
 from . import proc
 from .config import GuestSpec
+from .files import sha256_file
 from .errors import HarnessError, UserError
 from .paths import cache_dir
 
@@ -175,8 +176,8 @@ def _inputs(key: Path) -> dict:
         "kernel_version": versions[kernel],
         "packages": {p: versions[p] for p in DROPBEAR_PACKAGES},
         "fio": proc.run([fio, "--version"]).output.strip(),
-        "fio_sha256": _sha256(Path(fio)),
-        "busybox_sha256": _sha256(Path(busybox)),
+        "fio_sha256": sha256_file(Path(fio)),
+        "busybox_sha256": sha256_file(Path(busybox)),
         "init": hashlib.sha256((INIT_SCRIPT + SEED_HELPER_C + APPEND).encode()).hexdigest(),
         "ssh_pub": key.with_suffix(".pub").read_text().split()[1],
     }
@@ -187,14 +188,6 @@ def min_memory_mb(initrd: Path) -> int:
     of RAM while the archive itself is still in memory; plus room to run."""
     size_mb = initrd.stat().st_size >> 20
     return 2 * size_mb + 128
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _image(out: Path, key: Path, inputs: dict) -> GuestImage:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import VariantSpec, parse_size
+from .files import sha256_file
 from .errors import InfraError, UserError
 from .matrix import Point, Workload
 from .paths import cache_dir
@@ -508,14 +509,6 @@ class HostileResult:
         }
 
 
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def qmp_command(sock_path: str | os.PathLike, command: str, timeout: float = 10.0
                 ) -> dict[str, Any]:
     """Send one QMP command on a fresh connection; returns its "return" value.
@@ -563,7 +556,7 @@ def run_hostile_case(binary: str | os.PathLike, accel: str, disk_path: str | os.
     kernel = Path(kernel) if kernel else build_microguest()
     disk_path = Path(disk_path)
     console_log = Path(console_log)
-    before = _file_hash(disk_path)
+    before = sha256_file(disk_path)
     cmdline = f"mode=hostile case={case} timeout_ms={wait_timeout_ms} halt=1"
     sock_dir = tempfile.mkdtemp(prefix="mg-qmp-")
     qmp = Path(sock_dir) / "qmp.sock"
@@ -612,7 +605,7 @@ def run_hostile_case(binary: str | os.PathLike, accel: str, disk_path: str | os.
         case=case, variant=variant.name, accel=accel, qemu_survived=survived,
         qemu_state=state, qemu_exit_status=exit_status, qemu_died=died,
         qemu_message=_tail(_read(stderr_path), 5), guest=guest,
-        disk_changed=_file_hash(disk_path) != before,
+        disk_changed=sha256_file(disk_path) != before,
         log=str(console_log), stderr_log=str(stderr_path))
 
 

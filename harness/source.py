@@ -21,6 +21,7 @@ import git
 
 from . import PINNED_COMMIT
 from .errors import UserError
+from .files import write_json_atomic
 
 log = logging.getLogger("harness.source")
 
@@ -157,7 +158,7 @@ class SourceCache:
                      f"({keep} already applied)")
         records = applied[:keep] + _apply(worktree, patches[keep:], self.commit)
         head = worktree.head.commit.hexsha
-        _write_json(stamp, {"series_key": series_key(self.commit, patches), "head": head,
+        write_json_atomic(stamp, {"series_key": series_key(self.commit, patches), "head": head,
                             "applied": records})
         return Checkout(variant, path, branch, head, tuple(patches))
 
@@ -250,14 +251,6 @@ def _git_message(exc: git.GitCommandError, full: bool = False) -> str:
         return text
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else str(exc)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomically: a killed run leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def remove_worktree(cache: "SourceCache", variant: str) -> None:
