@@ -141,7 +141,31 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())
-    write_json_atomic(path, manifest)
+    write_json_atomic(path, portable(manifest))
+
+
+def portable(manifest: dict) -> dict:
+    """The manifest without this machine's paths, so that a run can be shared.
+
+    The cache prefix becomes $HARNESS_CACHE and a local source clone is named
+    only as such (the pinned commit is what identifies the source).
+    """
+    text = json.dumps(manifest)
+    text = text.replace(json.dumps(str(cache_dir()))[1:-1], "$HARNESS_CACHE")
+    for source in _local_sources(manifest):
+        text = text.replace(json.dumps(source)[1:-1], "(local clone)")
+    return json.loads(text)
+
+
+def _local_sources(manifest: dict) -> set[str]:
+    from .source import is_local
+
+    found = set()
+    for variant in manifest.get("variants", {}).values():
+        url = ((variant or {}).get("build") or {}).get("source_url")
+        if url and is_local(url):
+            found.add(url)
+    return found
 
 
 _VERSIONS: dict[Path, str] = {}

@@ -115,3 +115,18 @@ def test_two_microguest_wait_modes_in_one_run():
     assert [g.id for g in config.guests] == ["microguest-poll", "microguest-irq"]
     named = parse_config(MINIMAL + "guests: [{kind: fio, name: linux}]")
     assert plan(named)[0].guest == "linux"
+
+
+def test_run_manifest_is_portable(monkeypatch, tmp_path):
+    from harness.bench import portable
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    manifest = {"variants": {"baseline": {"binary": f"{tmp_path}/cache/build/baseline/qemu",
+                                          "build": {"source_url": "/home/me/src/qemu-kvm"}},
+                             "q": {"binary": "/usr/bin/qemu-system-x86_64", "build": None}},
+                "qemu_command_lines": {"baseline": f"{tmp_path}/cache/build/baseline/qemu -m 512"}}
+    shared = portable(manifest)
+    assert shared["variants"]["baseline"]["binary"] == "$HARNESS_CACHE/build/baseline/qemu"
+    assert shared["variants"]["baseline"]["build"]["source_url"] == "(local clone)"
+    assert shared["variants"]["q"]["binary"] == "/usr/bin/qemu-system-x86_64"
+    assert str(tmp_path) not in str(shared)
