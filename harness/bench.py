@@ -141,16 +141,18 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())
-    write_json_atomic(path, portable(manifest))
+    write_json_atomic(path, portable(manifest, run.run_dir))
 
 
-def portable(manifest: dict) -> dict:
+def portable(manifest: dict, run_dir: Path | None = None) -> dict:
     """The manifest without this machine's paths, so that a run can be shared.
 
-    The cache prefix becomes $HARNESS_CACHE and a local source clone is named
+    The run directory becomes $RUN_DIR, the cache prefix $HARNESS_CACHE, and a local source clone is named
     only as such (the pinned commit is what identifies the source).
     """
     text = json.dumps(manifest)
+    if run_dir is not None:
+        text = text.replace(json.dumps(str(run_dir.resolve()))[1:-1], "$RUN_DIR")
     text = text.replace(json.dumps(str(cache_dir()))[1:-1], "$HARNESS_CACHE")
     for source in _local_sources(manifest):
         text = text.replace(json.dumps(source)[1:-1], "(local clone)")

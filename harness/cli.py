@@ -170,7 +170,7 @@ def compare(run_a: str = typer.Argument(..., help="The reference run"),
     from .compare import compare_runs, render_markdown
 
     table = compare_runs(find_run(run_a), find_run(run_b))
-    out.print(render_markdown(table))
+    typer.echo(render_markdown(table))
 
 
 def _config_baseline(run_dir: Path) -> str:

@@ -124,8 +124,10 @@ def test_run_manifest_is_portable(monkeypatch, tmp_path):
     manifest = {"variants": {"baseline": {"binary": f"{tmp_path}/cache/build/baseline/qemu",
                                           "build": {"source_url": "/home/me/src/qemu-kvm"}},
                              "q": {"binary": "/usr/bin/qemu-system-x86_64", "build": None}},
-                "qemu_command_lines": {"baseline": f"{tmp_path}/cache/build/baseline/qemu -m 512"}}
-    shared = portable(manifest)
+                "qemu_command_lines": {"baseline": f"{tmp_path}/cache/build/baseline/qemu -m 512 "
+                                                   f"-serial file:{tmp_path}/run/logs/x.log"}}
+    shared = portable(manifest, tmp_path / "run")
+    assert shared["qemu_command_lines"]["baseline"].endswith("-serial file:$RUN_DIR/logs/x.log")
     assert shared["variants"]["baseline"]["binary"] == "$HARNESS_CACHE/build/baseline/qemu"
     assert shared["variants"]["baseline"]["build"]["source_url"] == "(local clone)"
     assert shared["variants"]["q"]["binary"] == "/usr/bin/qemu-system-x86_64"

@@ -277,7 +277,11 @@ def test_microguest_kvm_functional(variant, wait, rw, microguest_kernel, tmp_pat
     assert result.mismatches == 0, f"{result.mismatches} blocks read back wrong; {where}"
     if writes:
         assert result.raw.get("verify") == 1 and result.verified == MICRO_REQUESTS, where
-    assert result.raw.get("irqs", 0) > 0, f"no completion interrupt arrived; {where}"
+    # The guest checks the used ring before it halts; when the data-plane thread
+    # completes every request before the vCPU gets to `hlt`, no interrupt is
+    # needed.  A guest that halted and then finished was woken by one.
+    if result.halted_ns > 0:
+        assert result.raw.get("irqs", 0) > 0, f"no completion interrupt arrived; {where}"
     assert result.raw.get("unexpected_irqs", 0) == 0, where
     assert result.raw.get("msix") == (1 if wait == "irq" else 0), where
     assert result.exit_status in mg.CLEAN_EXITS, f"QEMU exit status {result.exit_status}; {where}"
