@@ -115,10 +115,11 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
 
 
 def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
-    from .hostinfo import host_facts
+    from .hostinfo import cpu_share, cpu_times, host_facts
 
     path = run.run_dir / "manifest.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
+    cpu_start = previous.get("host_cpu_times_at_start") or cpu_times()
     builds = {}
     for variant in run.config.variants:
         if variant.build:
@@ -138,6 +139,8 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "qemu_command_lines": {**previous.get("qemu_command_lines", {}), **run.command_lines},
         "guest": guest_description or previous.get("guest", ""),
         "boot_to_ssh_seconds": {**previous.get("boot_to_ssh_seconds", {}), **run.boot_seconds},
+        "host_cpu_times_at_start": cpu_start,
+        "host_cpu_during_run": cpu_share(cpu_start, cpu_times()),
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())

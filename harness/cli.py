@@ -164,12 +164,14 @@ def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
 
 @app.command()
 def compare(run_a: str = typer.Argument(..., help="The reference run"),
-            run_b: str = typer.Argument(..., help="The run to compare with it")):
+            run_b: str = typer.Argument(..., help="The run to compare with it"),
+            tolerance: float = typer.Option(0.05, min=0.0, help="Smallest relative change "
+                                            "that may be flagged (0.05 = 5%)")):
     """The same workloads from two runs: ratio of medians with CIs, flagged beyond the noise."""
     from .bench import find_run
     from .compare import compare_runs, render_markdown
 
-    table = compare_runs(find_run(run_a), find_run(run_b))
+    table = compare_runs(find_run(run_a), find_run(run_b), tolerance=tolerance)
     typer.echo(render_markdown(table))
 
 

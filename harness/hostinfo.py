@@ -36,6 +36,28 @@ def host_facts() -> dict:
     }
 
 
+def cpu_times() -> list[int]:
+    """The aggregate 'cpu' line of /proc/stat: user nice system idle iowait irq softirq steal."""
+    with open("/proc/stat") as stat:
+        return [int(v) for v in stat.readline().split()[1:9]]
+
+
+def cpu_share(start: list[int], end: list[int]) -> dict:
+    """How the host's CPUs spent the time between two cpu_times() samples, in %.
+
+    `steal` is time the hypervisor gave to someone else (a host that is itself a VM);
+    together with `busy` it tells a quiet run from a disturbed one.
+    """
+    delta = [b - a for a, b in zip(start, end)]
+    total = sum(delta)
+    if total <= 0:
+        return {}
+    idle = delta[3] + delta[4]
+    return {"busy_pct": round(100.0 * (total - idle - delta[7]) / total, 1),
+            "steal_pct": round(100.0 * delta[7] / total, 1),
+            "idle_pct": round(100.0 * idle / total, 1)}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

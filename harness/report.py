@@ -114,6 +114,10 @@ def run_facts(manifest: dict, df: pd.DataFrame) -> dict[str, str]:
     facts["repetitions"] = str(int(reps.max())) if len(reps) else "0"
     facts["run_id"] = ", ".join(sorted(set(df["run_id"]))) or "unknown"
     facts["guests"] = ", ".join(sorted(set(guests["guest"]))) or "unknown"
+    share = manifest.get("host_cpu_during_run") or {}
+    facts["host_load"] = (f"busy {share['busy_pct']}%, stolen by the hypervisor "
+                          f"{share['steal_pct']}%, idle {share['idle_pct']}%"
+                          if share else "not recorded")
     return facts
 
 
@@ -309,7 +313,8 @@ def _facts_section(facts: dict[str, str]) -> str:
             ["host kernel", facts["host_kernel"]], ["QEMU", facts["qemu"]],
             ["storage", facts["storage"]], ["guests", facts["guests"]],
             ["guest", facts["guest"]], ["notices", facts["notices"]],
-            ["repetitions per point", facts["repetitions"]], ["run", facts["run_id"]]]
+            ["repetitions per point", facts["repetitions"]],
+            ["host CPU time during the run", facts["host_load"]], ["run", facts["run_id"]]]
     return "## Run facts\n\n" + md_table(["fact", "value"], rows)
 
 

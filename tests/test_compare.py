@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -23,49 +24,71 @@ def write_run(path, values: dict[tuple[str, int], list[float]], accel: str = "tc
 
 
 def test_real_2x_is_flagged_and_noise_is_not(tmp_path):
-    a = write_run(tmp_path / "a", {("dataplane", 16): [100, 102, 98],
-                                   ("baseline", 16): [100, 103, 97],
-                                   ("baseline", 1): [50, 51, 49]})
-    b = write_run(tmp_path / "b", {("dataplane", 16): [201, 198, 204],
-                                   ("baseline", 16): [99, 104, 101],
-                                   ("poll", 16): [10, 10, 10]})  # only in B: not matched
+    a = write_run(tmp_path / "a", {("dataplane", 16): [100, 102, 98, 101, 99],
+                                   ("baseline", 16): [100, 103, 97, 101, 99],
+                                   ("baseline", 1): [50, 51, 49, 50, 52]})
+    b = write_run(tmp_path / "b", {("dataplane", 16): [201, 198, 204, 200, 199],
+                                   ("baseline", 16): [99, 104, 101, 98, 100],
+                                   ("poll", 16): [10, 10, 10, 10, 10]})  # only in B: not matched
     df = compare_runs(a, b).set_index(["variant", "iodepth"])
     assert len(df) == 2
     doubled = df.loc[("dataplane", 16)]
     assert doubled["ratio"] == pytest.approx(2.0, rel=0.02)
     assert doubled["ci_low"] > 1.0 and doubled["differs"]
+    assert doubled["p"] == pytest.approx(2 / 252)      # exact test, complete separation
     same = df.loc[("baseline", 16)]
     assert same["ci_low"] <= 1.0 <= same["ci_high"] and not same["differs"]
+    assert same["p"] > 0.5
     assert doubled["note"] == ""
 
 
-def test_small_shift_within_the_noise_is_not_flagged(tmp_path):
-    # The CI excludes 1 (every B rep beats the best A median) but the 3% shift is
-    # below run A's 12% coefficient of variation.
-    a = write_run(tmp_path / "a", {("baseline", 16): [80, 100, 100]})
-    b = write_run(tmp_path / "b", {("baseline", 16): [101, 103, 120]})
+def test_three_repetitions_cannot_call_a_difference(tmp_path):
+    # The bootstrap CI excludes 1, but identical runs separate completely one time in ten
+    # with 3 repetitions a side: the exact test's smallest p is 0.1.
+    a = write_run(tmp_path / "a", {("baseline", 16): [100, 101, 99]})
+    b = write_run(tmp_path / "b", {("baseline", 16): [201, 198, 204]})
     row = compare_runs(a, b).iloc[0]
     assert row["ci_low"] > 1.0
+    assert row["p"] == pytest.approx(0.1)
     assert not row["differs"]
+    assert "too few to call a difference" in row["note"]
+
+
+def test_significant_shift_below_the_tolerance_is_not_flagged(tmp_path):
+    a = write_run(tmp_path / "a", {("baseline", 16): [100, 100.5, 101, 101.5, 102]})
+    b = write_run(tmp_path / "b", {("baseline", 16): [103, 103.5, 104, 104.5, 105]})
+    row = compare_runs(a, b).iloc[0]
+    assert row["q"] < 0.05 and not row["differs"]          # 3% < 5% tolerance
+    assert compare_runs(a, b, tolerance=0.02).iloc[0]["differs"]
+
+
+def test_one_shift_among_many_workloads_needs_more_evidence():
+    from harness.compare import benjamini_hochberg
+
+    q_values = benjamini_hochberg([0.008] + [0.5] * 19 + [float("nan")])
+    assert q_values[0] == pytest.approx(0.16)              # 0.008 × 20 tests
+    assert np.isnan(q_values[-1])
+    assert list(benjamini_hochberg([0.01, 0.02, 0.03])) == pytest.approx([0.03, 0.03, 0.03])
 
 
 def test_different_accelerators_are_labelled(tmp_path):
-    a = write_run(tmp_path / "a", {("baseline", 16): [100, 101, 99]}, accel="kvm")
-    b = write_run(tmp_path / "b", {("baseline", 16): [10, 11, 9]}, accel="tcg")
+    a = write_run(tmp_path / "a", {("baseline", 16): [100, 101, 99, 100, 102]}, accel="kvm")
+    b = write_run(tmp_path / "b", {("baseline", 16): [10, 11, 9, 10, 12]}, accel="tcg")
     df = compare_runs(a, b)
     assert df.iloc[0]["note"] == "different accelerators (kvm vs tcg)"
     text = render_markdown(df, "kvm-run", "tcg-run")
     assert "different accelerators" in text and "DIFFERS" in text
+    assert "Benjamini-Hochberg" in text
 
 
 def test_renderings(tmp_path):
-    a = write_run(tmp_path / "a", {("dataplane", 16): [100, 102, 98]})
-    b = write_run(tmp_path / "b", {("dataplane", 16): [201, 198, 204]})
+    a = write_run(tmp_path / "a", {("dataplane", 16): [100, 102, 98, 101, 99]})
+    b = write_run(tmp_path / "b", {("dataplane", 16): [201, 198, 204, 200, 199]})
     df = compare_runs(a, b)
     markdown = render_markdown(df)
-    assert "| fio | dataplane | file | randread 4k qd16 j1 | 100 | 201 | 2.01 [" in markdown
+    assert "| fio | dataplane | file | randread 4k qd16 j1 | 100 | 200 | 2.00 [" in markdown
     table = render_rich(df)
     assert table.row_count == 1
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=240)
     console.print(table)
     assert "DIFFERS" in console.export_text()
