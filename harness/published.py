@@ -230,7 +230,12 @@ def compare_with_published(df: pd.DataFrame, baseline: str, facts: dict | None =
 # --- the generated text -----------------------------------------------------------------------
 
 def _fmt(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+    """Fixed decimals, but small ratios (ours to a host ceiling) keep two significant digits."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if 0 < abs(value) < 0.1:
+        return f"{value:.2g}"
+    return f"{value:.{digits}f}"
 
 
 def _accel_sentence(accels: set[str], theirs: set[str]) -> str:
@@ -248,20 +253,18 @@ def _accel_sentence(accels: set[str], theirs: set[str]) -> str:
             "of a ratio can be compared, not its size, and no absolute IOPS.")
 
 
-def _ratio_sentence(row) -> str:
-    ours = f"{_fmt(row.our_ratio)} [{_fmt(row.our_ci_low)}, {_fmt(row.our_ci_high)}]"
-    text = (f"{row.source}: published {row.kind} ratio {_fmt(row.their_ratio)} "
-            f"(workload: {row.their_workload}; hardware: {row.their_hardware}); "
-            f"ours {row.our_variant} {ours} at {row.our_workload} with the {row.guest} guest "
-            f"— {row.verdict}")
-    if row.comparable != "same comparison as ours":
-        text += f"; not the same comparison: {row.comparable}"
-    if row.their_accel == "unknown":
-        text += "; their accelerator is not stated"
-    elif row.their_accel != row.our_accel:
-        text += (f"; accelerators differ (theirs {row.their_accel.upper()}, "
-                 f"ours {row.our_accel.upper()})")
-    return text + "."
+def _figure_sentence(rows: pd.DataFrame) -> str:
+    """One published ratio and every ratio of ours it is set against (one per guest and variant)."""
+    first = rows.iloc[0]
+    text = (f"{first.source}: published {first.kind} ratio {_fmt(first.their_ratio)} "
+            f"(workload: {first.their_workload}; hardware: {first.their_hardware}; accelerator: "
+            f"{'not stated' if first.their_accel == 'unknown' else first.their_accel.upper()})")
+    if first.comparable != "same comparison as ours":
+        text += f"; not the same comparison: {first.comparable}"
+    ours = [f"{row.guest} guest {row.our_variant} {_fmt(row.our_ratio)} "
+            f"[{_fmt(row.our_ci_low)}, {_fmt(row.our_ci_high)}] at {row.our_workload} "
+            f"({row.our_accel.upper()}) — {row.verdict}" for row in rows.itertuples(index=False)]
+    return text + ". Ours: " + "; ".join(ours) + "."
 
 
 def _setup_sentence(table: pd.DataFrame, facts: dict) -> str:
@@ -281,7 +284,8 @@ def _paragraph(table: pd.DataFrame, good: pd.DataFrame, facts: dict) -> str:
     parts = [_accel_sentence(accels, theirs)]
     if not table.empty:
         numbered = table[table["their_ratio"].notna()]
-        parts.append("\n".join(f"- {_ratio_sentence(row)}" for row in numbered.itertuples(index=False)))
+        parts.append("\n".join(f"- {_figure_sentence(rows)}"
+                                for _, rows in numbered.groupby(["source", "kind"], sort=False)))
         parts.append(_setup_sentence(table, facts))
     return "\n\n".join(p for p in parts if p)
 
@@ -325,14 +329,5 @@ def plot_published(comparison: PublishedComparison, out_base: Path, accel_title:
     ax.set_title(f"Our ratios vs published ratios — ours on {accel_title}")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_base)
-
-
-def _save(fig, out_base: Path) -> list[Path]:
-    import matplotlib.pyplot as plt
-    out_base.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out_base.with_suffix(".png"), out_base.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return paths
+    from .report import save_figure     # here: report imports this module
+    return save_figure(fig, out_base, dpi=110)

@@ -28,6 +28,7 @@ PANEL_KEYS = ["guest", "disk", "rw", "bs", "numjobs"]
 PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan"]
 HOST_STYLE = {"color": "black", "linestyle": "--", "marker": "x"}
+PRECISION = 0.10  # the ±10% that rfc-v9 aims its repetitions at
 
 
 # --- facts --------------------------------------------------------------------------------
@@ -111,7 +112,8 @@ def run_facts(manifest: dict, df: pd.DataFrame) -> dict[str, str]:
     guests = df[df["variant"] != HOST_VARIANT]
     facts["accel"] = ", ".join(sorted(set(guests["accel"]) - {""})) or "unknown"
     reps = guests.groupby(stats.GROUP_KEYS)["rep"].nunique()
-    facts["repetitions"] = str(int(reps.max())) if len(reps) else "0"
+    per_guest = reps.groupby(level="guest").max()
+    facts["repetitions"] = ", ".join(f"{guest} {int(n)}" for guest, n in per_guest.items()) or "0"
     facts["run_id"] = ", ".join(sorted(set(df["run_id"]))) or "unknown"
     facts["guests"] = ", ".join(sorted(set(guests["guest"]))) or "unknown"
     share = manifest.get("host_cpu_during_run") or {}
@@ -174,13 +176,22 @@ def _thousands(value: float, _pos=None) -> str:
     return f"{value / 1000:g}k" if value else "0"
 
 
-def _save(fig, base: Path) -> list[Path]:
+def save_figure(fig, base: Path, dpi: int = 100) -> list[Path]:
+    """The figure as base.png and base.svg; closes it."""
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
     for path in paths:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return paths
+
+
+def _finish(fig, axes, base: Path, title: str, legend_room: float) -> list[Path]:
+    """Shared legend, title, layout (legend_room: the part of the width left of the legend)."""
+    _legend(fig, axes)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, legend_room, 0.95))
+    return save_figure(fig, base)
 
 
 def _legend(fig, axes) -> None:
@@ -221,10 +232,7 @@ def plot_iops(summary: pd.DataFrame, base: Path, colors: dict, title: str) -> li
         ax.yaxis.set_major_formatter(FuncFormatter(_thousands))
         ax.set_ylim(bottom=0)
         ax.set_title(_panel_title(key), fontsize=9)
-    _legend(fig, axes)
-    fig.suptitle(f"IOPS vs iodepth — {title}", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 0.88, 0.95))
-    return _save(fig, base)
+    return _finish(fig, axes, base, f"IOPS vs iodepth — {title}", 0.88)
 
 
 _PCT_STYLES = (("lat_p50_us_median", "p50", "-"), ("lat_p99_us_median", "p99", "--"),
@@ -248,10 +256,8 @@ def plot_latency(summary: pd.DataFrame, base: Path, colors: dict, title: str) ->
         ax.set_yscale("log")
         ax.set_ylabel("latency, µs (median over reps; log)")
         ax.set_title(_panel_title(key), fontsize=9)
-    _legend(fig, axes)
-    fig.suptitle(f"Latency percentiles (p50 solid, p99 dashed, p99.9 dotted) — {title}", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
-    return _save(fig, base)
+    return _finish(fig, axes, base,
+                   f"Latency percentiles (p50 solid, p99 dashed, p99.9 dotted) — {title}", 0.85)
 
 
 def plot_speedup(ratios: pd.DataFrame, base: Path, colors: dict, title: str, baseline: str) -> list[Path]:
@@ -273,10 +279,7 @@ def plot_speedup(ratios: pd.DataFrame, base: Path, colors: dict, title: str, bas
         low, high = ax.get_ylim()
         ax.set_ylim(min(low, 0.9), max(high, 1.1))
         ax.set_title(_panel_title(key), fontsize=9)
-    _legend(fig, axes)
-    fig.suptitle(f"Speed-up over {baseline} — {title}", fontsize=12)
-    fig.tight_layout(rect=(0, 0, 0.85, 0.95))
-    return _save(fig, base)
+    return _finish(fig, axes, base, f"Speed-up over {baseline} — {title}", 0.85)
 
 
 # --- markdown -------------------------------------------------------------------------------
@@ -346,6 +349,8 @@ def _summary_section(summary: pd.DataFrame, ratios: pd.DataFrame, baseline: str,
              f"Median IOPS over repetitions (min–max), median p99 latency, and the ratio of "
              f"median IOPS to **{baseline}** with a 95% bootstrap CI. *noisy*: the IOPS "
              f"coefficient of variation exceeds {stats.NOISY_CV:.0%}."]
+    if len(ratios):
+        parts.append(_precision_line(ratios))
     guests = summary[summary["variant"] != HOST_VARIANT]
     headers = ["variant", "IOPS median (min–max)", "p99 µs", f"ratio to {baseline} [95% CI]",
                "flag", "reps"]
@@ -356,6 +361,15 @@ def _summary_section(summary: pd.DataFrame, ratios: pd.DataFrame, baseline: str,
         table = _summary_rows(frame, by_variant, baseline, _ceiling_for(ceiling, key))
         parts += [_workload_heading(key), md_table(headers, table)]
     return "\n\n".join(parts)
+
+
+def _precision_line(ratios: pd.DataFrame) -> str:
+    """How many ratio CIs are within ±10% of the ratio, per guest: the precision the
+    configs aim at; the wide ones need more repetitions or a quieter host."""
+    half_width = (ratios["ci_high"] - ratios["ci_low"]) / 2 / ratios["ratio"]
+    counts = [f"{guest} {int((half_width[rows.index] <= PRECISION).sum())} of {len(rows)}"
+              for guest, rows in ratios.groupby("guest")]
+    return (f"95% CIs within ±{PRECISION:.0%} of the ratio: " + ", ".join(counts) + ".")
 
 
 def _ceiling_for(ceiling: pd.DataFrame, key: tuple):

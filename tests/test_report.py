@@ -76,6 +76,8 @@ def test_report_has_accelerator_table_failures_and_plots(tmp_path):
 
 def test_ratio_in_report_matches_data(tmp_path):
     text = write_report(make_run(tmp_path), "baseline").read_text()
+    # 2% noise and 3 repetitions (2 at QD64, where one failed): every CI is within ±10%
+    assert "95% CIs within ±10% of the ratio: fio 3 of 3." in text
     line = next(l for l in text.splitlines() if l.startswith("| dataplane |"))
     ratio = float(line.split("|")[4].split()[0])
     assert ratio == pytest.approx(1.8, rel=0.06)
@@ -150,7 +152,8 @@ def test_facts_from_a_bench_manifest(tmp_path):
                                           "build": {"worktree_head": "0123456789abcdef0123"}},
                              "dataplane": {"qemu_version": "QEMU emulator version 1.3.51",
                                            "build": None}},
-                "guest": "Debian fio guest, kernel 6.1"}
+                "guest": "Debian fio guest, kernel 6.1",
+                "host_cpu_during_run": {"busy_pct": 51.0, "steal_pct": 3.5, "idle_pct": 45.5}}
     text = write_report(make_run(tmp_path, manifest=manifest), "baseline").read_text()
     facts = text.split("## Run facts")[1].split("## Summary")[0]
     assert "| host CPUs | 2 |" in facts and "| host kernel | 6.1.0-host |" in facts
@@ -158,3 +161,5 @@ def test_facts_from_a_bench_manifest(tmp_path):
     assert "dataplane: QEMU emulator version 1.3.51" in facts
     assert "file: raw image images/test.raw (1G)" in facts
     assert "/dev/kvm missing: using TCG" in facts and "Debian fio guest" in facts
+    assert "busy 51.0%, stolen by the hypervisor 3.5%, idle 45.5%" in facts
+    assert "| repetitions per point | fio 3 |" in facts
