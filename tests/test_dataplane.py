@@ -10,7 +10,11 @@ interrupt, and these tests drive that path from three different guests:
   through the BIOS's own virtio-blk driver (INT 13h) — under KVM (ioeventfd,
   so the data-plane thread really runs) and under TCG;
 * the micro-guest under KVM: a few hundred requests, MSI-X and INTx
-  completions, write-then-read verification;
+  completions, write-then-read verification (baseline, dataplane and poll);
+* the micro-guest under TCG on the data-plane variants (dataplane and poll,
+  i.e. with patches/beyond): write-then-read verification with a polling and
+  an interrupt-driven guest, every malformed-request case survived, and QMP
+  quit while the guest keeps the data-plane thread busy;
 * the Linux fio guest under TCG: QMP quit and system_reset while fio is
   running, fio's crc32c verification, and files and raw sectors that must
   survive a reset (checked from the guest and from the host side of the image).
@@ -26,6 +30,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +46,10 @@ from harness.proc import kill_group
 from conftest import built_binary_or_skip
 
 VARIANTS = ("baseline", "dataplane")
+#: The builds whose virtio-blk is the data plane: the series, and the series
+#: with patches/beyond (polling, interrupts raised from the data-plane thread).
+DATA_PLANE_VARIANTS = ("dataplane", "poll")
+MICRO_VARIANTS = VARIANTS + ("poll",)
 BOOTSECTOR_SOURCE = Path(__file__).resolve().parent / "data" / "bootsector" / "boot.s"
 
 
@@ -253,7 +262,7 @@ def microguest_kernel() -> Path:
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("rw", ["randread", "randwrite"])
 @pytest.mark.parametrize("wait", ["irq", "intx"])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", MICRO_VARIANTS)
 def test_microguest_kvm_functional(variant, wait, rw, microguest_kernel, tmp_path,
                                    record_property):
     binary, spec = _variant(variant)
@@ -287,6 +296,115 @@ def test_microguest_kvm_functional(variant, wait, rw, microguest_kernel, tmp_pat
     assert result.exit_status in mg.CLEAN_EXITS, f"QEMU exit status {result.exit_status}; {where}"
     if writes:  # the data reached the image file, not only the guest's view of it
         assert any(disk.read_bytes()), "the image is still all zeros after verified writes"
+
+
+# =============================================================== micro-guest under TCG
+
+
+def _micro_disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, MICRO_DISK_BYTES)
+    return disk
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("qd", [1, 16])
+@pytest.mark.parametrize("wait", ["poll", "irq"])
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_microguest_tcg_write_verify(variant, wait, qd, microguest_kernel, tmp_path,
+                                     record_property):
+    """Writes then reads back through the data plane under TCG.
+
+    Without an in-kernel irqchip the completion interrupt takes the path that
+    only TCG uses (poll: raised from the data-plane thread under the global
+    mutex); a polling guest lets the poll variant keep notifies off.
+    """
+    binary, spec = _variant(variant)
+    disk = _micro_disk(tmp_path)
+    n = 1000
+    result = mg.run_microguest_point(binary, "tcg", disk, spec, Workload("randwrite", "4k", qd, 1),
+                                     n, wait, tmp_path / "console.log", timeout=150,
+                                     kernel=microguest_kernel, verify=True, seed=11)
+    record_property("iops", round(result.iops))
+    where = f"console: {result.log}"
+    assert result.ok, f"{result.error or result.raw}; {where}"
+    assert result.wait == wait and result.qd == qd
+    assert result.done == n and result.errors == 0, where
+    assert result.raw.get("verify") == 1 and result.verified == n, where
+    assert result.mismatches == 0, f"{result.mismatches} blocks read back wrong; {where}"
+    if wait == "poll":
+        assert result.raw.get("irqs", 0) == 0, f"interrupt for a polling guest; {where}"
+    elif result.halted_ns > 0:
+        assert result.raw.get("irqs", 0) > 0, f"no completion interrupt arrived; {where}"
+    assert result.raw.get("unexpected_irqs", 0) == 0, where
+    assert result.exit_status in mg.CLEAN_EXITS, f"QEMU exit status {result.exit_status}; {where}"
+    assert any(disk.read_bytes()), "the image is still all zeros after verified writes"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("case", mg.HOSTILE_CASES)
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_microguest_hostile_survived(variant, case, microguest_kernel, tmp_path):
+    """Every malformed request: QEMU stays up, answers QMP and quits cleanly."""
+    binary, spec = _variant(variant)
+    disk = _micro_disk(tmp_path)
+    result = mg.run_hostile_case(binary, "tcg", disk, spec, case, tmp_path / "console.log",
+                                 timeout=90, kernel=microguest_kernel)
+    where = f"console: {result.log}, QEMU: {result.stderr_log}"
+    assert not result.qemu_died, f"QEMU died: {result.qemu_message}; {where}"
+    assert result.qemu_survived and result.qemu_state == "running", (result.qemu_state, where)
+    assert result.qemu_exit_status == 0, f"QMP quit: exit status {result.qemu_exit_status}; {where}"
+    assert result.guest is not None and result.guest.get("case") == case, where
+    assert result.guest.get("canary_ok") == 1, where
+    assert result.guest.get("device_ok") == 1, f"the device did not work again; {where}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("wait", ["poll", "irq"])
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_microguest_qmp_quit_while_busy(variant, wait, microguest_kernel, tmp_path):
+    """QMP quit while the guest keeps the data-plane thread polling (or raising
+    interrupts): the thread is stopped and joined with the global mutex held,
+    so it must neither spin on nor wait for that mutex."""
+    binary, spec = _variant(variant)
+    disk = _micro_disk(tmp_path)
+    console = tmp_path / "console.log"
+    qmp = Path(tempfile.mkdtemp(prefix="mg-qmp-")) / "qmp.sock"
+    cmdline = mg.guest_cmdline(Workload("randread", "4k", 1, 1), 100_000_000, wait,
+                               timeout_ms=60000)
+    argv = mg.microguest_argv(binary, "tcg", disk, spec, 128, cmdline, console,
+                              kernel=microguest_kernel, qmp_socket=qmp)
+    stderr_log = tmp_path / "qemu.log"
+    with open(stderr_log, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while mg.BEGIN_MARK not in _read(console):
+            assert proc.poll() is None, f"QEMU exited early: {_read(stderr_log)}"
+            assert time.monotonic() < deadline, f"the guest did not start I/O: {console}"
+            time.sleep(0.05)
+        time.sleep(1.0)                       # well into the run, the thread busy
+        assert proc.poll() is None, f"QEMU exited during I/O: {_read(stderr_log)}"
+        assert mg.RESULT_PREFIX not in _read(console), "the run ended before the quit"
+        t0 = time.monotonic()
+        try:
+            mg.qmp_command(qmp, "quit", timeout=10)
+        except (OSError, ValueError):
+            pass                              # the connection drops as QEMU quits
+        status = proc.wait(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            kill_group(proc)
+            proc.wait()
+        shutil.rmtree(qmp.parent, ignore_errors=True)
+    assert status == 0, f"exit status {status} after QMP quit: {_read(stderr_log)}"
+    assert took < 10, f"QMP quit took {took:.1f} s"
 
 
 # =============================================================== Linux fio guest (TCG)
