@@ -49,7 +49,8 @@ def _accel(rows: pd.DataFrame) -> str:
 
 
 def mann_whitney_p(a, b) -> float:
-    """Exact two-sided Mann-Whitney U p-value; NaN with fewer than 2 values a side."""
+    """Two-sided Mann-Whitney U p-value, exact unless values tie (then the normal
+    approximation); NaN with fewer than 2 values a side."""
     from scipy.stats import mannwhitneyu
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
