@@ -159,7 +159,7 @@ class SourceCache:
         records = applied[:keep] + _apply(worktree, patches[keep:], self.commit)
         head = worktree.head.commit.hexsha
         write_json_atomic(stamp, {"series_key": series_key(self.commit, patches), "head": head,
-                            "applied": records})
+                                  "applied": records})
         return Checkout(variant, path, branch, head, tuple(patches))
 
     def _applied(self, path: Path, stamp: Path) -> list[dict]:

@@ -250,6 +250,13 @@ MICRO_REQUESTS = 200
 MICRO_DISK_BYTES = 64 << 20
 
 
+def _micro_disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, MICRO_DISK_BYTES)
+    return disk
+
+
 @pytest.fixture(scope="session")
 def microguest_kernel() -> Path:
     try:
@@ -267,9 +274,7 @@ def test_microguest_kvm_functional(variant, wait, rw, microguest_kernel, tmp_pat
                                    record_property):
     binary, spec = _variant(variant)
     _kvm_or_skip()
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as fh:
-        os.posix_fallocate(fh.fileno(), 0, MICRO_DISK_BYTES)
+    disk = _micro_disk(tmp_path)
     writes = rw == "randwrite"
     result = mg.run_microguest_point(binary, "kvm", disk, spec, Workload(rw, "4k", 4, 1),
                                      MICRO_REQUESTS, wait, tmp_path / "console.log",
@@ -299,13 +304,6 @@ def test_microguest_kvm_functional(variant, wait, rw, microguest_kernel, tmp_pat
 
 
 # =============================================================== micro-guest under TCG
-
-
-def _micro_disk(tmp_path: Path) -> Path:
-    disk = tmp_path / "disk.img"
-    with open(disk, "wb") as fh:
-        os.posix_fallocate(fh.fileno(), 0, MICRO_DISK_BYTES)
-    return disk
 
 
 @pytest.mark.integration
