@@ -10,6 +10,15 @@ from the total latency (lat_ns) when the job was run with lat_percentiles=1 —
 whichever carries percentiles.  For mixed workloads (randrw, rw) the latencies
 are the READ side's: fio reports percentiles per direction and they cannot be
 merged exactly from the summary.  IOPS and bandwidth are read + write.
+
+Schema: every row carries `schema_version` (SCHEMA_VERSION, now 2).  Files
+written before the column existed (the committed reference runs) are version 1
+and read the same way; a file newer than this harness is refused.  Rows that do
+not parse are never dropped silently: `read_results` returns them with their
+line numbers and `load_results` logs one warning line naming them.
+
+This module is the one place that parses fio's JSON (`split_fio_output`,
+`row_from_fio`): the code that runs fio calls it.
 """
 
 from __future__ import annotations
@@ -17,24 +26,30 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from .config import parse_size
-from .errors import InfraError
+from .errors import InfraError, UserError
 from .matrix import Point, Workload
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # of results.csv (a column) and manifest.json (a top-level key)
 
 COLUMNS = (
     "run_id", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs", "rep",
     "status", "iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
-    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at",
+    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "schema_version",
 )
-INT_COLUMNS = ("iodepth", "numjobs", "rep")
+V1_COLUMNS = COLUMNS[:-1]  # results.csv before schema_version existed
+INT_COLUMNS = ("iodepth", "numjobs", "rep", "schema_version")
 FLOAT_COLUMNS = ("iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                  "guest_cpu_pct", "host_cpu_pct", "runtime_s")
 STR_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
@@ -66,7 +81,7 @@ def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, wor
         "run_id": run_id, "guest": guest, "variant": variant, "accel": accel, "disk": disk,
         "rw": workload.rw, "bs": workload.bs, "iodepth": int(workload.iodepth),
         "numjobs": int(workload.numjobs), "rep": int(rep), "status": status,
-        "error": error, "log": log, "started_at": started_at,
+        "error": error, "log": log, "started_at": started_at, "schema_version": SCHEMA_VERSION,
     }
     for name in FLOAT_COLUMNS:
         value = metrics.get(name)
@@ -85,15 +100,29 @@ def failed_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str,
 
 # --- fio JSON ---------------------------------------------------------------------------
 
-def parse_fio_output(text: str) -> dict:
-    """fio's JSON, tolerating the warning lines fio sometimes prints before it."""
+def split_fio_output(text: str, command: str = "fio") -> tuple[str, dict]:
+    """fio's JSON text and its parsed value, skipping the notes fio may print before it.
+
+    The one parser of fio output in the harness; `command` names what ran, for the
+    error message (with the output's last lines when there is no JSON at all).
+    """
     start = text.find("{")
     if start < 0:
-        raise InfraError("fio produced no JSON output")
+        raise InfraError(f"fio printed no JSON: {command}: {_tail(text)}")
+    json_text = text[start:]
     try:
-        return json.loads(text[start:])
+        return json_text, json.loads(json_text)
     except json.JSONDecodeError as exc:
-        raise InfraError(f"fio output is not valid JSON: {exc}") from exc
+        raise InfraError(f"fio printed invalid JSON ({exc}): {command}") from exc
+
+
+def parse_fio_output(text: str, command: str = "fio") -> dict:
+    """fio's JSON, tolerating the warning lines fio sometimes prints before it."""
+    return split_fio_output(text, command)[1]
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join((text or "").strip().splitlines()[-lines:]) or "(no output)"
 
 
 def fio_options(fio_json: dict) -> dict[str, str]:
@@ -197,10 +226,10 @@ def row_from_fio(fio_json: dict, *, run_id: str, guest: str, variant: str, accel
 
 # --- the store --------------------------------------------------------------------------
 
-def _csv_line(row: dict[str, Any]) -> str:
+def _csv_line(row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["" if _is_nan(row[c]) else row[c] for c in COLUMNS])
+    writer.writerow(["" if _is_nan(row[c]) else row[c] for c in columns])
     return buffer.getvalue()
 
 
@@ -226,21 +255,34 @@ class ResultsStore:
         self._repaired = False
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row durably: header on first use, then append + flush + fsync."""
+        """Write one row durably: header on first use, then append + flush + fsync.
+
+        A file begun by an older harness (no schema_version column) keeps its own
+        columns, so that resuming an old run never mixes two layouts in one file.
+        """
         missing = [c for c in COLUMNS if c not in row]
         if missing:
             raise ValueError(f"row lacks columns {missing}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._drop_torn_tail()
         new_file = not self.path.exists() or self.path.stat().st_size == 0
+        columns = COLUMNS if new_file else self._file_columns()
         with open(self.path, "a", encoding="utf-8", newline="") as handle:
             if new_file:
                 handle.write(_csv_line(dict(zip(COLUMNS, COLUMNS))))
-            handle.write(_csv_line(row))
+            handle.write(_csv_line(row, columns))
             handle.flush()
             os.fsync(handle.fileno())
         if new_file:
             _fsync_dir(self.run_dir)
+
+    def _file_columns(self) -> tuple[str, ...]:
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            header = tuple(next(csv.reader(handle), ()))
+        if header in (COLUMNS, V1_COLUMNS):
+            return header
+        raise UserError(f"{self.path} has columns this harness does not write: "
+                        f"start a new run instead of resuming this one")
 
     def _drop_torn_tail(self) -> None:
         """A crash mid-write can leave a partial last line; cut it so the next row stays valid."""
@@ -254,11 +296,8 @@ class ResultsStore:
                 os.fsync(handle.fileno())
 
     def rows(self) -> list[dict[str, str]]:
-        """The stored rows as strings (complete lines only)."""
-        if not self.path.exists():
-            return []
-        with open(self.path, encoding="utf-8", newline="") as handle:
-            return [r for r in csv.DictReader(handle) if None not in r.values() and None not in r]
+        """The stored rows as strings (rows that parse only; see read_results)."""
+        return read_results(self.path).records
 
     def done_keys(self) -> set[str]:
         """Point keys (matrix.Point.key) that finished with status ok: skip these on resume."""
@@ -282,6 +321,115 @@ class ResultsStore:
         return final
 
 
+# --- reading ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BadLine:
+    """A line of results.csv that is not a row: left out of the data, never silently."""
+
+    line: int      # 1-based, as an editor shows it
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResultsFile:
+    """What results.csv holds: the rows that parse, its schema version and the lines that did not."""
+
+    path: Path
+    schema_version: int
+    records: list[dict[str, str]] = field(default_factory=list)
+    bad_lines: tuple[BadLine, ...] = ()
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if not self.records:
+            return empty_frame()
+        return _typed(pd.DataFrame(self.records, dtype=object).replace({"": None}))
+
+    def warning(self) -> str | None:
+        """One line naming the malformed rows, or None when every line parsed."""
+        if not self.bad_lines:
+            return None
+        shown = "; ".join(f"line {b.line}: {b.reason}" for b in self.bad_lines[:5])
+        more = f"; and {len(self.bad_lines) - 5} more" if len(self.bad_lines) > 5 else ""
+        return (f"{self.path}: {len(self.bad_lines)} malformed row(s) left out "
+                f"({shown}{more})")
+
+
+def _record_problem(record: dict[str, str]) -> str | None:
+    for name in INT_COLUMNS:
+        value = record.get(name, "").strip()
+        if name in record and not value.lstrip("-").isdigit():
+            return f"{name} {value!r} is not an integer"
+    for name in FLOAT_COLUMNS:
+        value = record[name].strip()
+        if value:
+            try:
+                float(value)
+            except ValueError:
+                return f"{name} {value!r} is not a number"
+    if not record["status"].strip():
+        return "status is empty"
+    return None
+
+
+def _check_header(header: list[str], path: Path) -> None:
+    missing = [c for c in V1_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{path} lacks the columns {missing}: not a harness results.csv")
+
+
+def _file_version(records: list[dict[str, str]], header: list[str], path: Path) -> int:
+    if "schema_version" not in header:
+        return 1
+    version = max((int(r["schema_version"]) for r in records), default=SCHEMA_VERSION)
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path} has schema_version {version}, newer than this harness reads "
+                        f"({SCHEMA_VERSION}): upgrade the harness")
+    return version
+
+
+def read_results(path: Path | str) -> ResultsFile:
+    """results.csv (or a run directory holding one): its rows, version and malformed lines.
+
+    A line is malformed when it has the wrong number of fields, an integer column
+    that is not an integer, a number column that is not a number, no status, or
+    when it is the cut-short last line a crash leaves.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.exists():
+        return ResultsFile(path, SCHEMA_VERSION)
+    text = path.read_text(encoding="utf-8")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, [])
+    if not header:
+        return ResultsFile(path, SCHEMA_VERSION)
+    _check_header(header, path)
+    records, bad = [], []
+    for fields in reader:
+        line = reader.line_num
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            torn = line == text.count("\n") + 1 and not text.endswith("\n")
+            reason = "incomplete last line (the write was cut short)" if torn else \
+                f"{len(fields)} fields, the header has {len(header)}"
+            bad.append(BadLine(line, reason))
+            continue
+        record = dict(zip(header, fields))
+        problem = _record_problem(record)
+        if problem:
+            bad.append(BadLine(line, problem))
+        else:
+            records.append(record)
+    version = _file_version(records, header, path)
+    if "schema_version" not in header:
+        records = [{**r, "schema_version": "1"} for r in records]
+    return ResultsFile(path, version, records, tuple(bad))
+
+
 def empty_frame() -> pd.DataFrame:
     return _typed(pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS}))
 
@@ -290,6 +438,8 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=list(COLUMNS))
     for col in STR_COLUMNS:
         frame[col] = frame[col].fillna("").astype(str)
+    if frame["schema_version"].isna().any():
+        frame["schema_version"] = frame["schema_version"].fillna(SCHEMA_VERSION)
     for col in INT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col]).astype("int64")
     for col in FLOAT_COLUMNS:
@@ -302,17 +452,16 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
 def load_results(path: Path | str) -> pd.DataFrame:
     """results.csv (or a run directory holding one) as a typed DataFrame.
 
-    Strings stay strings ('' when empty), iodepth/numjobs/rep are int64, the
-    measurements float64 (NaN when absent), started_at a UTC datetime.
+    Strings stay strings ('' when empty), iodepth/numjobs/rep/schema_version are
+    int64, the measurements float64 (NaN when absent), started_at a UTC datetime.
+    Malformed lines are left out with one warning naming them (read_results has
+    the details).
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.csv"
-    if not path.exists():
-        return empty_frame()
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
-    frame = frame[frame["rep"].str.strip() != ""] if len(frame) else frame
-    return _typed(frame.replace({"": None}).astype(object))
+    results = read_results(path)
+    message = results.warning()
+    if message:
+        log.warning(message)
+    return results.frame
 
 
 def frame_from_rows(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

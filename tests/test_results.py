@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import InfraError
+from harness.errors import InfraError, UserError
 from harness.matrix import Point, Workload
-from harness.results import (COLUMNS, ResultsStore, failed_row, load_results, parse_fio_output,
-                             row_from_fio, row_key)
+from harness.results import (COLUMNS, SCHEMA_VERSION, V1_COLUMNS, ResultsStore, failed_row,
+                             load_results, parse_fio_output, read_results, row_from_fio, row_key,
+                             split_fio_output)
 
 FIO_DIR = Path(__file__).parent / "data" / "fio"
 HOST_DIR = FIO_DIR / "host"
@@ -112,8 +113,12 @@ def test_parse_fio_output_skips_warnings():
     text = "fio: note: both iodepth >= 1 and synchronous I/O engine\n" + \
         (HOST_DIR / "randread-4k-qd4-j1.json").read_text()
     assert parse_fio_output(text)["fio version"].startswith("fio-3")
-    with pytest.raises(InfraError):
-        parse_fio_output("fio: failed to open file\n")
+    with pytest.raises(InfraError, match="fio printed no JSON: fio --name=x: fio: failed to open"):
+        parse_fio_output("fio: failed to open file\n", "fio --name=x")
+    text, data = split_fio_output("note\n{\"jobs\": []}")
+    assert text == '{"jobs": []}' and data == {"jobs": []}
+    with pytest.raises(InfraError, match="invalid JSON"):
+        split_fio_output('{"jobs": [')
 
 
 def failed(rep: int = 1) -> dict:
@@ -155,6 +160,8 @@ def test_store_survives_a_torn_last_line(tmp_path):
     with open(tmp_path / "results.csv", "a") as handle:
         handle.write("run1,fio,dataplane,kvm,file,randr")  # a crash mid-row
     assert len(load_results(tmp_path)) == 1
+    torn = read_results(tmp_path).bad_lines
+    assert [(b.line, b.reason) for b in torn] == [(3, "incomplete last line (the write was cut short)")]
     fresh = ResultsStore(tmp_path)
     fresh.append({**ok, "rep": 2})
     df = fresh.load()
@@ -171,3 +178,63 @@ def test_save_raw_and_empty_load(tmp_path):
     assert not list((tmp_path / "raw").glob("*.tmp"))
     with pytest.raises(ValueError):
         store.save_raw("../escape", "x")
+
+
+def test_rows_carry_the_schema_version(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(parse(HOST_DIR / "randread-4k-qd4-j1.json"))
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].endswith(",schema_version")
+    results = read_results(tmp_path)
+    assert results.schema_version == SCHEMA_VERSION == 2 and list(results.frame["schema_version"]) == [2]
+
+
+def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path, caplog):
+    store = ResultsStore(tmp_path)
+    ok = parse(HOST_DIR / "randread-4k-qd4-j1.json")
+    store.append(ok)
+    good = (tmp_path / "results.csv").read_text().splitlines()[1]
+    bad_rep = good.replace(",1,ok,", ",one,ok,")
+    bad_iops = good.replace(f",ok,{ok['iops']},", ",ok,lots,")
+    with open(tmp_path / "results.csv", "a") as handle:
+        handle.write("run1,fio,too,short\n" + bad_rep + "\n" + bad_iops + "\n")
+    store.append({**ok, "rep": 2})
+    results = read_results(tmp_path)
+    assert len(results.frame) == 2
+    assert [(b.line, b.reason) for b in results.bad_lines] == [
+        (3, "4 fields, the header has 24"), (4, "rep 'one' is not an integer"),
+        (5, "iops 'lots' is not a number")]
+    with caplog.at_level("WARNING", logger="harness.results"):
+        assert len(load_results(tmp_path)) == 2
+    assert "3 malformed row(s) left out (line 3: 4 fields" in caplog.text
+    assert len(store.rows()) == 2 and len(store.done_keys()) == 2
+
+
+def test_a_v1_file_is_read_and_resumed_in_its_own_layout(tmp_path):
+    ok = parse(HOST_DIR / "randread-4k-qd4-j1.json")
+    lines = [",".join(V1_COLUMNS), ",".join("" if isinstance(ok[c], float) and math.isnan(ok[c])
+                                            else str(ok[c]) for c in V1_COLUMNS)]
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    store = ResultsStore(tmp_path)
+    store.append({**ok, "rep": 2})
+    text = (tmp_path / "results.csv").read_text().splitlines()
+    assert text[0] == ",".join(V1_COLUMNS) and len(text[2].split(",")) == len(V1_COLUMNS)
+    results = read_results(tmp_path)
+    assert results.schema_version == 1 and not results.bad_lines
+    assert list(results.frame["rep"]) == [1, 2] and list(results.frame["schema_version"]) == [1, 1]
+
+
+def test_committed_v1_reference_runs_load_without_loss():
+    for run in sorted((Path(__file__).resolve().parent.parent / "results").glob("*/results.csv")):
+        results = read_results(run)
+        assert results.schema_version == 1 and not results.bad_lines
+        assert len(results.frame) == len(run.read_text().splitlines()) - 1
+
+
+def test_a_newer_file_or_a_foreign_csv_is_refused(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append({**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 3})
+    with pytest.raises(UserError, match="schema_version 3, newer than this harness reads"):
+        read_results(tmp_path)
+    (tmp_path / "results.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="not a harness results.csv"):
+        read_results(tmp_path)
