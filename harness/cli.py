@@ -150,29 +150,55 @@ def bench(
 
 @app.command()
 def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
-           baseline: Optional[str] = typer.Option(None, help="Reference variant for ratios.")):
+           baseline: Optional[str] = typer.Option(None, help="Reference variant for ratios."),
+           json_summary: bool = typer.Option(False, "--json", help="Also write summary.json: "
+                                             "per workload and variant the medians, spread, "
+                                             "p99, ratio to the baseline with its CI and the "
+                                             "verdict flags (schema_version 2).")):
     """Redraw plots and report.md from a run's results.csv, without rerunning."""
     from .bench import find_run
     from .report import write_report
+    from .results import read_results
 
     run_dir = find_run(run)
     if baseline is None:
         baseline = _config_baseline(run_dir)
-    write_report(run_dir, baseline)
-    out.print(f"report: {run_dir / 'report.md'}")
+    warning = read_results(run_dir).warning()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    written = write_report(run_dir, baseline, summary_json=json_summary)
+    out.print(f"report: {written.markdown}")
+    if written.summary_json:
+        out.print(f"summary: {written.summary_json}")
 
 
 @app.command()
 def compare(run_a: str = typer.Argument(..., help="The reference run"),
             run_b: str = typer.Argument(..., help="The run to compare with it"),
             tolerance: float = typer.Option(0.05, min=0.0, help="Smallest relative change "
-                                            "that may be flagged (0.05 = 5%)")):
-    """The same workloads from two runs: ratio of medians with CIs, flagged beyond the noise."""
-    from .bench import find_run
-    from .compare import compare_runs, render_markdown
+                                            "that may be flagged (0.05 = 5%)"),
+            fail_on_regression: bool = typer.Option(
+                False, "--fail-on-regression",
+                help="Exit 1 when any workload of RUN_B is worse than in RUN_A: fewer IOPS, "
+                     "significant after Benjamini-Hochberg (q <= 0.05) and beyond --tolerance. "
+                     "Each regression is named on stderr. For CI gates and bisecting.")):
+    """The same workloads from two runs: ratio of medians RUN_B / RUN_A with CIs, flagged
+    beyond the noise.  The columns are labelled with the runs' ids.
 
-    table = compare_runs(find_run(run_a), find_run(run_b), tolerance=tolerance)
-    typer.echo(render_markdown(table))
+    Exit codes: 0 = compared (and, with --fail-on-regression, no regression);
+    1 = --fail-on-regression and at least one workload regressed; 2 = a run is missing
+    or unreadable."""
+    from .bench import find_run
+    from .compare import compare_runs, regression_lines, render_markdown
+
+    comparison = compare_runs(find_run(run_a), find_run(run_b), tolerance=tolerance)
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    typer.echo(render_markdown(comparison))
+    if fail_on_regression and len(comparison.regressions):
+        for line in regression_lines(comparison):
+            console.print(line, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _config_baseline(run_dir: Path) -> str:

@@ -1,7 +1,7 @@
 """Two runs side by side: the same workloads, ratio of medians B/A with a 95% CI.
 
-Whether a workload "differs" is a test, not a reading of the CI, because the
-percentile bootstrap on three repetitions a side is far too eager: it excludes 1
+Whether a workload "differs" is a test, not a reading of the CI, because a
+bootstrap interval on three repetitions a side is far too eager: it excludes 1
 whenever every repetition of one run beats every one of the other, which two
 identical runs do one time in ten — across 80 workloads that is eight false
 alarms.  So, per workload, an exact two-sided Mann-Whitney U test on the
@@ -12,6 +12,8 @@ flagged when both hold:
   * its adjusted p-value (q) is at most 0.05, and
   * |ratio − 1| is at least the tolerance (5% by default): smaller shifts are
     below what these runs are designed to resolve (ratios to ±10%).
+A flagged workload whose ratio is below 1 (B has fewer IOPS than A) is a
+*regression*; `harness compare --fail-on-regression` exits 1 when there is one.
 With 3 repetitions a side the smallest possible p is 0.1, so nothing can be
 flagged: the table says so, and the summary counts the workloads whose
 uncorrected p is below 0.05 next to the number expected by chance.
@@ -21,70 +23,57 @@ but a TCG run against a KVM run measures the emulator more than the I/O path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .results import load_results
-from .stats import cv, ok_rows, ratio_ci
+from .results import read_results
+from .stats import benjamini_hochberg, cv, mann_whitney_p, ok_rows, ratio_ci, smallest_p
 
 MATCH_KEYS = ["guest", "variant", "disk", "rw", "bs", "iodepth", "numjobs"]
 COLUMNS = MATCH_KEYS + ["accel_a", "accel_b", "n_a", "n_b", "median_a", "median_b", "ratio",
-                        "ci_low", "ci_high", "cv_a", "cv_b", "p", "q", "differs", "note"]
+                        "ci_low", "ci_high", "cv_a", "cv_b", "p", "q", "differs", "regression",
+                        "note"]
 FDR = 0.05
 TOLERANCE = 0.05
 
 
-def _load(run: Path) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Comparison:
+    """The matched workloads of two runs, each run named by its id."""
+
+    table: pd.DataFrame
+    name_a: str
+    name_b: str
+    tolerance: float
+    warnings: tuple[str, ...] = ()   # malformed rows in either results.csv
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["regression"]]
+
+
+def _load(run: Path) -> tuple[pd.DataFrame, str, str | None]:
+    """Ok rows, the run's id (its run_id column, else the directory's name), a warning."""
     run = Path(run)
     if not (run / "results.csv").exists() and not run.is_file():
         raise UserError(f"{run} has no results.csv")
-    return ok_rows(load_results(run))
+    results = read_results(run)
+    frame = results.frame
+    ids = sorted(set(frame["run_id"]) - {""})
+    name = ids[0] if len(ids) == 1 else (run.name if run.is_dir() else run.parent.name)
+    return ok_rows(frame), name, results.warning()
 
 
 def _accel(rows: pd.DataFrame) -> str:
     return ", ".join(sorted(set(rows["accel"]))) or "unknown"
 
 
-def mann_whitney_p(a, b) -> float:
-    """Two-sided Mann-Whitney U p-value, exact unless values tie (then the normal
-    approximation); NaN with fewer than 2 values a side."""
-    from scipy.stats import mannwhitneyu
-
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    distinct = len(np.unique(np.concatenate([a, b])))
-    if distinct == 1:               # all equal: no evidence of a difference
-        return 1.0
-    method = "exact" if distinct == len(a) + len(b) else "asymptotic"
-    return float(mannwhitneyu(b, a, alternative="two-sided", method=method).pvalue)
-
-
-def smallest_p(n_a: int, n_b: int) -> float:
-    """The smallest two-sided p the exact test can give with these sample sizes."""
-    from math import comb
-
-    return 2.0 / comb(n_a + n_b, n_a) if n_a and n_b else float("nan")
-
-
-def benjamini_hochberg(p_values) -> np.ndarray:
-    """BH-adjusted p-values (q); NaN stays NaN and does not count as a test."""
-    p_values = np.asarray(p_values, dtype=float)
-    q_values = np.full(len(p_values), np.nan)
-    tested = np.flatnonzero(np.isfinite(p_values))
-    if len(tested) == 0:
-        return q_values
-    order = tested[np.argsort(p_values[tested])]
-    ranked = p_values[order] * len(tested) / np.arange(1, len(tested) + 1)
-    q_values[order] = np.minimum(1.0, np.minimum.accumulate(ranked[::-1])[::-1])
-    return q_values
-
-
 def _compare_one(key: tuple, a: pd.DataFrame, b: pd.DataFrame) -> dict:
-    ratio, low, high = ratio_ci(b["iops"], a["iops"])
+    ci = ratio_ci(b["iops"], a["iops"])
     accel_a, accel_b = _accel(a), _accel(b)
     notes = [] if accel_a == accel_b else [f"different accelerators ({accel_a} vs {accel_b})"]
     if len(a) < 2 or len(b) < 2:
@@ -93,23 +82,26 @@ def _compare_one(key: tuple, a: pd.DataFrame, b: pd.DataFrame) -> dict:
         notes.append(f"{len(a)}/{len(b)} repetitions: too few to call a difference")
     return {**dict(zip(MATCH_KEYS, key)), "accel_a": accel_a, "accel_b": accel_b,
             "n_a": len(a), "n_b": len(b), "median_a": a["iops"].median(),
-            "median_b": b["iops"].median(), "ratio": ratio, "ci_low": low, "ci_high": high,
-            "cv_a": cv(a["iops"]), "cv_b": cv(b["iops"]),
+            "median_b": b["iops"].median(), "ratio": ci.ratio, "ci_low": ci.low,
+            "ci_high": ci.high, "cv_a": cv(a["iops"]), "cv_b": cv(b["iops"]),
             "p": mann_whitney_p(a["iops"], b["iops"]), "note": "; ".join(notes)}
 
 
-def compare_runs(run_a: Path, run_b: Path, tolerance: float = TOLERANCE) -> pd.DataFrame:
+def compare_runs(run_a: Path, run_b: Path, tolerance: float = TOLERANCE) -> Comparison:
     """One row per workload present (with ok results) in both runs; see the module docstring
-    for when a row `differs`."""
-    a, b = _load(run_a), _load(run_b)
+    for when a row `differs` and when it is a `regression`."""
+    (a, name_a, warn_a), (b, name_b, warn_b) = _load(run_a), _load(run_b)
+    if name_a == name_b:
+        name_a, name_b = f"{name_a} (A)", f"{name_b} (B)"
     groups_b = dict(list(b.groupby(MATCH_KEYS)))
     records = [_compare_one(key, rows, groups_b[key])
                for key, rows in a.groupby(MATCH_KEYS) if key in groups_b]
     df = pd.DataFrame(records, columns=COLUMNS)
     df["q"] = benjamini_hochberg(df["p"])
     df["differs"] = (df["q"] <= FDR) & ((df["ratio"] - 1.0).abs() >= tolerance)
-    df.attrs["tolerance"] = tolerance
-    return df
+    df["regression"] = df["differs"] & (df["ratio"] < 1.0)
+    return Comparison(df, name_a, name_b, tolerance,
+                      tuple(w for w in (warn_a, warn_b) if w))
 
 
 def _fmt_ratio(row) -> str:
@@ -120,47 +112,53 @@ def _fmt_ratio(row) -> str:
     return f"{row.ratio:.2f} [{row.ci_low:.2f}, {row.ci_high:.2f}]"
 
 
+def _verdict(row) -> str:
+    if not row.differs:
+        return ""
+    return "**worse**" if row.regression else "better"
+
+
 def _cells(row) -> list[str]:
     return [row.guest, row.variant, row.disk, f"{row.rw} {row.bs} qd{row.iodepth} j{row.numjobs}",
             f"{row.median_a:,.0f}", f"{row.median_b:,.0f}", _fmt_ratio(row), _fmt_q(row.q),
-            "DIFFERS" if row.differs else "", row.note]
+            _verdict(row), row.note]
 
 
 def _fmt_q(q: float) -> str:
     return "–" if not np.isfinite(q) else f"{q:.2g}"
 
 
-HEADERS = ["guest", "variant", "disk", "workload", "IOPS A", "IOPS B", "B/A [95% CI]", "q", "",
-           "note"]
+def headers(name_a: str, name_b: str) -> list[str]:
+    return ["guest", "variant", "disk", "workload", f"IOPS {name_a}", f"IOPS {name_b}",
+            "ratio [95% CI]", "q", "verdict", "note"]
 
 
-def summary_line(df: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> str:
-    accels = {(r.accel_a, r.accel_b) for r in df.itertuples()}
-    mixed = any(x != y for x, y in accels)
-    tolerance = df.attrs.get("tolerance", TOLERANCE)
+def summary_line(comparison: Comparison) -> str:
+    df, name_a, name_b = comparison.table, comparison.name_a, comparison.name_b
+    mixed = any(r.accel_a != r.accel_b for r in df.itertuples())
     tested = int(df["p"].notna().sum())
     raw = int((df["p"] < 0.05).sum())
-    head = (f"{len(df)} matched workloads, {int(df['differs'].sum())} differ ({name_b} vs {name_a}; "
-            f"Mann-Whitney U, Benjamini-Hochberg FDR {FDR:.0%}, tolerance {tolerance:.0%}); "
+    differ, worse = int(df["differs"].sum()), int(df["regression"].sum())
+    head = (f"{len(df)} matched workloads, {differ} differ, {worse} of them worse "
+            f"({name_b} against {name_a}, ratio = {name_b} / {name_a}; Mann-Whitney U, "
+            f"Benjamini-Hochberg FDR {FDR:.0%}, tolerance {comparison.tolerance:.0%}); "
             f"{raw} of {tested} have an uncorrected p < 0.05, about {0.05 * tested:.1f} "
             f"would by chance")
     return head + (" — the runs used different accelerators" if mixed else "")
 
 
-def render_markdown(df: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> str:
-    lines = [summary_line(df, name_a, name_b), "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in df.itertuples(index=False)]
+def render_markdown(comparison: Comparison) -> str:
+    columns = headers(comparison.name_a, comparison.name_b)
+    lines = [summary_line(comparison), ""]
+    lines += [f"Warning: {w}" for w in comparison.warnings]
+    lines += ([""] if comparison.warnings else [])
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in comparison.table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def render_rich(df: pd.DataFrame, name_a: str = "A", name_b: str = "B"):
-    """A rich Table for the terminal; rows that differ are highlighted."""
-    from rich.table import Table
-
-    table = Table(title=summary_line(df, name_a, name_b))
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header.startswith(("IOPS", "B/A")) else "left")
-    for row in df.itertuples(index=False):
-        table.add_row(*_cells(row), style="bold red" if row.differs else None)
-    return table
+def regression_lines(comparison: Comparison) -> list[str]:
+    """One line per regression, for stderr when --fail-on-regression trips."""
+    return [f"regression: {r.guest} {r.variant} {r.disk} {r.rw} {r.bs} qd{r.iodepth} "
+            f"j{r.numjobs}: {r.median_a:,.0f} → {r.median_b:,.0f} IOPS ({_fmt_ratio(r)}, "
+            f"q {_fmt_q(r.q)})" for r in comparison.regressions.itertuples(index=False)]

@@ -4,7 +4,7 @@ Each published figure names which ratio it is (`kind`); ours is computed the
 same way where we can (data plane / baseline, QEMU / host ceiling) at the
 workload closest to the published one.  Everything the comparison says —
 agreement and the reasons it may not carry over — is generated from the data
-and the YAML, never written by hand.
+and the YAML, never written by hand.  The plot of it is plots.plot_published.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .config import parse_size
 from .errors import UserError
 from .paths import PROJECT_ROOT
 from .results import HOST_VARIANT
-from .stats import ok_rows, ratio_ci
+from .stats import host_ceiling, ok_rows, ratio_ci, summarize
 
 DEFAULT_PATH = PROJECT_ROOT / "configs" / "published.yaml"
 RATIO_KINDS = ("dataplane/baseline", "ownaio/blocklayer", "batched/blocklayer", "qemu/host")
@@ -141,8 +141,8 @@ class PublishedComparison:
 
 
 def _ours(rows: pd.DataFrame, base: pd.DataFrame) -> dict:
-    ratio, low, high = ratio_ci(rows["iops"], base["iops"])
-    return {"our_ratio": ratio, "our_ci_low": low, "our_ci_high": high,
+    ci = ratio_ci(rows["iops"], base["iops"])
+    return {"our_ratio": ci.ratio, "our_ci_low": ci.low, "our_ci_high": ci.high,
             "our_iops": rows["iops"].median(), "our_n": int(rows["iops"].notna().sum())}
 
 
@@ -177,12 +177,13 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
     guests_df = good[good["variant"] != HOST_VARIANT]
     host = good[good["variant"] == HOST_VARIANT]
     records = []
-    for guest, mine in guests_df.groupby("guest"):
+    for (guest, disk), mine in guests_df.groupby(["guest", "disk"]):  # never pool two disks
         workload = closest_workload(mine, figure.match)
         if workload is None:
             continue
         here = _at(mine, workload)
-        for variant, denominator, base in _pairs(figure, mine, host, baseline, workload):
+        same_disk = host[host["disk"] == disk]
+        for variant, denominator, base in _pairs(figure, mine, same_disk, baseline, workload):
             rows = here[here["variant"] == variant]
             ours = {"our_ratio": np.nan, "our_ci_low": np.nan, "our_ci_high": np.nan,
                     "our_iops": rows["iops"].median() if len(rows) else np.nan, "our_n": len(rows)}
@@ -194,7 +195,7 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
                             "their_accel": figure.accel, "their_ratio": figure.ratio,
                             "their_iops": figure.iops,
                             "comparable": SAME_AS_OURS.get(figure.kind, "absolute figure"),
-                            "guest": guest,
+                            "guest": guest, "disk": disk,
                             "our_variant": f"{variant}/{denominator}" if denominator else variant,
                             "our_workload": _label(workload),
                             "our_accel": ", ".join(sorted(set(rows["accel"]))) or "none",
@@ -204,7 +205,6 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
 
 def absolute_table(df: pd.DataFrame) -> pd.DataFrame:
     """Our median IOPS per guest, variant and workload beside fio on the host (same image)."""
-    from .stats import host_ceiling, summarize
     good = preferred_rows(df)
     keys = ["disk", "rw", "bs", "iodepth", "numjobs"]
     mine = summarize(good[good["variant"] != HOST_VARIANT])
@@ -229,7 +229,7 @@ def compare_with_published(df: pd.DataFrame, baseline: str, facts: dict | None =
 
 # --- the generated text -----------------------------------------------------------------------
 
-def _fmt(value: float | None, digits: int = 2) -> str:
+def fmt_ratio(value: float | None, digits: int = 2) -> str:
     """Fixed decimals, but small ratios (ours to a host ceiling) keep two significant digits."""
     if value is None or not np.isfinite(value):
         return "n/a"
@@ -254,15 +254,16 @@ def _accel_sentence(accels: set[str], theirs: set[str]) -> str:
 
 
 def _figure_sentence(rows: pd.DataFrame) -> str:
-    """One published ratio and every ratio of ours it is set against (one per guest and variant)."""
+    """One published ratio and every ratio of ours it is set against (one per guest, disk and
+    variant)."""
     first = rows.iloc[0]
-    text = (f"{first.source}: published {first.kind} ratio {_fmt(first.their_ratio)} "
+    text = (f"{first.source}: published {first.kind} ratio {fmt_ratio(first.their_ratio)} "
             f"(workload: {first.their_workload}; hardware: {first.their_hardware}; accelerator: "
             f"{'not stated' if first.their_accel == 'unknown' else first.their_accel.upper()})")
     if first.comparable != "same comparison as ours":
         text += f"; not the same comparison: {first.comparable}"
-    ours = [f"{row.guest} guest {row.our_variant} {_fmt(row.our_ratio)} "
-            f"[{_fmt(row.our_ci_low)}, {_fmt(row.our_ci_high)}] at {row.our_workload} "
+    ours = [f"{row.guest} guest, disk {row.disk}, {row.our_variant} {fmt_ratio(row.our_ratio)} "
+            f"[{fmt_ratio(row.our_ci_low)}, {fmt_ratio(row.our_ci_high)}] at {row.our_workload} "
             f"({row.our_accel.upper()}) — {row.verdict}" for row in rows.itertuples(index=False)]
     return text + ". Ours: " + "; ".join(ours) + "."
 
@@ -288,46 +289,3 @@ def _paragraph(table: pd.DataFrame, good: pd.DataFrame, facts: dict) -> str:
                                 for _, rows in numbered.groupby(["source", "kind"], sort=False)))
         parts.append(_setup_sentence(table, facts))
     return "\n\n".join(p for p in parts if p)
-
-
-# --- the plot ---------------------------------------------------------------------------------
-
-def plot_published(comparison: PublishedComparison, out_base: Path, accel_title: str) -> list[Path]:
-    """Ours (with CI) vs published ratios, one line per published ratio; PNG and SVG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = comparison.ratios
-    if table.empty:
-        return []
-    table = table[table["their_ratio"].notna()].reset_index(drop=True)
-    if table.empty:
-        return []
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(table) + 1.8))
-    y = np.arange(len(table))[::-1]
-    ax.scatter(table["their_ratio"], y + 0.15, marker="D", color="tab:gray", label="published", zorder=3)
-    err = np.array([table["our_ratio"] - table["our_ci_low"], table["our_ci_high"] - table["our_ratio"]])
-    ax.errorbar(table["our_ratio"], y - 0.15, xerr=np.nan_to_num(err), fmt="o", color="tab:blue",
-                capsize=3, label="ours (95% CI)", zorder=3)
-    ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
-    for yy, theirs, ours in zip(y, table["their_ratio"], table["our_ratio"]):
-        ax.annotate(f"{theirs:.2f}", (theirs, yy + 0.15), textcoords="offset points",
-                    xytext=(6, -3), fontsize=7, color="tab:gray")
-        if np.isfinite(ours):
-            ax.annotate(f"{ours:.2f}", (ours, yy - 0.15), textcoords="offset points",
-                        xytext=(6, 3), fontsize=7, color="tab:blue")
-    labels = [f"{r.figure}\n{r.kind}: ours {r.our_variant}, {r.guest}" for r in table.itertuples()]
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xscale("log")
-    ticks = [t for t in (0.1, 0.25, 0.5, 1, 2, 5, 10, 20) if
-             0.8 * np.nanmin(table[["their_ratio", "our_ci_low", "our_ratio"]].values) <= t
-             <= 1.25 * np.nanmax(table[["their_ratio", "our_ci_high", "our_ratio"]].values)]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("ratio (log scale; 1.0 = no difference)")
-    ax.set_title(f"Our ratios vs published ratios — ours on {accel_title}")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    from .report import save_figure     # here: report imports this module
-    return save_figure(fig, out_base, dpi=110)

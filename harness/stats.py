@@ -1,22 +1,41 @@
-"""Aggregation over repetitions: medians, spread, and ratios with confidence intervals.
+"""Aggregation over repetitions: medians, spread, ratios with confidence intervals, tests.
 
-Confidence intervals (95%) for a ratio of medians are percentile-bootstrap
-intervals: the repetitions of each side are resampled independently (with
-replacement, 10,000 times, fixed seed 0 so a report is reproducible) and the
-ratio of the two resampled medians is recomputed.  The point estimate is the
-plain ratio of medians, so it always lies inside its interval.  Why bootstrap
-and not a t interval: the median is what the report shows, and it resists the
-odd disturbed repetition; the price is that with few repetitions the interval
-is coarse — with 3 per side it is about [min/max, max/min], i.e. it excludes 1
-only when every repetition of one side beats every repetition of the other.
-With a single repetition on either side there is no interval (NaN).
+Confidence intervals (95%) for a ratio of medians are bootstrap BCa intervals
+(scipy.stats.bootstrap, method="BCa"): the repetitions of each side are
+resampled independently (10,000 times, fixed seed 0 so that a report is
+reproducible), the ratio of the two resampled medians recomputed, and the
+percentiles corrected for the bias and skew of that distribution.  Why a
+bootstrap of medians and not a t interval: the median is what the report shows
+and it resists the odd disturbed repetition; the price is that with few
+repetitions the interval is coarse (with 3 a side it can only end at ratios of
+observed values).  The estimate is the plain ratio of medians; the interval is
+not forced to contain it.
+
+Degenerate samples, stated in `RatioCI.method`:
+  * fewer than 2 repetitions on either side: no interval (NaN), method "none";
+  * every repetition equal on both sides: the bootstrap distribution is one
+    point, so the interval is [ratio, ratio], method "no spread";
+  * BCa undefined (scipy returns NaN: the estimate lies outside the bootstrap
+    distribution, or the jackknife has no spread): the plain percentile
+    interval of the same resamples, method "percentile".
+
+Tests: an exact two-sided Mann-Whitney U test per workload, and the
+Benjamini-Hochberg adjustment (scipy.stats.false_discovery_control) across the
+workloads of one comparison.
 """
 
 from __future__ import annotations
 
+import inspect
+import warnings
+from dataclasses import dataclass
+from math import comb
+
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
+from .config import parse_size
 from .results import HOST_VARIANT
 
 WORKLOAD_KEYS = ["guest", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
@@ -82,31 +101,62 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 def _sort_key(column: pd.Series) -> pd.Series:
     """Sort block sizes by size, not alphabetically."""
     if column.name == "bs":
-        from .config import parse_size
         return column.map(parse_size)
     return column
 
 
+@dataclass(frozen=True)
+class RatioCI:
+    """median(values) / median(base) and its 95% interval; `method` as in the module docstring."""
+
+    ratio: float
+    low: float
+    high: float
+    method: str  # "BCa", "percentile", "no spread", "none"
+
+    @property
+    def has_interval(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
+
+
+_NAN = float("nan")
+_RNG_KEYWORD = "rng" if "rng" in inspect.signature(scipy_stats.bootstrap).parameters \
+    else "random_state"  # scipy < 1.15
+
+
+def _ratio_of_medians(top: np.ndarray, bottom: np.ndarray, axis: int = -1) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.median(top, axis=axis) / np.median(bottom, axis=axis)
+
+
+def _bootstrap(values: np.ndarray, base: np.ndarray, method: str, confidence: float,
+               resamples: int, seed: int) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a NaN interval is handled by the caller
+        result = scipy_stats.bootstrap(
+            (values, base), _ratio_of_medians, n_resamples=resamples, method=method,
+            confidence_level=confidence, vectorized=True,
+            **{_RNG_KEYWORD: np.random.default_rng(seed)})
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def ratio_ci(values: np.ndarray | pd.Series, base: np.ndarray | pd.Series,
              confidence: float = CONFIDENCE, resamples: int = RESAMPLES,
-             seed: int = SEED) -> tuple[float, float, float]:
-    """(median(values)/median(base), low, high): see the module docstring for the method."""
-    values = _clean(values)
-    base = _clean(base)
+             seed: int = SEED) -> RatioCI:
+    """The ratio of medians with its bootstrap interval; see the module docstring."""
+    values, base = _clean(values), _clean(base)
     if len(values) == 0 or len(base) == 0 or np.median(base) == 0:
-        return (float("nan"),) * 3
+        return RatioCI(_NAN, _NAN, _NAN, "none")
     ratio = float(np.median(values) / np.median(base))
     if len(values) < 2 or len(base) < 2:
-        return ratio, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    top = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
-    bottom = np.median(rng.choice(base, size=(resamples, len(base))), axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        boot = top / bottom
-    boot = boot[np.isfinite(boot)]
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(boot, [alpha, 1.0 - alpha])
-    return ratio, float(min(low, ratio)), float(max(high, ratio))
+        return RatioCI(ratio, _NAN, _NAN, "none")
+    if np.ptp(values) == 0 and np.ptp(base) == 0:
+        return RatioCI(ratio, ratio, ratio, "no spread")
+    for method, name in (("BCa", "BCa"), ("percentile", "percentile")):
+        low, high = _bootstrap(values, base, method, confidence, resamples, seed)
+        if np.isfinite(low) and np.isfinite(high):
+            return RatioCI(ratio, low, high, name)
+    return RatioCI(ratio, _NAN, _NAN, "none")
 
 
 def _clean(values) -> np.ndarray:
@@ -114,13 +164,41 @@ def _clean(values) -> np.ndarray:
     return values[~np.isnan(values)]
 
 
+def mann_whitney_p(a, b) -> float:
+    """Two-sided Mann-Whitney U p-value, exact unless values tie (then the normal
+    approximation); NaN with fewer than 2 values a side, 1 when all are equal."""
+    a, b = _clean(a), _clean(b)
+    if len(a) < 2 or len(b) < 2:
+        return _NAN
+    distinct = len(np.unique(np.concatenate([a, b])))
+    if distinct == 1:               # all equal: no evidence of a difference
+        return 1.0
+    method = "exact" if distinct == len(a) + len(b) else "asymptotic"
+    return float(scipy_stats.mannwhitneyu(b, a, alternative="two-sided", method=method).pvalue)
+
+
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p the exact test can give with these sample sizes."""
+    return 2.0 / comb(n_a + n_b, n_a) if n_a and n_b else _NAN
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """BH-adjusted p-values (q); NaN stays NaN and does not count as a test."""
+    p_values = np.asarray(p_values, dtype=float)
+    q_values = np.full(len(p_values), np.nan)
+    tested = np.isfinite(p_values)
+    if tested.any():
+        q_values[tested] = scipy_stats.false_discovery_control(p_values[tested], method="bh")
+    return q_values
+
+
 def _one_ratio(variant: pd.DataFrame, base: pd.DataFrame) -> dict:
     iops = ratio_ci(variant["iops"], base["iops"])
     p99 = ratio_ci(variant["lat_p99_us"], base["lat_p99_us"])
     return {"n": int(variant["iops"].notna().sum()), "n_base": int(base["iops"].notna().sum()),
             "iops_median": variant["iops"].median(), "base_iops_median": base["iops"].median(),
-            "ratio": iops[0], "ci_low": iops[1], "ci_high": iops[2],
-            "p99_ratio": p99[0], "p99_ci_low": p99[1], "p99_ci_high": p99[2],
+            "ratio": iops.ratio, "ci_low": iops.low, "ci_high": iops.high, "ci_method": iops.method,
+            "p99_ratio": p99.ratio, "p99_ci_low": p99.low, "p99_ci_high": p99.high,
             "cv": cv(variant["iops"]), "base_cv": cv(base["iops"])}
 
 
@@ -143,7 +221,7 @@ def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
             record = dict(zip(WORKLOAD_KEYS, key), variant=variant, baseline=baseline)
             records.append({**record, **_one_ratio(rows, base)})
     columns = WORKLOAD_KEYS + ["variant", "baseline", "n", "n_base", "iops_median",
-                               "base_iops_median", "ratio", "ci_low", "ci_high", "p99_ratio",
+                               "base_iops_median", "ratio", "ci_low", "ci_high", "ci_method", "p99_ratio",
                                "p99_ci_low", "p99_ci_high", "cv", "base_cv"]
     out = pd.DataFrame(records, columns=columns)
     out["noisy"] = (out["cv"] > NOISY_CV) | (out["base_cv"] > NOISY_CV)

@@ -1,19 +1,41 @@
-"""report.md, the plots, and the published-figures comparison, on a synthetic run."""
+"""report.md, the plots, summary.json and the published-figures comparison, on a synthetic run."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from harness import plots
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.published import compare_with_published, load_published
-from harness.report import write_report
+from harness.report import write_report as _write_report
 from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
+from harness.stats import ratios, summarize
+from harness.summary import RunNumbers
 
 FAILED_LOG = "logs/dataplane.file.r2.console.log"
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = Path(__file__).parent / "data" / "hostile.csv"  # rows the micro-guest bench wrote
+REFERENCE_RUN = ROOT / "results" / "micro-20261125-090618"
+# The shape bench.write_manifest writes (keys as in the committed reference runs).
+MANIFEST = {"run_id": "r1", "status": "complete", "accel": "tcg",
+            "host": {"cpu_model": "Test CPU 9000", "cores": 2, "kernel": "6.1.0-test",
+                     "os": "Debian GNU/Linux 12 (bookworm)"},
+            "variants": {"baseline": {"binary": "$HARNESS_CACHE/build/baseline/qemu",
+                                      "qemu_version": "QEMU emulator version 1.0.50",
+                                      "build": {"worktree_head": "0123456789abcdef0123"}},
+                         "dataplane": {"binary": "$HARNESS_CACHE/build/dataplane/qemu",
+                                       "qemu_version": "QEMU emulator version 1.3.50",
+                                       "build": None}}}
+
+
+def write_report(run_dir, baseline: str, **kw) -> Path:
+    return _write_report(run_dir, baseline, **kw).markdown
 
 
 def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True) -> list[dict]:
@@ -48,14 +70,17 @@ def make_run(path, accel: str = "tcg", manifest: dict | None = None, hostile: bo
     if manifest is not None:
         (path / "manifest.json").write_text(json.dumps(manifest))
     if hostile:
-        (path / "hostile.csv").write_text("case,variant,outcome\nring-overflow,dataplane,rejected\n")
+        shutil.copy(HOSTILE, path / "hostile.csv")
     return path
 
 
+def test_hostile_fixture_has_the_columns_the_harness_writes():
+    written = (REFERENCE_RUN / "hostile.csv").read_text().splitlines()[0]
+    assert HOSTILE.read_text().splitlines()[0] == written
+
+
 def test_report_has_accelerator_table_failures_and_plots(tmp_path):
-    manifest = {"host": {"cpu_model": "Test CPU 9000", "nproc": 2, "kernel_release": "6.1.0-test"},
-                "variants": {"dataplane": {"version": "QEMU emulator version 1.3.50"}}}
-    report = write_report(make_run(tmp_path, manifest=manifest, hostile=True), "baseline")
+    report = write_report(make_run(tmp_path, manifest=MANIFEST, hostile=True), "baseline")
     text = report.read_text()
     assert "TCG (software emulation): absolute numbers are not comparable to KVM" in text
     assert "| variant | IOPS median (min–max) | p99 µs | ratio to baseline [95% CI]" in text
@@ -65,8 +90,15 @@ def test_report_has_accelerator_table_failures_and_plots(tmp_path):
     assert "Test CPU 9000" in text and "6.1.0-test" in text and "QEMU emulator version 1.3.50" in text
     assert FAILED_LOG in text and "guest did not boot in 300 s" in text
     assert "dataplane.file.randread-4k-qd64-j1.r2" in text
-    assert "ring-overflow" in text
-    assert "## Published figures" in text and "1.5 million" not in text  # generated, not pasted
+    hostile = text.split("## Hostile cases (micro-guest)")[1]
+    assert "| case | variant | accel | qemu_survived | qemu_state |" in hostile
+    assert "| addr-outside-ram-8k | baseline | tcg | False | exited | 1 | True | " \
+        "qemu-system-x86_64: virtio: trying to map MMIO memory |" in hostile
+    published = text.split("## Published figures")[1]
+    # generated from configs/published.yaml and our rows: their 1.60 beside our dataplane ratio
+    line = next(l for l in published.splitlines() if l.startswith("| qemu.git dd67c1d7")
+                or "| ownaio/blocklayer |" in l)
+    assert "| 1.60 |" in line and "dataplane/baseline (fio guest, disk file, tcg)" in line
     for name in ("iops_vs_iodepth", "latency_percentiles", "speedup", "published"):
         png, svg = tmp_path / "plots" / f"{name}.png", tmp_path / "plots" / f"{name}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -145,6 +177,7 @@ def test_report_of_a_run_where_everything_failed(tmp_path):
 
 
 def test_facts_from_a_bench_manifest(tmp_path):
+    """The manifest as bench writes it (its real keys), through the typed model."""
     manifest = {"run_id": "r1", "accel": "tcg", "notices": ["/dev/kvm missing: using TCG"],
                 "host": {"kernel": "6.1.0-host", "cpu_model": "Some CPU", "cores": 2},
                 "config": {"disks": [{"name": "file", "path": "images/test.raw", "size": "1G"}]},
@@ -163,3 +196,92 @@ def test_facts_from_a_bench_manifest(tmp_path):
     assert "/dev/kvm missing: using TCG" in facts and "Debian fio guest" in facts
     assert "busy 51.0%, stolen by the hypervisor 3.5%, idle 45.5%" in facts
     assert "| repetitions per point | fio 3 |" in facts
+
+
+def test_summary_json_holds_the_numbers_of_the_report(tmp_path):
+    report = _write_report(make_run(tmp_path, manifest=MANIFEST), "baseline", summary_json=True)
+    assert report.summary_json == tmp_path / "summary.json"
+    document = json.loads(report.summary_json.read_text())
+    assert document["schema_version"] == 2 and document["run_id"] == "r1"
+    assert document["source_schema_versions"] == {"results_csv": 2, "manifest_json": 1}
+    assert document["malformed_rows"] == []
+    qd16 = next(w for w in document["workloads"] if w["iodepth"] == 16)
+    assert (qd16["guest"], qd16["rw"], qd16["bs"], qd16["numjobs"]) == ("fio", "randread", "4k", 1)
+    by_variant = {v["variant"]: v for v in qd16["variants"]}
+    base, dataplane = by_variant["baseline"], by_variant["dataplane"]
+    assert base["ratio"] is None and base["flags"]["baseline"]
+    assert dataplane["ratio"]["ci_method"] == "BCa"
+    assert dataplane["flags"]["faster"] and not dataplane["flags"]["slower"]
+    assert dataplane["iops"]["min"] <= dataplane["iops"]["median"] <= dataplane["iops"]["max"]
+    assert qd16["host_fio_iops_median"] > dataplane["iops"]["median"]
+    # the report's table line shows the same numbers
+    text = report.markdown.read_text()
+    section = text.split("### randread 4k, iodepth 16, 1 job(s)")[1].split("###")[0]
+    line = next(l for l in section.splitlines() if l.startswith("| dataplane |"))
+    ratio = dataplane["ratio"]
+    assert (f"{ratio['value']:.2f} [{ratio['ci_low']:.2f}, {ratio['ci_high']:.2f}]") in line
+    assert f"{dataplane['iops']['median']:,.0f} (" in line
+    qd64 = next(w for w in document["workloads"] if w["iodepth"] == 64)
+    assert {v["variant"]: v["n_failed"] for v in qd64["variants"]} == {"baseline": 0, "dataplane": 1}
+
+
+def test_report_rebuilds_identically(tmp_path):
+    run = make_run(tmp_path, manifest=MANIFEST, hostile=True)
+    first = _write_report(run, "baseline", summary_json=True)
+    texts = {p: p.read_bytes() for p in [first.markdown, first.summary_json, *first.plots]}
+    second = _write_report(run, "baseline", summary_json=True)
+    assert {p: p.read_bytes() for p in [second.markdown, second.summary_json, *second.plots]} == texts
+
+
+def test_malformed_rows_are_named_in_the_report(tmp_path):
+    run = make_run(tmp_path)
+    line = len((run / "results.csv").read_text().splitlines()) + 1
+    with open(run / "results.csv", "a") as handle:
+        handle.write("r1,fio,baseline,tcg,file,randread\n")        # a row cut short
+    text = write_report(run, "baseline").read_text()
+    facts = text.split("## Run facts")[1].split("## Summary")[0]
+    assert f"| malformed rows in results.csv | **1 left out of every table** (line {line}: " \
+        "6 fields, the header has 24) |" in facts
+
+
+def _plot_frames(with_host: bool = True):
+    df = frame_from_rows(rows(host=with_host))
+    numbers = RunNumbers.of(df, "baseline")
+    colors = plots.variant_colors(df["variant"], "baseline")
+    return numbers, colors
+
+
+def test_speedup_is_on_a_log_axis_with_the_one_line():
+    numbers, colors = _plot_frames()
+    fig = plots.speedup_figure(numbers.ratios, colors, "TCG", "baseline")
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert any(list(line.get_ydata()) == [1.0, 1.0] for line in ax.get_lines())
+    low, high = ax.get_ylim()
+    assert low < 1.0 < 1.8 < high
+
+
+def test_host_fio_is_drawn_in_the_guest_panels():
+    numbers, colors = _plot_frames()
+    fig = plots.iops_figure(numbers.summary[numbers.summary["n_ok"] > 0], colors, "TCG")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert titles == ["fio · file · randread 4k · 1 job"]   # no separate "host" panel
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["baseline", "dataplane", plots.HOST_LABEL]
+    assert fig.axes[0].get_yscale() == "log"
+
+
+def test_latency_plot_has_one_legend_entry_per_variant():
+    numbers, colors = _plot_frames()
+    fig = plots.latency_figure(numbers.summary[numbers.summary["n_ok"] > 0], colors, "TCG")
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:2] == ["baseline", "dataplane"] and len(labels) == 4   # + the p99/p50 keys
+
+
+def test_published_plot_prints_small_ratios_with_two_significant_digits():
+    table = compare_with_published(frame_from_rows(rows(host=True)), "baseline").ratios
+    table = table.assign(our_ratio=np.where(table["kind"] == "qemu/host", 0.0234, table["our_ratio"]))
+    fig = plots.published_figure(table, "TCG")
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "0.023" in texts and "0.00" not in texts and "0.02" not in texts

@@ -52,24 +52,67 @@ def test_ratio_ci_is_deterministic_and_contains_the_ratio():
     b = [100, 104, 98, 101, 99]
     first, second = stats.ratio_ci(a, b), stats.ratio_ci(a, b)
     assert first == second
-    ratio, low, high = first
-    assert ratio == pytest.approx(200 / 100)
-    assert low <= ratio <= high and low > 1.0
+    assert first.ratio == pytest.approx(200 / 100) and first.method == "BCa"
+    assert first.low <= first.ratio <= first.high and first.low > 1.0
+
+
+def test_ratio_ci_is_scipy_bca():
+    from scipy.stats import bootstrap
+
+    a, b = np.array([3689, 3700, 3650, 3710, 3600.0]), np.array([3212, 3220, 3180, 3300, 3250.0])
+    expected = bootstrap((a, b), lambda x, y, axis: np.median(x, axis) / np.median(y, axis),
+                         n_resamples=stats.RESAMPLES, method="BCa", vectorized=True,
+                         **{stats._RNG_KEYWORD: np.random.default_rng(stats.SEED)}).confidence_interval
+    ci = stats.ratio_ci(a, b)
+    assert (ci.low, ci.high) == pytest.approx((expected.low, expected.high))
 
 
 def test_ratio_ci_includes_one_for_overlapping_samples():
-    ratio, low, high = stats.ratio_ci([100, 120, 90], [110, 95, 105])
-    assert low < 1.0 < high
+    ci = stats.ratio_ci([100, 120, 90], [110, 95, 105])
+    assert ci.low < 1.0 < ci.high
 
 
-def test_ratio_ci_with_three_reps_is_the_extreme_range():
-    _, low, high = stats.ratio_ci([200, 210, 220], [100, 110, 105])
-    assert low == pytest.approx(200 / 110) and high == pytest.approx(220 / 100)
+def test_ratio_ci_with_three_reps_ends_at_ratios_of_observed_values():
+    ci = stats.ratio_ci([200, 210, 220], [100, 110, 105])
+    assert ci.low == pytest.approx(200 / 110) and ci.high == pytest.approx(220 / 100)
 
 
 def test_ratio_ci_single_repetition_has_no_interval():
-    ratio, low, high = stats.ratio_ci([200], [100, 99, 101])
-    assert ratio == 2.0 and math.isnan(low) and math.isnan(high)
+    ci = stats.ratio_ci([200], [100, 99, 101])
+    assert ci.ratio == 2.0 and math.isnan(ci.low) and math.isnan(ci.high)
+    assert ci.method == "none" and not ci.has_interval
+
+
+def test_ratio_ci_all_equal_has_a_zero_width_interval():
+    ci = stats.ratio_ci([300, 300, 300], [100, 100, 100])
+    assert (ci.ratio, ci.low, ci.high, ci.method) == (3.0, 3.0, 3.0, "no spread")
+
+
+def test_ratio_ci_falls_back_to_percentile_where_bca_is_undefined():
+    ci = stats.ratio_ci([1, 1, 1, 2], [1, 1, 1])     # BCa's bias correction is infinite here
+    assert ci.method == "percentile" and (ci.low, ci.high) == (1.0, 2.0)
+
+
+def test_ratio_ci_zero_baseline_is_nan():
+    ci = stats.ratio_ci([1, 2], [0, 0])
+    assert math.isnan(ci.ratio) and ci.method == "none"
+
+
+def test_benjamini_hochberg_matches_the_definition_and_skips_nan():
+    q = stats.benjamini_hochberg([0.01, float("nan"), 0.04, 0.03, 0.5])
+    # sorted p 0.01 0.03 0.04 0.5 over m = 4 tests: 0.04, 0.0533, 0.0533, 0.5
+    assert q[0] == pytest.approx(0.04) and math.isnan(q[1])
+    assert q[2] == pytest.approx(0.04 * 4 / 3) and q[3] == pytest.approx(0.04 * 4 / 3)
+    assert q[4] == pytest.approx(0.5)
+    assert np.isnan(stats.benjamini_hochberg([float("nan")])).all()
+    assert len(stats.benjamini_hochberg([])) == 0
+
+
+def test_mann_whitney_exact_and_degenerate():
+    assert stats.mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
+    assert stats.mann_whitney_p([5, 5, 5], [5, 5, 5]) == 1.0
+    assert math.isnan(stats.mann_whitney_p([1], [2, 3]))
+    assert stats.smallest_p(3, 3) == pytest.approx(0.1)
 
 
 def test_ratios_per_workload_with_latency_and_noise():

@@ -1,0 +1,301 @@
+"""The plots of a report, drawn from the frames of stats (and published's comparison).
+
+One panel per guest × disk × rw × bs × numjobs, iodepth on a log2 x axis; the
+variants in the same colours in every plot (the baseline blue), fio on the host
+drawn in black in the panels of every guest it can be set beside (same disk and
+workload).  Each figure is written as PNG and SVG; both are reproducible (no
+dates, fixed SVG ids), so redrawing a run changes nothing when its data did not.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from .published import fmt_ratio  # noqa: E402
+from .results import HOST_VARIANT  # noqa: E402
+
+matplotlib.rcParams["svg.hashsalt"] = "dataplane-harness"
+PANEL_KEYS = ["guest", "disk", "rw", "bs", "numjobs"]
+HOST_KEYS = ["disk", "rw", "bs", "numjobs"]
+PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+           "tab:pink", "tab:olive", "tab:cyan"]
+HOST_COLOR = "black"
+HOST_LABEL = "host fio (same image)"
+
+
+def variant_colors(variants, baseline: str) -> dict[str, str]:
+    """Baseline first (blue), then the others in name order; stable across plots."""
+    ordered = [baseline] + sorted(set(variants) - {baseline, HOST_VARIANT})
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(ordered)}
+
+
+def save_figure(fig, base: Path, dpi: int = 100) -> list[Path]:
+    """The figure as base.png and base.svg, cropped to what is drawn (nothing clipped); closes it."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
+    for path in paths:
+        metadata = {"Date": None} if path.suffix == ".svg" else {"Software": None}
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.15, metadata=metadata)
+    plt.close(fig)
+    return paths
+
+
+# --- panels -----------------------------------------------------------------------------------
+
+def _guest_panels(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    guests = frame[frame["variant"] != HOST_VARIANT]
+    return list(guests.groupby(PANEL_KEYS, sort=True))
+
+
+def _host_rows(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The host-fio rows to draw in the panel `key` (same disk, rw, bs, numjobs)."""
+    host = frame[frame["variant"] == HOST_VARIANT]
+    wanted = dict(zip(PANEL_KEYS, key))
+    for name in HOST_KEYS:
+        host = host[host[name] == wanted[name]]
+    return host.sort_values("iodepth")
+
+
+def _panel_title(key: tuple) -> str:
+    guest, disk, rw, bs, jobs = key
+    return f"{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
+
+
+def _grid(n: int, width: float = 4.6, height: float = 3.4, sharey: bool = False):
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows + 0.6),
+                             squeeze=False, sharey=sharey)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _iodepth_axis(ax, depths) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(depths), [str(d) for d in sorted(depths)])
+    ax.minorticks_off()
+    ax.set_xlabel("iodepth (requests in flight)")
+    ax.grid(True, alpha=0.3, which="major")
+
+
+def _si(value: float, _pos=None) -> str:
+    """12000 → '12k', 1.5e6 → '1.5M', 0.5 → '0.5'."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
+def _log_y(ax, formatter=_si) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(formatter))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _dodge(depths: pd.Series, variant: str, order: list[str]) -> pd.Series:
+    """Shift each series slightly along the log2 x axis so error bars do not overlap."""
+    index = order.index(variant) if variant in order else len(order)
+    return depths * 2 ** ((index - (len(order) - 1) / 2) * 0.06)
+
+
+def _finish(fig, axes, title: str, extra: list | None = None):
+    """One legend for all panels, right of the grid (host fio and style keys last); title."""
+    handles: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    labels = sorted(handles, key=lambda label: label == HOST_LABEL)
+    items = [(handles[l], l) for l in labels] + [(h, h.get_label()) for h in extra or []]
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    if items:
+        fig.legend([h for h, _ in items], [l for _, l in items], loc="upper left",
+                   bbox_to_anchor=(1.0, 0.95), fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=12, y=1.0)
+    return fig
+
+
+def _order(colors: dict) -> list[str]:
+    return list(colors) + [HOST_VARIANT]
+
+
+# --- the three plots of a run ------------------------------------------------------------------
+
+def _errorbar(ax, rows: pd.DataFrame, column: str, low: str, high: str, x, **style) -> None:
+    err = np.nan_to_num([rows[column] - rows[low], rows[high] - rows[column]])
+    ax.errorbar(x, rows[column], yerr=np.clip(err, 0, None), capsize=3, **style)
+
+
+def plot_iops(summary: pd.DataFrame, base: Path, colors: dict, title: str) -> list[Path]:
+    fig = iops_figure(summary, colors, title)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def iops_figure(summary: pd.DataFrame, colors: dict, title: str):
+    """Median IOPS vs iodepth per variant, bars min–max over repetitions; host fio beside them."""
+    panels = _guest_panels(summary)
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    order = _order(colors)
+    for ax, (key, frame) in zip(axes, panels):
+        for variant, rows in frame.groupby("variant"):
+            rows = rows.sort_values("iodepth")
+            _errorbar(ax, rows, "iops_median", "iops_min", "iops_max",
+                      _dodge(rows["iodepth"], variant, order), marker="o", label=variant,
+                      color=colors.get(variant))
+        host = _host_rows(summary, key)
+        if len(host):
+            _errorbar(ax, host, "iops_median", "iops_min", "iops_max",
+                      _dodge(host["iodepth"], HOST_VARIANT, order), marker="x", linestyle="--",
+                      color=HOST_COLOR, label=HOST_LABEL)
+        _iodepth_axis(ax, frame["iodepth"].unique())
+        _log_y(ax)
+        ax.set_ylabel("IOPS (median; bars min–max; log)")
+        ax.set_title(_panel_title(key), fontsize=9)
+    return _finish(fig, axes, f"IOPS vs iodepth — {title}")
+
+
+def plot_latency(summary: pd.DataFrame, base: Path, colors: dict, title: str) -> list[Path]:
+    fig = latency_figure(summary, colors, title)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def latency_figure(summary: pd.DataFrame, colors: dict, title: str):
+    """p99 latency vs iodepth per variant (bars: min–max of the repetitions' p99), p50 dotted.
+
+    Host fio is left out here: its completion latency does not include the time spent
+    in io_submit, which on a tmpfs image is the whole request (0.2 µs at QD1), so it
+    cannot be set beside a guest's; its latencies are in results.csv and summary.json.
+    """
+    panels = _guest_panels(summary)
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    order = _order(colors)
+    for ax, (key, frame) in zip(axes, panels):
+        for variant, rows in frame.groupby("variant"):
+            rows, color = rows.sort_values("iodepth"), colors.get(variant)
+            x = _dodge(rows["iodepth"], variant, order)
+            _errorbar(ax, rows, "lat_p99_us_median", "lat_p99_us_min", "lat_p99_us_max", x,
+                      marker="o", markersize=4, color=color, label=variant)
+            ax.plot(x, rows["lat_p50_us_median"], linestyle=":", linewidth=1.2, color=color)
+        _iodepth_axis(ax, frame["iodepth"].unique())
+        _log_y(ax)
+        ax.set_ylabel("latency, µs (log)")
+        ax.set_title(_panel_title(key), fontsize=9)
+    keys = [Line2D([], [], color="gray", marker="o", markersize=4,
+                   label="p99: median of the repetitions,\nbars min–max"),
+            Line2D([], [], color="gray", linestyle=":", label="p50: median of the repetitions")]
+    return _finish(fig, axes, f"Latency: p99 (solid) and p50 (dotted) — {title}", keys)
+
+
+def _ratio_ticks(low: float, high: float) -> list[float]:
+    ticks = [2.0 ** k for k in range(-6, 8)]
+    inside = [t for t in ticks if low <= t <= high]
+    return inside or [1.0]
+
+
+def _times(value: float, _pos=None) -> str:
+    return f"{value:g}×"
+
+
+def plot_speedup(ratios: pd.DataFrame, base: Path, colors: dict, title: str,
+                 baseline: str) -> list[Path]:
+    fig = speedup_figure(ratios, colors, title, baseline)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def speedup_figure(ratios: pd.DataFrame, colors: dict, title: str, baseline: str):
+    """IOPS ratio of each variant over the baseline with its 95% CI, log y, 1.0 marked."""
+    if ratios.empty:
+        return None
+    panels = list(ratios.groupby(PANEL_KEYS, sort=True))
+    fig, axes = _grid(len(panels), sharey=True)
+    order = _order(colors)
+    for ax, (key, frame) in zip(axes, panels):
+        ax.axhline(1.0, color="black", linewidth=1.0)
+        for variant, rows in frame.groupby("variant"):
+            rows = rows.sort_values("iodepth")
+            _errorbar(ax, rows, "ratio", "ci_low", "ci_high",
+                      _dodge(rows["iodepth"], variant, order), marker="o",
+                      color=colors.get(variant), label=f"{variant} / {baseline}")
+        _iodepth_axis(ax, frame["iodepth"].unique())
+        ax.set_title(_panel_title(key), fontsize=9)
+    values = ratios[["ratio", "ci_low", "ci_high"]].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    low, high = min(values.min(initial=1.0), 1.0) / 1.25, max(values.max(initial=1.0), 1.0) * 1.25
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_ylim(low, high)
+        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(low, high)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_times))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    for ax in axes[::3]:
+        ax.set_ylabel(f"IOPS / {baseline} (95% CI; log)")
+    return _finish(fig, axes, f"Speed-up over {baseline} — {title}")
+
+
+# --- ours beside the published figures ----------------------------------------------------------
+
+def plot_published(table: pd.DataFrame, out_base: Path, accel_title: str) -> list[Path]:
+    fig = published_figure(table, accel_title)
+    return [] if fig is None else save_figure(fig, out_base, dpi=110)
+
+
+def published_figure(table: pd.DataFrame, accel_title: str):
+    """Ours (with CI) vs published ratios, one line per published ratio."""
+    if table.empty:
+        return None
+    table = table[table["their_ratio"].notna()].reset_index(drop=True)
+    if table.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(table) + 1.8))
+    y = np.arange(len(table))[::-1]
+    ax.scatter(table["their_ratio"], y + 0.15, marker="D", color="tab:gray", label="published",
+               zorder=3)
+    err = np.array([table["our_ratio"] - table["our_ci_low"],
+                    table["our_ci_high"] - table["our_ratio"]])
+    ax.errorbar(table["our_ratio"], y - 0.15, xerr=np.clip(np.nan_to_num(err), 0, None), fmt="o",
+                color="tab:blue", capsize=3, label="ours (95% CI)", zorder=3)
+    ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    for yy, theirs, ours in zip(y, table["their_ratio"], table["our_ratio"]):
+        ax.annotate(fmt_ratio(theirs), (theirs, yy + 0.15), textcoords="offset points",
+                    xytext=(7, -3), fontsize=8, color="dimgray")
+        if np.isfinite(ours):
+            ax.annotate(fmt_ratio(ours), (ours, yy - 0.15), textcoords="offset points",
+                        xytext=(7, 3), fontsize=8, color="tab:blue")
+    labels = [f"{r.figure} ({r.kind})\nours: {r.our_variant}, {r.guest}, {r.disk}"
+              for r in table.itertuples()]
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylim(-0.7, len(table) - 0.3)
+    _published_x_axis(ax, table)
+    ax.set_title(f"Our ratios vs published ratios\nours measured on {accel_title}", fontsize=11)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
+    return fig
+
+
+def _published_x_axis(ax, table: pd.DataFrame) -> None:
+    values = table[["their_ratio", "our_ci_low", "our_ci_high", "our_ratio"]].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    low, high = min(values.min(), 1.0) / 1.5, max(values.max(), 1.0) * 2.0  # room for labels
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+             if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_xlabel("ratio (log scale; 1 = no difference)")

@@ -1,0 +1,135 @@
+"""The numbers of one run, computed once: what report.md shows and summary.json holds.
+
+`RunNumbers.of(rows, baseline)` aggregates the rows (stats.summarize, stats.ratios,
+stats.host_ceiling); report.md renders it as tables and `summary_document` as JSON
+for scripts and dashboards, so the two cannot disagree.
+
+summary.json (schema_version 2):
+  schema_version, run_id, baseline, accel, source_schema_versions (of results.csv
+  and manifest.json, null when there is none), malformed_rows (line and reason each),
+  ci ({confidence, method, resamples, seed}), and `workloads`: one entry per guest ×
+  accel × disk × rw × bs × iodepth × numjobs with `host_fio_iops_median` and
+  `variants`: per variant n_ok, n_failed, iops {median, min, max, cv},
+  lat_p99_us {median, min, max}, lat_p50_us_median, lat_p999_us_median,
+  ratio (to the baseline: value, ci_low, ci_high, ci_method; null for the baseline
+  itself), p99_ratio (value, ci_low, ci_high) and flags {baseline, noisy,
+  all_failed, faster, slower, ci_within_10pct} — faster/slower: the 95% CI of the
+  IOPS ratio lies wholly above/below 1.  Numbers that do not exist are null.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+from .results import HOST_VARIANT, SCHEMA_VERSION, BadLine
+
+PRECISION = 0.10  # the ±10% that the configs aim their repetitions at
+
+
+@dataclass(frozen=True)
+class WorkloadNumbers:
+    """One workload: its variants' spread, their ratios to the baseline, the host ceiling."""
+
+    key: dict[str, Any]          # guest, accel, disk, rw, bs, iodepth, numjobs
+    variants: pd.DataFrame       # rows of stats.summarize
+    ratios: dict[str, Any]       # variant → row of stats.ratios (itertuples)
+    host_iops: float | None
+
+
+@dataclass(frozen=True)
+class RunNumbers:
+    rows: pd.DataFrame
+    summary: pd.DataFrame
+    ratios: pd.DataFrame
+    ceiling: pd.DataFrame
+    baseline: str
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame, baseline: str) -> "RunNumbers":
+        return cls(rows, stats.summarize(rows), stats.ratios(rows, baseline),
+                   stats.host_ceiling(rows), baseline)
+
+    def workloads(self) -> Iterator[WorkloadNumbers]:
+        guests = self.summary[self.summary["variant"] != HOST_VARIANT]
+        for key, frame in guests.groupby(stats.WORKLOAD_KEYS, sort=False):
+            wanted = dict(zip(stats.WORKLOAD_KEYS, key))
+            these = self.ratios[(self.ratios[stats.WORKLOAD_KEYS]
+                                 == pd.Series(wanted)).all(axis=1)]
+            yield WorkloadNumbers(wanted, frame, {r.variant: r for r in these.itertuples(index=False)},
+                                  self._ceiling_for(wanted))
+
+    def _ceiling_for(self, key: dict[str, Any]) -> float | None:
+        hit = self.ceiling
+        for name in ("disk", "rw", "bs", "iodepth", "numjobs"):
+            hit = hit[hit[name] == key[name]]
+        return float(hit["host_iops_median"].iloc[0]) if len(hit) else None
+
+
+def ci_half_width(ratio, low, high):
+    """Half the CI's width relative to the ratio (NaN without an interval)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.asarray(high) - np.asarray(low)) / 2 / np.asarray(ratio)
+
+
+def flags(item, ratio, baseline: str) -> dict[str, bool]:
+    """Verdicts of one variant on one workload (see the module docstring)."""
+    has_ci = ratio is not None and math.isfinite(ratio.ci_low) and math.isfinite(ratio.ci_high)
+    return {"baseline": item.variant == baseline, "noisy": bool(item.noisy),
+            "all_failed": int(item.n_ok) == 0,
+            "faster": bool(has_ci and ratio.ci_low > 1.0),
+            "slower": bool(has_ci and ratio.ci_high < 1.0),
+            "ci_within_10pct": bool(has_ci and ci_half_width(ratio.ratio, ratio.ci_low,
+                                                               ratio.ci_high) <= PRECISION)}
+
+
+def _number(value) -> float | int | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _variant_entry(item, ratio, baseline: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "variant": item.variant, "n_ok": int(item.n_ok), "n_failed": int(item.n_failed),
+        "iops": {"median": _number(item.iops_median), "min": _number(item.iops_min),
+                 "max": _number(item.iops_max), "cv": _number(item.iops_cv)},
+        "lat_p99_us": {"median": _number(item.lat_p99_us_median),
+                       "min": _number(item.lat_p99_us_min), "max": _number(item.lat_p99_us_max)},
+        "lat_p50_us_median": _number(item.lat_p50_us_median),
+        "lat_p999_us_median": _number(item.lat_p999_us_median),
+        "ratio": None, "p99_ratio": None, "flags": flags(item, ratio, baseline)}
+    if ratio is not None:
+        entry["ratio"] = {"value": _number(ratio.ratio), "ci_low": _number(ratio.ci_low),
+                          "ci_high": _number(ratio.ci_high), "ci_method": ratio.ci_method}
+        entry["p99_ratio"] = {"value": _number(ratio.p99_ratio),
+                              "ci_low": _number(ratio.p99_ci_low),
+                              "ci_high": _number(ratio.p99_ci_high)}
+    return entry
+
+
+def summary_document(numbers: RunNumbers, run_id: str, accel: str,
+                     bad_lines: tuple[BadLine, ...] = (),
+                     sources: dict[str, int | None] | None = None) -> dict[str, Any]:
+    """summary.json's content; `sources`: the schema versions of results.csv and manifest.json."""
+    workloads = []
+    for workload in numbers.workloads():
+        key = {k: (int(v) if k in ("iodepth", "numjobs") else str(v))
+               for k, v in workload.key.items()}
+        variants = [_variant_entry(item, workload.ratios.get(item.variant), numbers.baseline)
+                    for item in workload.variants.itertuples(index=False)]
+        workloads.append({**key, "host_fio_iops_median": _number(workload.host_iops),
+                          "variants": variants})
+    return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "baseline": numbers.baseline,
+            "accel": accel,
+            "ci": {"confidence": stats.CONFIDENCE, "method": "bootstrap BCa, ratio of medians",
+                   "resamples": stats.RESAMPLES, "seed": stats.SEED},
+            "source_schema_versions": sources or {},
+            "malformed_rows": [{"line": b.line, "reason": b.reason} for b in bad_lines],
+            "workloads": workloads}
