@@ -160,7 +160,7 @@ def iops_figure(summary: pd.DataFrame, colors: dict, title: str):
             _errorbar(ax, host, "iops_median", "iops_min", "iops_max",
                       _dodge(host["iodepth"], HOST_VARIANT, order), marker="x", linestyle="--",
                       color=HOST_COLOR, label=HOST_LABEL)
-        _iodepth_axis(ax, frame["iodepth"].unique())
+        _iodepth_axis(ax, set(frame["iodepth"]) | set(host["iodepth"]))
         _log_y(ax)
         ax.set_ylabel("IOPS (median; bars min–max; log)")
         ax.set_title(_panel_title(key), fontsize=9)
@@ -202,13 +202,32 @@ def latency_figure(summary: pd.DataFrame, colors: dict, title: str):
 
 
 def _ratio_ticks(low: float, high: float) -> list[float]:
-    ticks = [2.0 ** k for k in range(-6, 8)]
-    inside = [t for t in ticks if low <= t <= high]
-    return inside or [1.0]
+    """Powers of two; on a narrow axis (a panel of ratios near 1) finer steps as well."""
+    powers = [2.0 ** k for k in range(-7, 8)]
+    medium = sorted(set(powers) | {0.4, 0.75, 1.5, 3.0, 6.0, 12.0, 24.0, 48.0})
+    fine = sorted(set(medium) | {0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3})
+    for candidates in (fine, medium, powers):
+        inside = [t for t in candidates if low <= t <= high]
+        if len(inside) <= 8:
+            return inside or [1.0]
+    return inside
 
 
 def _times(value: float, _pos=None) -> str:
     return f"{value:g}×"
+
+
+def _ratio_axis(ax, frame: pd.DataFrame) -> None:
+    """Log y around the panel's ratios and CIs, always showing 1×."""
+    values = frame[["ratio", "ci_low", "ci_high"]].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    low = min(values.min(initial=1.0), 1.0) / 1.12
+    high = max(values.max(initial=1.0), 1.0) * 1.12
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(low, high)))
+    ax.yaxis.set_major_formatter(FuncFormatter(_times))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def plot_speedup(ratios: pd.DataFrame, base: Path, colors: dict, title: str,
@@ -222,7 +241,7 @@ def speedup_figure(ratios: pd.DataFrame, colors: dict, title: str, baseline: str
     if ratios.empty:
         return None
     panels = list(ratios.groupby(PANEL_KEYS, sort=True))
-    fig, axes = _grid(len(panels), sharey=True)
+    fig, axes = _grid(len(panels))
     order = _order(colors)
     for ax, (key, frame) in zip(axes, panels):
         ax.axhline(1.0, color="black", linewidth=1.0)
@@ -232,18 +251,8 @@ def speedup_figure(ratios: pd.DataFrame, colors: dict, title: str, baseline: str
                       _dodge(rows["iodepth"], variant, order), marker="o",
                       color=colors.get(variant), label=f"{variant} / {baseline}")
         _iodepth_axis(ax, frame["iodepth"].unique())
+        _ratio_axis(ax, frame)
         ax.set_title(_panel_title(key), fontsize=9)
-    values = ratios[["ratio", "ci_low", "ci_high"]].to_numpy(dtype=float)
-    values = values[np.isfinite(values) & (values > 0)]
-    low, high = min(values.min(initial=1.0), 1.0) / 1.25, max(values.max(initial=1.0), 1.0) * 1.25
-    for ax in axes:
-        ax.set_yscale("log")
-        ax.set_ylim(low, high)
-        ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(_ratio_ticks(low, high)))
-        ax.yaxis.set_major_formatter(FuncFormatter(_times))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    for ax in axes[::3]:
         ax.set_ylabel(f"IOPS / {baseline} (95% CI; log)")
     return _finish(fig, axes, f"Speed-up over {baseline} — {title}")
 
@@ -276,7 +285,7 @@ def published_figure(table: pd.DataFrame, accel_title: str):
                     xytext=(7, -3), fontsize=8, color="dimgray")
         if np.isfinite(ours):
             ax.annotate(fmt_ratio(ours), (ours, yy - 0.15), textcoords="offset points",
-                        xytext=(7, 3), fontsize=8, color="tab:blue")
+                        xytext=(7, -11), fontsize=8, color="tab:blue")
     labels = [f"{r.figure} ({r.kind})\nours: {r.our_variant}, {r.guest}, {r.disk}"
               for r in table.itertuples()]
     ax.set_yticks(y, labels, fontsize=8)
@@ -293,9 +302,8 @@ def _published_x_axis(ax, table: pd.DataFrame) -> None:
     low, high = min(values.min(), 1.0) / 1.5, max(values.max(), 1.0) * 2.0  # room for labels
     ax.set_xscale("log")
     ax.set_xlim(low, high)
-    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
-             if low <= t <= high]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ticks = [m * 10.0 ** e for e in range(-4, 3) for m in (1, 2, 5) if low <= m * 10.0 ** e <= high]
+    ax.set_xticks(ticks, [f"{t:.4g}" for t in ticks])
     ax.minorticks_off()
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_xlabel("ratio (log scale; 1 = no difference)")
