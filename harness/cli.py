@@ -167,9 +167,9 @@ def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
     if warning:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     written = write_report(run_dir, baseline, summary_json=json_summary)
-    out.print(f"report: {written.markdown}")
+    out.print(f"report: {written.markdown}", soft_wrap=True, highlight=False)
     if written.summary_json:
-        out.print(f"summary: {written.summary_json}")
+        out.print(f"summary: {written.summary_json}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -39,7 +39,7 @@ from .config import parse_size
 from .errors import InfraError, UserError
 from .matrix import Point, Workload
 
-log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # of results.csv (a column) and manifest.json (a top-level key)
 
@@ -460,7 +460,7 @@ def load_results(path: Path | str) -> pd.DataFrame:
     results = read_results(path)
     message = results.warning()
     if message:
-        log.warning(message)
+        _logger.warning(message)
     return results.frame
 
 

@@ -285,3 +285,20 @@ def test_published_plot_prints_small_ratios_with_two_significant_digits():
     fig = plots.published_figure(table, "TCG")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "0.023" in texts and "0.00" not in texts and "0.02" not in texts
+
+
+def test_cli_report_json_warns_about_malformed_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    run = make_run(tmp_path / "r1")
+    line = len((run / "results.csv").read_text().splitlines()) + 1
+    with open(run / "results.csv", "a") as handle:
+        handle.write("r1,fio,baseline\n")
+    result = CliRunner().invoke(app, ["report", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"1 malformed row(s) left out (line {line}: 3 fields, the header has 24)" in result.output
+    assert f"summary: {run / 'summary.json'}" in result.output
+    document = json.loads((run / "summary.json").read_text())
+    assert document["malformed_rows"] == [{"line": line, "reason": "3 fields, the header has 24"}]
