@@ -15,7 +15,6 @@ from harness.matrix import Workload
 from harness.published import compare_with_published, load_published
 from harness.report import write_report as _write_report
 from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
-from harness.stats import ratios, summarize
 from harness.summary import RunNumbers
 
 FAILED_LOG = "logs/dataplane.file.r2.console.log"
