@@ -12,24 +12,30 @@ import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from . import PINNED_COMMIT, __version__
+from .config import BUILT_VARIANTS
 from .errors import InfraError, UserError
+from .files import sha256_file, write_json_atomic
 from .paths import patches_dir
 from .proc import run
-from .files import sha256_file, write_json_atomic
+from .qemuinfo import qemu_info
 from .source import Checkout, PatchFile, SourceCache, patch_series, series_key
-
-Progress = Callable[[str], None]
+from .util import Say, now_iso
 
 # Which patch directories make each variant, in application order.
 VARIANT_LAYERS: dict[str, tuple[str, ...]] = {
     "baseline": ("compat",),
     "dataplane": ("compat", "dataplane"),
     "poll": ("compat", "dataplane", "beyond"),
+}
+assert tuple(VARIANT_LAYERS) == BUILT_VARIANTS, "config.BuildName and VARIANT_LAYERS disagree"
+#: `harness check-series --layer`: the series to build patch by patch, on top of its base.
+SERIES_LAYERS: dict[str, tuple[str, ...]] = {
+    "dataplane": ("compat", "dataplane"),
+    "beyond": ("compat", "dataplane", "beyond"),
 }
 
 CONFIGURE_FLAGS: tuple[str, ...] = (
@@ -153,7 +159,7 @@ class Builder:
     """Plans and builds the variants of one source into one cache."""
 
     def __init__(self, cache: SourceCache, jobs: int | None = None,
-                 progress: Progress | None = None):
+                 progress: Say | None = None):
         self.cache = cache
         self.jobs = jobs or max(1, os.cpu_count() or 1)
         self.progress = progress or (lambda message: None)
@@ -197,8 +203,8 @@ class Builder:
             status="ok",
             binary_sha256=sha256_file(plan.binary),
             build_seconds=round(time.monotonic() - started, 1),
-            version=run([plan.binary, "-version"]).output.strip().splitlines()[0].split(", Copyright")[0],
-            finished_at=_now(),
+            version=qemu_info(plan.binary).version,
+            finished_at=now_iso(),
         )
         write_json_atomic(manifest_path(plan.build_dir), manifest)
         return BuildOutcome(plan.name, manifest, rebuilt=True)
@@ -217,7 +223,7 @@ class Builder:
             "make_command": ["make", f"-j{self.jobs}"],
             "binary": str(plan.binary),
             "harness_version": __version__,
-            "started_at": _now(),
+            "started_at": now_iso(),
         }
 
     def _configure(self, plan: VariantPlan, checkout: Checkout) -> None:
@@ -245,10 +251,6 @@ class Builder:
 
 def configure_argv(worktree: Path) -> list[str]:
     return [str(worktree / "configure"), *CONFIGURE_FLAGS]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def built_binary(cache_root: Path, name: str) -> Path:

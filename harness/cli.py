@@ -1,10 +1,11 @@
-"""The `harness` command: thin wrappers that map errors to exit codes."""
+"""The `harness` command: thin wrappers that map errors to exit codes (errors.EXIT_CODES_HELP)."""
 
 from __future__ import annotations
 
 import logging
 import shlex
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,12 +14,20 @@ from rich.console import Console
 from rich.table import Table
 
 from . import DEFAULT_SOURCE, __version__
-from .errors import HarnessError
+from .build import SERIES_LAYERS
+from .config import ACCEL_CHOICES, BUILT_VARIANTS
+from .errors import (EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USER, HarnessError, PointsFailed,
+                     UserError)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Build, benchmark and report the 2012 virtio-blk data-plane RFC.")
+                  help="Build, benchmark and report the 2012 virtio-blk data-plane RFC.\n\n"
+                       + EXIT_CODES_HELP)
 console = Console(stderr=True)
 out = Console()
+# command-line choices, from the names defined once in config.py and build.py
+BuildChoice = Enum("BuildChoice", {name: name for name in BUILT_VARIANTS}, type=str)
+AccelOption = Enum("AccelOption", {name: name for name in ACCEL_CHOICES}, type=str)
+SeriesChoice = Enum("SeriesChoice", {name: name for name in SERIES_LAYERS}, type=str)
 
 
 def _progress(message: str) -> None:
@@ -46,28 +55,25 @@ def version():
 def build(
     source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
                                          help=f"qemu-kvm git URL or local clone [default: {DEFAULT_SOURCE}]"),
-    variant: List[str] = typer.Option(["baseline", "dataplane", "poll"], "--variant",
-                                      help="Variants to build (baseline, dataplane, poll)."),
+    variant: List[BuildChoice] = typer.Option(list(BuildChoice), "--variant",
+                                              help="Variants to build."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
     config: Optional[Path] = typer.Option(None, "--config", help="Take the source from this bench config."),
 ):
     """Clone the pinned tree, apply the patches and build each variant."""
-    from .build import VARIANT_LAYERS, Builder, check_prerequisites, configure_argv
+    from .build import Builder, check_prerequisites, configure_argv
     from .config import load_config
     from .paths import cache_dir
     from .source import SourceCache
 
-    unknown = [v for v in variant if v not in VARIANT_LAYERS]
-    if unknown:
-        raise HarnessError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANT_LAYERS)}")
     if config and not source:
         source = load_config(config).source
     source = source or DEFAULT_SOURCE
     cache = SourceCache(cache_dir(), source)
     check_prerequisites()
     builder = Builder(cache, jobs=jobs, progress=_progress)
-    plans, notices = builder.plan(list(dict.fromkeys(variant)))
+    plans, notices = builder.plan(list(dict.fromkeys(v.value for v in variant)))
     for notice in notices:
         console.print(f"[yellow]note:[/yellow] {notice}")
     if dry_run:
@@ -101,7 +107,8 @@ def _print_plan(cache, builder, plans, configure_argv) -> None:
 def check_series_cmd(
     source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
                                          help="qemu-kvm git URL or local clone."),
-    layer: str = typer.Option("dataplane", "--layer", help="dataplane or beyond."),
+    layer: SeriesChoice = typer.Option("dataplane", "--layer",
+                                       help="The series to check (with the layers below it)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j"),
 ):
     """Build a patch series patch by patch: every patch must compile on its own."""
@@ -109,9 +116,6 @@ def check_series_cmd(
     from .paths import cache_dir
     from .source import SourceCache
 
-    layers = {"dataplane": ("compat", "dataplane"), "beyond": ("compat", "dataplane", "beyond")}
-    if layer not in layers:
-        raise HarnessError(f"--layer {layer!r}: choose dataplane or beyond")
     check_prerequisites()
     cache = SourceCache(cache_dir(), source or DEFAULT_SOURCE)
     builder = Builder(cache, jobs=jobs, progress=_progress)
@@ -120,31 +124,43 @@ def check_series_cmd(
     def report(label: str, ok: bool, detail: str) -> None:
         out.print(f"{'[green]ok[/green]  ' if ok else '[red]FAIL[/red]'} {label} {detail}")
 
-    outcomes = check_series(builder, repo, layers[layer], report)
+    outcomes = check_series(builder, repo, SERIES_LAYERS[layer.value], report)
     failed = [label for label, ok in outcomes if not ok]
     if failed:
-        raise HarnessError(f"{failed[0]} does not compile (log: {builder.build_dir('series-check') / 'build.log'})")
-    out.print(f"all {len(outcomes) - 1} patches of patches/{layer} compile one by one")
+        raise UserError(f"{failed[0]} does not compile (log: {builder.build_dir('series-check') / 'build.log'})")
+    out.print(f"all {len(outcomes) - 1} patches of patches/{layer.value} compile one by one")
 
 
 @app.command()
 def bench(
     config: Path = typer.Option(..., "--config", "-c", help="Benchmark config (configs/*.yaml)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Go on with an interrupted run (results/<run-id>)."),
-    accel: Optional[str] = typer.Option(None, "--accel", help="auto, kvm or tcg (overrides the config)."),
+    accel: Optional[AccelOption] = typer.Option(None, "--accel",
+                                                help="Accelerator (overrides the config)."),
 ):
-    """Boot guests under each variant, run the matrix, write results and the report."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    """Boot guests under each variant, run the matrix, write results and the report.
+
+    Exit codes: 0 every point ok; 3 the run finished but points failed (named on
+    stderr); 2 the config or command line must change; 1 infrastructure failure.
+    """
+    from rich import progress as rich_progress
 
     from .bench import run_bench
 
-    if accel and accel not in ("auto", "kvm", "tcg"):
-        raise HarnessError(f"--accel {accel!r}: choose auto, kvm or tcg")
     bar = None
     if console.is_terminal:
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       TimeRemainingColumn(), console=console, transient=False)
-    run_dir = run_bench(config, resume=resume, accel=accel, progress=_progress, bar=bar)
+        bar = rich_progress.Progress(
+            rich_progress.TextColumn("{task.description}"), rich_progress.BarColumn(),
+            rich_progress.MofNCompleteColumn(), rich_progress.TimeRemainingColumn(),
+            console=console, transient=False)
+    try:
+        run_dir = run_bench(config, resume=resume, accel=accel.value if accel else None,
+                            say=_progress, bar=bar)
+    except PointsFailed as exc:
+        for key, error in exc.failed:
+            console.print(f"[red]failed:[/red] {key}: {error}", highlight=False, soft_wrap=True)
+        out.print(f"report: {exc.run_dir / 'report.md'}")
+        raise
     out.print(f"report: {run_dir / 'report.md'}")
 
 
@@ -220,14 +236,26 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    sys.exit(run_cli())
+
+
+def run_cli(args: list[str] | None = None) -> int:
+    """The command line's exit code (errors.EXIT_CODES_HELP); messages on stderr."""
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
     except HarnessError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        if not (hasattr(exc, "show") and hasattr(exc, "exit_code")):
+            raise
+        exc.show()  # a usage error: an unknown option or choice
+        return exc.exit_code or EXIT_USER
+    if code == EXIT_INTERRUPTED:
         console.print("[yellow]interrupted[/yellow]; finished work is kept")
-        sys.exit(130)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
-BUILT_VARIANTS = ("baseline", "dataplane", "poll")
-RW_MODES = ("randread", "randwrite", "read", "write", "randrw")
-ACCELS = ("auto", "kvm", "tcg")
-GUEST_KINDS = ("fio", "microguest", "custom")
-AIO_MODES = ("native", "io_uring", "threads")
+# Each set of names is defined once, here; the tuples are derived from the types.
+BuildName = Literal["baseline", "dataplane", "poll"]  # our builds (build.VARIANT_LAYERS)
+AccelName = Literal["kvm", "tcg"]  # what a run uses and its rows record (accel.ACCELS)
+AccelChoice = Literal["auto", AccelName]  # what a config or --accel may ask for
+WaitMode = Literal["poll", "irq", "intx"]  # how the micro-guest waits for completions
+RwMode = Literal["randread", "randwrite", "read", "write", "randrw"]
+AioMode = Literal["native", "io_uring", "threads"]
+GuestKind = Literal["fio", "microguest", "custom"]
+BUILT_VARIANTS: tuple[str, ...] = get_args(BuildName)
+ACCEL_CHOICES: tuple[str, ...] = get_args(AccelChoice)
+WAIT_MODES: tuple[str, ...] = get_args(WaitMode)
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
 
 
@@ -40,10 +46,10 @@ class VariantSpec(_Spec):
     """One QEMU to compare: a build of ours, or a QEMU binary on the system."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    build: Literal["baseline", "dataplane", "poll"] | None = None
+    build: BuildName | None = None
     binary: str | None = None
     iothread: bool = False
-    aio: Literal["native", "io_uring", "threads"] = "native"
+    aio: AioMode = "native"
     device_props: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -91,7 +97,7 @@ class DiskSpec(_Spec):
 
 
 class GuestSpec(_Spec):
-    kind: Literal["fio", "microguest", "custom"] = "fio"
+    kind: GuestKind = "fio"
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     memory_mb: int = Field(default=512, ge=64, le=16384)
     vcpus: int = Field(default=1, ge=1, le=64)
@@ -103,7 +109,7 @@ class GuestSpec(_Spec):
     ssh_user: str = "root"
     ssh_key: Path | None = None
     # micro-guest: how it waits for completions
-    wait: Literal["poll", "irq", "intx"] = "poll"
+    wait: WaitMode = "poll"
     # repetitions for this guest (default: the run's); cheap guests can afford more
     repetitions: int | None = Field(default=None, ge=1, le=100)
 
@@ -124,7 +130,7 @@ class GuestSpec(_Spec):
 
 
 class WorkloadSpec(_Spec):
-    rw: list[Literal["randread", "randwrite", "read", "write", "randrw"]] = ["randread"]
+    rw: list[RwMode] = ["randread"]
     bs: list[str] = ["4k"]
     iodepth: list[int] = [1, 16]
     numjobs: list[int] = [1]
@@ -170,7 +176,7 @@ class BenchConfig(_Spec):
     disks: list[DiskSpec]
     workloads: WorkloadSpec = WorkloadSpec()
     repetitions: int = Field(default=3, ge=1, le=100)
-    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    accel: AccelChoice = "auto"
     timeouts: TimeoutSpec = TimeoutSpec()
     host_ceiling: bool = Field(default=False, description="also run fio on the host on each image")
     hostile: bool = Field(default=False, description="also run the micro-guest's malformed-request cases")
@@ -207,11 +213,38 @@ class BenchConfig(_Spec):
                 return guest
         raise UserError(f"no guest {guest_id!r} in the config; it has {[g.id for g in self.guests]}")
 
+    def differences(self, other: "BenchConfig") -> list[str]:
+        """The fields (dotted paths) whose values differ, except those a resumed run may
+        change because they do not change what is measured (RESUMABLE_CHANGES)."""
+        mine, theirs = self.model_dump(mode="json"), other.model_dump(mode="json")
+        for name in RESUMABLE_CHANGES:
+            mine.pop(name, None)
+            theirs.pop(name, None)
+        return _differing_paths(mine, theirs, "")
+
     def variant(self, name: str) -> VariantSpec:
         for variant in self.variants:
             if variant.name == name:
                 return variant
         raise UserError(f"unknown variant {name!r}; the config has {[v.name for v in self.variants]}")
+
+
+#: Fields a `--resume` may change: how long to wait, and the prose.
+RESUMABLE_CHANGES = ("description", "timeouts")
+
+
+def _differing_paths(a, b, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b), key=str):
+            found += _differing_paths(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        found = []
+        for index, (x, y) in enumerate(zip(a, b)):
+            found += _differing_paths(x, y, f"{where}[{index}]")
+        return found
+    return [] if a == b else [where or "(top level)"]
 
 
 def _one_line(exc: ValidationError, origin: str) -> str:

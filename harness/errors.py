@@ -1,19 +1,47 @@
-"""The two kinds of error the harness raises.
+"""The kinds of error the harness raises, and the exit codes they map to.
 
-UserError: the input is wrong (config, command line, a patch, a missing package);
-the message says what to change.  InfraError: the machine or a tool failed
-(QEMU crashed, a guest did not boot); the message says where the log is.
-The CLI maps them to exit codes 2 and 3 and prints them on one line.
+UserError: the input is wrong (config, command line, a patch, a missing
+package); the message says what to change.  InfraError: the machine or a tool
+failed (QEMU crashed, a guest did not boot); the message says where the log
+is.  PointsFailed: a run finished, but some of its points did not.  The CLI
+prints each as one line and exits with its code (EXIT_CODES).
 """
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INFRA = 1
+EXIT_USER = 2
+EXIT_POINTS_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+#: What `harness --help` and the README say about exit codes.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 every point ok; 1 infrastructure failure (a tool or the machine); "
+    "2 you must change something (config, command line, patch, missing package); "
+    "3 the run finished but points failed (named on stderr, one line each); "
+    "130 interrupted (finished points are kept)."
+)
 
 
 class HarnessError(Exception):
-    exit_code = 1
+    exit_code = EXIT_INFRA
 
 
 class UserError(HarnessError):
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class InfraError(HarnessError):
-    exit_code = 3
+    exit_code = EXIT_INFRA
+
+
+class PointsFailed(HarnessError):
+    """The run went to the end, but these points failed: [(point key, error)]."""
+
+    exit_code = EXIT_POINTS_FAILED
+
+    def __init__(self, run_dir, failed: list[tuple[str, str]]):
+        self.run_dir = run_dir
+        self.failed = failed
+        super().__init__(f"{len(failed)} point(s) failed in {run_dir}")

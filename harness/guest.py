@@ -33,6 +33,7 @@ from .config import GuestSpec
 from .files import sha256_file
 from .errors import HarnessError, UserError
 from .paths import cache_dir
+from .util import Say, quiet
 
 READY_MARKER = "HARNESS-GUEST-READY"
 # console lines that mean the boot has failed (vm.wait_for_marker stops at once)
@@ -47,12 +48,10 @@ GUEST_GW = "10.0.2.2"
 APPEND = ("console=ttyS0 rdinit=/init mitigations=off "
           "no_timer_check tsc=reliable 8250.nr_uarts=1 random.trust_cpu=on")
 
-Progress = Callable[[str], None] | None
-
 
 @dataclass(frozen=True)
 class GuestImage:
-    """What vm.py needs to boot a guest and fio.py needs to log in."""
+    """What vm.py needs to boot a Linux guest and fio_jobs.py needs to log in."""
 
     kernel: Path | None  # None: boot_image is booted instead
     initrd: Path | None
@@ -69,9 +68,9 @@ class GuestImage:
 # ---------------------------------------------------------------- public API
 
 
-def prepare_fio_guest(progress: Progress = None) -> GuestImage:
+def prepare_fio_guest(progress: Say | None = None) -> GuestImage:
     """Build (or reuse) the fio guest; idempotent and cached."""
-    say = progress or (lambda _msg: None)
+    say = progress or quiet
     _require_tools()
     root = cache_dir() / "guest"
     key = ensure_ssh_key(root / "ssh")

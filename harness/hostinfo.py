@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import proc
 from .errors import UserError
 
 DISK_FORMAT = 1  # bump if the way disks are filled changes
@@ -86,13 +85,6 @@ def os_release() -> str:
     except OSError:
         pass
     return platform.system()
-
-
-def qemu_version(binary: str | os.PathLike) -> str:
-    """The first line of `binary -version` ("QEMU emulator version 7.2.22 ...")."""
-    out = proc.run([binary, "-version"], timeout=30, what=f"{binary} -version").output
-    lines = out.strip().splitlines()
-    return lines[0] if lines else ""
 
 
 # ---------------------------------------------------------------------- disks

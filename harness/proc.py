@@ -1,10 +1,15 @@
 """The one place that starts external programs.
 
-Every command is an argv list, logged before it runs, with stdin from /dev/null,
-its output captured (and optionally appended to a log file), a timeout, and its
-own process group so that a timeout or Ctrl-C kills the whole tree.  A failure
-becomes an InfraError (or the caller's error class) carrying the command and the
-tail of its output.
+Every command is an argv list, logged before it runs, with stdin from
+/dev/null and its own process group, so that a timeout or Ctrl-C kills the
+whole tree, and it is always reaped.
+
+* run(): a command to completion.  Its output is captured and, with log_file,
+  written to the log as it comes (`tail -f` works while make runs).  A
+  failure is an InfraError (or the caller's error class) with the command,
+  the tail of its output and the log's path.
+* Process: a long-running program (QEMU) whose output goes to a log file;
+  a context manager that kills and reaps it on the way out.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .errors import HarnessError, InfraError
+from .errors import HarnessError, InfraError, UserError
+from .util import tail
 
 log = logging.getLogger("harness.proc")
 
@@ -28,10 +36,6 @@ class Result:
     argv: tuple[str, ...]
     returncode: int
     output: str
-
-
-def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def run(
@@ -58,49 +62,159 @@ def run(
         if sink:
             sink.write(f"$ {shlex.join(args)}\n".encode())
             sink.flush()
-        proc = subprocess.Popen(
-            args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    except FileNotFoundError as exc:
+        try:
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise error(f"{what or args[0]}: program not found: {args[0]}") from exc
+        chunks = _pump(proc, sink, timeout, what or args[0], error)
+    finally:
         if sink:
             sink.close()
-        raise error(f"{what or args[0]}: program not found: {args[0]}") from exc
-    chunks: list[bytes] = []
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        chunks.append(out)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        out, _ = proc.communicate()
-        chunks.append(out or b"")
-        _write(sink, chunks)
-        raise error(f"{what or args[0]}: timed out after {timeout:.0f} s: {shlex.join(args)}")
-    except BaseException:
-        kill_group(proc)
-        proc.wait()
-        _write(sink, chunks)
-        raise
-    _write(sink, chunks)
     text = b"".join(chunks).decode(errors="replace")
     if check and proc.returncode != 0:
         where = f" (log: {log_file})" if log_file else ""
-        raise error(
-            f"{what or args[0]} failed with exit code {proc.returncode}{where}: "
-            f"{shlex.join(args)}\n{_tail(text)}"
-        )
+        raise error(f"{what or args[0]} failed with exit code {proc.returncode}{where}: "
+                    f"{tail(text, 3)}")
     return Result(args, proc.returncode, text)
 
 
-def _write(sink, chunks: list[bytes]) -> None:
-    if sink:
-        sink.write(b"".join(chunks))
-        sink.close()
+def _pump(proc: subprocess.Popen, sink, timeout: float | None, what: str,
+          error: type[HarnessError]) -> list[bytes]:
+    """Copy the output to the log as it comes while waiting; kill on timeout or Ctrl-C."""
+    chunks: list[bytes] = []
+
+    def copy() -> None:
+        for block in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            chunks.append(block)
+            if sink:
+                sink.write(block)
+                sink.flush()
+
+    reader = threading.Thread(target=copy, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        proc.wait()
+        reader.join()
+        raise error(f"{what}: timed out after {timeout:.0f} s") from None
+    except BaseException:
+        kill_group(proc)
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=5)
+        proc.stdout.close()
+    return chunks
 
 
 def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Kill a process started with start_new_session=True and all its children."""
+    """Signal a process started in its own session and all its children."""
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+class Process:
+    """A long-running program in its own process group, its output in log_file.
+
+    `with Process(argv, log_file) as p:` starts it; leaving the block kills the
+    group (if it still runs) and reaps it, whatever happened inside.
+    """
+
+    def __init__(self, argv: Sequence[str | os.PathLike], log_file: Path):
+        self.argv = [str(a) for a in argv]
+        self.log_file = Path(log_file)
+        self.popen: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log.info("start: %s", shlex.join(self.argv))
+        with open(self.log_file, "wb") as out:
+            out.write(f"$ {shlex.join(self.argv)}\n".encode())
+            out.flush()
+            try:
+                self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                              stderr=subprocess.STDOUT, start_new_session=True)
+            except FileNotFoundError as exc:
+                raise UserError(f"program not found: {self.argv[0]}") from exc
+        return self
+
+    def __enter__(self) -> "Process":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, "not started"
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once it has exited (polled), else None."""
+        return None if self.popen is None else self.popen.poll()
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def wait(self, timeout: float | None) -> int | None:
+        """Its exit status, or None if it is still running after timeout seconds."""
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace_s: float = 5.0) -> int:
+        """SIGTERM to the group, SIGKILL after grace_s; the exit status."""
+        if self.running():
+            kill_group(self.popen, signal.SIGTERM)
+            if self.wait(grace_s) is None:
+                self.kill()
+        return self.popen.wait()
+
+    def kill(self) -> None:
+        """SIGKILL of the whole group and reap (a no-op once it has exited)."""
+        if self.popen is not None:
+            if self.popen.poll() is None:
+                kill_group(self.popen)
+            self.popen.wait()
+
+    def output(self) -> str:
+        """What it has printed so far (the log without the command line)."""
+        try:
+            text = self.log_file.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+        return text.split("\n", 1)[1] if text.startswith("$ ") and "\n" in text else text
+
+    def cpu_seconds(self) -> float | None:
+        return cpu_seconds(self.pid) if self.popen is not None else None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time of a whole process (all threads, also exited ones) in seconds.
+
+    Reads the process CPU clock (Linux: clockid ((~pid) << 3) | CPUCLOCK_SCHED),
+    which is exact and includes the running threads' current slice; falls back
+    to utime + stime from /proc/<pid>/stat (clock-tick resolution).  None when
+    there is no such process.
+    """
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except (OSError, OverflowError):
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -226,7 +226,8 @@ def row_from_fio(fio_json: dict, *, run_id: str, guest: str, variant: str, accel
 
 # --- the store --------------------------------------------------------------------------
 
-def _csv_line(row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> str:
+def row_line(row: dict[str, Any], columns: tuple[str, ...] = COLUMNS) -> str:
+    """One CSV line of `row` in the order of `columns` (NaN and None as empty fields)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["" if _is_nan(row[c]) else row[c] for c in columns])
@@ -269,8 +270,8 @@ class ResultsStore:
         columns = COLUMNS if new_file else self._file_columns()
         with open(self.path, "a", encoding="utf-8", newline="") as handle:
             if new_file:
-                handle.write(_csv_line(dict(zip(COLUMNS, COLUMNS))))
-            handle.write(_csv_line(row, columns))
+                handle.write(row_line(dict(zip(COLUMNS, COLUMNS))))
+            handle.write(row_line(row, columns))
             handle.flush()
             os.fsync(handle.fileno())
         if new_file:

@@ -15,17 +15,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import git
 
 from . import PINNED_COMMIT
 from .errors import UserError
 from .files import write_json_atomic
+from .progress import LiveLine
+from .util import Say
 
 log = logging.getLogger("harness.source")
 
-Progress = Callable[[str], None]
 AUTHOR = ("Dataplane Harness", "harness@example.invalid")
 
 
@@ -64,14 +63,23 @@ def series_key(commit: str, patches: list[PatchFile] | tuple[PatchFile, ...]) ->
     return digest.hexdigest()
 
 
-class _Progress(git.RemoteProgress):
-    def __init__(self, report: Progress | None):
+class _CloneProgress(git.RemoteProgress):
+    """git's progress as one updating line on a terminal; elsewhere a message per finished stage."""
+
+    def __init__(self, say: Say | None):
         super().__init__()
-        self._report = report
+        self._say = say
+        self._line = LiveLine()
 
     def update(self, op_code, cur_count, max_count=None, message=""):
-        if self._report and max_count:
-            self._report(f"{self._cur_line.strip()}" if self._cur_line else f"{cur_count}/{max_count}")
+        text = (self._cur_line or "").strip() or f"{cur_count}/{max_count or '?'}"
+        if self._line.live:
+            self._line.show(text)
+        elif self._say and op_code & self.END:
+            self._say(text)
+
+    def close(self) -> None:
+        self._line.close()
 
 
 def is_local(source: str) -> bool:
@@ -88,7 +96,7 @@ class SourceCache:
         self.clone_path = cache / "src" / "qemu-kvm.git"
         self.worktrees = cache / "worktrees"
 
-    def ensure(self, progress: Progress | None = None) -> git.Repo:
+    def ensure(self, progress: Say | None = None) -> git.Repo:
         """Clone once (or fetch if the commit is missing); check the commit is there."""
         if is_local(self.source) and not Path(self.source).exists():
             raise UserError(f"--source {self.source}: no such directory; give a qemu-kvm clone "
@@ -102,7 +110,7 @@ class SourceCache:
                             "give a qemu-kvm.git clone that has it with --source")
         return repo
 
-    def _open_or_clone(self, progress: Progress | None) -> git.Repo:
+    def _open_or_clone(self, progress: Say | None) -> git.Repo:
         if (self.clone_path / "HEAD").exists():
             return git.Repo(self.clone_path)
         partial = self.clone_path.with_name(self.clone_path.name + ".partial")
@@ -110,16 +118,18 @@ class SourceCache:
         partial.parent.mkdir(parents=True, exist_ok=True)
         if progress:
             progress(f"cloning {self.source} (once; later runs reuse the cache)")
+        shown = _CloneProgress(progress)
         try:
-            git.Repo.clone_from(self.source, partial, bare=True, no_checkout=True,
-                                progress=_Progress(progress))
+            git.Repo.clone_from(self.source, partial, bare=True, no_checkout=True, progress=shown)
         except git.GitCommandError as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise UserError(f"cannot clone {self.source}: {_git_message(exc)}") from exc
+        finally:
+            shown.close()
         partial.rename(self.clone_path)
         return git.Repo(self.clone_path)
 
-    def _fetch(self, repo: git.Repo, progress: Progress | None) -> None:
+    def _fetch(self, repo: git.Repo, progress: Say | None) -> None:
         try:
             repo.git.fetch(self.source, "+refs/heads/*:refs/remotes/source/*", "--tags")
         except git.GitCommandError as exc:
@@ -132,7 +142,7 @@ class SourceCache:
             return False
 
     def checkout(self, repo: git.Repo, variant: str, patches: list[PatchFile],
-                 progress: Progress | None = None) -> Checkout:
+                 progress: Say | None = None) -> Checkout:
         """The variant's worktree at exactly commit + patches.
 
         Patches already applied in the same order are kept: only the changed
@@ -252,11 +262,3 @@ def _git_message(exc: git.GitCommandError, full: bool = False) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else str(exc)
 
-
-def remove_worktree(cache: "SourceCache", variant: str) -> None:
-    """Used by tests and `harness clean`."""
-    path = cache.worktrees / variant
-    if path.exists():
-        shutil.rmtree(path)
-    if cache.clone_path.exists():
-        git.Repo(cache.clone_path).git.worktree("prune")

@@ -1,66 +1,94 @@
-"""Start, watch and stop one QEMU guest.
+"""One QEMU guest's life: its command line, launch, QMP, console, shutdown.
 
-qemu_argv() is pure so that the exact command line can be printed, logged and
-tested without starting anything.  It speaks two dialects: the 2012 qemu-kvm
-tree (our builds: `server,nowait`, no iothread objects) and a current system
-QEMU (`server=on,wait=off`, optional iothread).  Both get a default VGA
-(option ROMs other than VGA are switched off instead: under TCG the 2012
-network ROM is slow to run and nothing here boots from the network).
+Every guest (the Linux fio guest, the micro-guest, the KVM probe) goes through
+here.  qemu_argv() is pure and built from one small helper per feature, so the
+command line can be printed, logged and tested without starting anything.  It
+speaks two dialects, chosen by VMSpec.legacy (qemuinfo.QemuInfo.legacy): the
+2012 qemu-kvm tree (`server,nowait`, no iothread objects, no isa-debug-exit)
+and a QEMU of today (`server=on,wait=off`).  Option values that are paths or
+user strings have their commas doubled in one place (opt_value).  Both keep
+QEMU's default VGA (under TCG the 2012 tree wants one); option ROMs other than
+VGA are switched off instead (the 2012 network ROM is slow to run under TCG
+and nothing here boots from the network).
 
-VM is a context manager: QEMU runs in its own process group and is always
-reaped on exit, Ctrl-C included.
+VM starts QEMU paused (-S) through proc.Process (own process group, always
+reaped), connects QMP with qemu.qmp and then lets the guest run, so that even
+a guest that is done in a millisecond cannot exit before QMP is there.
+shutdown() asks QMP to quit, waits, and only then kills.  A QEMU that exits
+on its own raises QemuExited: one line with its exit code, its last words and
+the log's path (the command line is in that log, not in the message).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
-import re
-import shlex
 import socket
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp import QMPClient
 
+from .accel import Accel
 from .config import VariantSpec
-from . import proc
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
-from .proc import kill_group
+from .proc import Process
+from .util import tail
 
 log = logging.getLogger("harness.vm")
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect tracebacks
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin
+#: QEMU messages after which the VM is stopped for good (QEMU itself stays up).
+VM_STOP_MARKERS = ("KVM internal error", "emulation failure")
+DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"
 
 
 @dataclass(frozen=True)
 class VMSpec:
+    """Everything one boot needs; `legacy` picks the 2012 dialect."""
+
     binary: str
-    accel: str  # "kvm" | "tcg"
+    accel: Accel
     memory_mb: int
-    vcpus: int
-    guest: GuestImage
-    disk_path: Path | None
-    variant: VariantSpec
-    ssh_port: int
-    qmp_socket: Path
     console_log: Path
-    legacy: bool | None = None  # the 2012 dialect; None: a built variant is legacy
+    qmp_socket: Path
+    legacy: bool
+    vcpus: int = 1
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    boot_image: Path | None = None  # a disk image booted from IDE, kept pristine
+    disk: Path | None = None  # the virtio-blk test disk
+    variant: VariantSpec | None = None  # how the test disk is attached (aio, iothread, props)
+    ssh_port: int | None = None  # a user-mode NIC forwarding 127.0.0.1:port to :22
+    debug_exit: bool = False  # isa-debug-exit, so that a guest can power off with a status
+    no_reboot: bool = False
+    extra: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def is_legacy(self) -> bool:
-        return self.variant.build is not None if self.legacy is None else self.legacy
+    def stderr_log(self) -> Path:
+        """QEMU's own output (the command line first)."""
+        return self.console_log.with_name(self.console_log.name + ".stderr")
 
 
-def is_legacy_binary(binary: str) -> bool:
-    """True for the 2012 dialect (QEMU 1.x, qemu-kvm): decided from `-version`."""
-    out = proc.run([binary, "-version"], timeout=30, what=f"{binary} -version").output
-    match = re.search(r"version (\d+)\.", out)
-    return "qemu-kvm" in out or (match is not None and int(match.group(1)) < 2)
+def linux_spec(binary: str, accel: Accel, guest: GuestImage, *, console_log: Path,
+               legacy: bool, memory_mb: int = 512, vcpus: int = 1, disk: Path | None = None,
+               variant: VariantSpec | None = None, ssh_port: int | None = None) -> VMSpec:
+    """A Linux guest (the fio guest or a custom one) reached over SSH."""
+    if memory_mb < guest.min_memory_mb:
+        raise UserError(f"guest.memory_mb {memory_mb} is too small for {guest.description}: "
+                        f"it needs at least {guest.min_memory_mb} MB")
+    return VMSpec(binary=str(binary), accel=accel, memory_mb=memory_mb, vcpus=vcpus,
+                  console_log=Path(console_log), qmp_socket=Path(console_log).with_suffix(".qmp"),
+                  legacy=legacy, kernel=guest.kernel, initrd=guest.initrd, append=guest.append,
+                  boot_image=guest.boot_image, disk=disk, variant=variant,
+                  ssh_port=ssh_port if ssh_port is not None else free_port())
 
 
 def free_port() -> int:
@@ -70,60 +98,146 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def qemu_argv(spec: VMSpec) -> list[str]:
-    """The full QEMU command line for spec (pure; print it with shlex.join)."""
-    argv = [spec.binary, "-machine", f"pc,accel={spec.accel}",
-            "-m", str(spec.memory_mb), "-smp", str(spec.vcpus)]
-    argv += _boot_args(spec.guest)
-    if spec.disk_path is not None:
-        argv += _disk_args(spec)
-    argv += _net_args(spec)
-    server = "server,nowait" if spec.is_legacy else "server=on,wait=off"
-    argv += ["-serial", f"file:{spec.console_log}", "-display", "none",
-             "-qmp", f"unix:{qmp_path(spec)},{server}"]
+# ----------------------------------------------------------------- argv
+
+
+def opt_value(value: str | os.PathLike) -> str:
+    """A value inside a QEMU option list: commas doubled."""
+    return str(value).replace(",", ",,")
+
+
+def qemu_argv(spec: VMSpec, paused: bool = True) -> list[str]:
+    """The full QEMU command line for spec (pure; print it with shlex.join).
+
+    paused: start with -S, as VM.launch wants (it lets the guest run once QMP
+    is connected); False for a QEMU started by hand.
+    """
+    return [spec.binary, *machine_args(spec.accel), *memory_args(spec), *boot_args(spec),
+            *disk_args(spec), *nic_args(spec), *serial_args(spec), *display_args(),
+            *qmp_args(spec), *exit_args(spec), *spec.extra, *(["-S"] if paused else [])]
+
+
+def machine_args(accel: Accel) -> list[str]:
+    argv = ["-machine", f"pc,accel={accel.machine_accel}"]
+    return argv + (["-cpu", accel.cpu] if accel.cpu else [])
+
+
+def memory_args(spec: VMSpec) -> list[str]:
+    return ["-m", str(spec.memory_mb), "-smp", str(spec.vcpus)]
+
+
+def boot_args(spec: VMSpec) -> list[str]:
+    if spec.boot_image is not None:
+        # IDE keeps the test disk at /dev/vda; snapshot keeps the image pristine
+        return ["-drive", f"file={opt_value(spec.boot_image)},if=ide,index=0,media=disk,"
+                          "snapshot=on"]
+    argv = ["-kernel", str(spec.kernel)] if spec.kernel is not None else []
+    if spec.initrd is not None:
+        argv += ["-initrd", str(spec.initrd)]
+    if spec.append:
+        argv += ["-append", spec.append]
+    return argv
+
+
+def disk_args(spec: VMSpec) -> list[str]:
+    """The test disk: raw, O_DIRECT, native AIO unless the variant says otherwise."""
+    if spec.disk is None:
+        return []
+    variant = spec.variant or VariantSpec(name="default", binary=spec.binary)
+    drive = (f"if=none,id=disk0,file={opt_value(spec.disk)},format=raw,cache=none,"
+             f"aio={variant.aio}")
+    props = {"drive": "disk0"}
+    argv = []
+    if variant.iothread:
+        argv += ["-object", "iothread,id=io0"]
+        props["iothread"] = "io0"
+    props.update(variant.device_props)
+    device = ",".join(["virtio-blk-pci"] + [f"{k}={opt_value(v)}" for k, v in props.items()])
+    return argv + ["-drive", drive, "-device", device]
+
+
+def nic_args(spec: VMSpec) -> list[str]:
+    if spec.ssh_port is None:
+        return []
+    fwd = f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
+    return ["-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile="]
+
+
+def serial_args(spec: VMSpec) -> list[str]:
+    # `file:` takes the rest of the value as the path, commas included
+    return ["-serial", f"file:{spec.console_log}"]
+
+
+def display_args() -> list[str]:
+    # no window, but the default VGA device stays (no -nodefaults, no -vga none)
+    return ["-display", "none"]
+
+
+def qmp_args(spec: VMSpec) -> list[str]:
+    server = "server,nowait" if spec.legacy else "server=on,wait=off"
+    return ["-qmp", f"unix:{qmp_path(spec)},{server}"]
+
+
+def exit_args(spec: VMSpec) -> list[str]:
+    argv = ["-no-reboot"] if spec.no_reboot else []
+    if spec.debug_exit and not spec.legacy:  # the 2012 tree has no isa-debug-exit
+        argv += ["-device", DEBUG_EXIT]
     return argv
 
 
 def qmp_path(spec: VMSpec) -> Path:
-    """spec.qmp_socket, or a short stand-in in the temp directory if it is too long.
+    """spec.qmp_socket, or a short stand-in in the temp directory.
 
-    A unix socket path must fit in 108 bytes; result directories nest deeper
-    than that.  The stand-in is derived from the long path, so it is stable.
+    A unix socket path must fit in 108 bytes (result directories nest deeper)
+    and must not hold a comma.  The stand-in is derived from the long path, so
+    it is stable.
     """
     path = Path(spec.qmp_socket)
-    if len(os.fsencode(path)) <= _SOCKET_PATH_MAX:
+    if len(os.fsencode(path)) <= _SOCKET_PATH_MAX and "," not in str(path):
         return path
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / f"harness-qmp-{digest}.sock"
 
 
-def _boot_args(guest: GuestImage) -> list[str]:
-    if guest.boot_image is not None:
-        # IDE keeps the test disk at /dev/vda; snapshot keeps the image pristine
-        return ["-drive", f"file={guest.boot_image},if=ide,index=0,media=disk,snapshot=on"]
-    argv = ["-kernel", str(guest.kernel)]
-    if guest.initrd is not None:
-        argv += ["-initrd", str(guest.initrd)]
-    if guest.append:
-        argv += ["-append", guest.append]
-    return argv
+# ------------------------------------------------------------------ QMP
 
 
-def _disk_args(spec: VMSpec) -> list[str]:
-    variant = spec.variant
-    drive = f"if=none,id=disk0,file={spec.disk_path},format=raw,cache=none,aio={variant.aio}"
-    props = {"drive": "disk0", **variant.device_props}
-    argv = []
-    if variant.iothread:
-        argv += ["-object", "iothread,id=io0"]
-        props["iothread"] = "io0"
-    device = ",".join(["virtio-blk-pci"] + [f"{k}={v}" for k, v in props.items()])
-    return argv + ["-drive", drive, "-device", device]
+class QMP:
+    """qemu.qmp's client, driven synchronously, every step with a deadline."""
+
+    def __init__(self, path: Path, timeout: float = 10.0):
+        self.path = path
+        self.timeout = timeout
+        self.loop = asyncio.new_event_loop()
+        self.client = QMPClient("harness")
+
+    def _run(self, coroutine, timeout: float):
+        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
+
+    def connect(self, timeout: float) -> None:
+        self._run(self.client.connect(str(self.path)), timeout)
+
+    def cmd(self, name: str, timeout: float | None = None, **args):
+        return self._run(self.client.execute(name, args or None), timeout or self.timeout)
+
+    def close(self) -> None:
+        try:
+            self._run(self.client.disconnect(), 5.0)
+        except Exception:  # noqa: BLE001 - closing a dead connection
+            pass
+        self.loop.close()
 
 
-def _net_args(spec: VMSpec) -> list[str]:
-    fwd = f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"
-    return ["-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile="]
+# ------------------------------------------------------------ lifecycle
+
+
+class QemuExited(InfraError):
+    """QEMU is gone: its exit status and the log that says why."""
+
+    def __init__(self, message: str, status: int | None, log_file: Path):
+        super().__init__(message)
+        self.status = status
+        self.log_file = log_file
 
 
 class VM:
@@ -133,10 +247,10 @@ class VM:
         self.spec = spec
         self.argv = qemu_argv(spec)
         self.connect_timeout = connect_timeout
-        self.proc: subprocess.Popen | None = None
-        self.qmp: QEMUMonitorProtocol | None = None
+        self.process = Process(self.argv, spec.stderr_log)
+        self.qmp: QMP | None = None
         self.started_at = 0.0
-        self._stderr_path = spec.console_log.with_name(spec.console_log.name + ".stderr")
+        self._next_stop_check = 0.0
 
     def __enter__(self) -> "VM":
         self.launch()
@@ -145,177 +259,169 @@ class VM:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-    # ------------------------------------------------------------ lifecycle
-
     def launch(self) -> None:
-        """Start QEMU in its own process group and open QMP (a no-op if running)."""
-        if self.proc is not None and self.proc.poll() is None:
-            return
+        """Start QEMU paused, connect QMP, let the guest run."""
         spec = self.spec
-        if spec.memory_mb < spec.guest.min_memory_mb:
-            raise UserError(f"guest.memory_mb {spec.memory_mb} is too small for "
-                            f"{spec.guest.description}: it needs at least "
-                            f"{spec.guest.min_memory_mb} MB")
         spec.console_log.parent.mkdir(parents=True, exist_ok=True)
-        spec.console_log.unlink(missing_ok=True)
+        spec.console_log.write_bytes(b"")
         qmp_path(spec).unlink(missing_ok=True)
-        log.info("qemu: %s", shlex.join(self.argv))
-        with open(self._stderr_path, "wb") as err:
-            err.write(f"$ {shlex.join(self.argv)}\n".encode())
-            err.flush()
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.process.start()
         self.started_at = time.monotonic()
         try:
             self._connect_qmp()
-            status = self.qmp.cmd("query-status")
-            log.debug("qmp query-status: %s", status)
+            self.qmp_cmd("cont")
         except BaseException:
             self.kill()
             raise
 
     def _connect_qmp(self) -> None:
         deadline = time.monotonic() + self.connect_timeout
+        last: object = "socket not created"
         while True:
-            self.check_alive()
+            self.check_alive("before QMP answered")
             if qmp_path(self.spec).exists():
-                qmp = QEMUMonitorProtocol(str(qmp_path(self.spec)))
+                qmp = QMP(qmp_path(self.spec))
                 try:
-                    qmp.connect(negotiate=True)
+                    qmp.connect(timeout=max(1.0, deadline - time.monotonic()))
                     self.qmp = qmp
                     return
                 except Exception as exc:  # noqa: BLE001 - retried until the deadline
                     last = exc
                     qmp.close()
-            else:
-                last = "socket not created"
             if time.monotonic() > deadline:
-                self.kill()
-                raise InfraError(f"cannot connect to QMP at {qmp_path(self.spec)} within "
-                                 f"{self.connect_timeout:.0f} s ({last}); {self._where()}")
-            time.sleep(0.1)
+                raise InfraError(f"QEMU's QMP did not answer within {self.connect_timeout:.0f} s "
+                                 f"({last}; log: {self.spec.stderr_log})")
+            time.sleep(0.05)
 
-    def check_alive(self) -> None:
-        """Raise InfraError if QEMU has exited."""
-        if self.proc is not None and self.proc.poll() is not None:
-            code = self.proc.returncode
+    # ------------------------------------------------------------ watching
+
+    def check_alive(self, when: str = "") -> None:
+        """QemuExited if QEMU has exited; InfraError if it reported the VM stopped."""
+        status = self.process.returncode
+        if status is not None:
             self._close_qmp()
-            raise InfraError(f"QEMU exited early with code {code}: {self._where()}"
-                             f"{self._stderr_tail()}")
+            said = tail(self.process.output(), 1)[:300]
+            raise QemuExited(f"QEMU exited with code {status}{' ' + when if when else ''}"
+                             f"{': ' + said if said else ''} (log: {self.spec.stderr_log})",
+                             status, self.spec.stderr_log)
+        now = time.monotonic()
+        if now >= self._next_stop_check:
+            self._next_stop_check = now + 0.5
+            output = self.process.output()
+            for marker in VM_STOP_MARKERS:
+                if marker in output:
+                    raise InfraError(f"the VM stopped: QEMU reported '{marker}' "
+                                     f"(log: {self.spec.stderr_log})")
+
+    def console(self) -> str:
+        try:
+            return self.spec.console_log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_until(self, done: Callable[[str], bool], timeout: float, what: str,
+                   poll_s: float = 0.05) -> str:
+        """Poll the console until done(console text); the text.  Raises on timeout or exit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console()
+            if done(text):
+                return text
+            self.check_alive(f"before {what}")
+            if time.monotonic() > deadline:
+                raise InfraError(f"no {what} within {timeout:.0f} s "
+                                 f"(console: {self.spec.console_log})")
+            time.sleep(poll_s)
 
     def wait_for_marker(self, text: str, timeout: float,
                         failures: tuple[str, ...] = FAILURE_MARKERS) -> float:
-        """Wait until text shows up in the console log; seconds since launch.
+        """Wait until text shows up in the console; seconds since launch.
 
         A line containing one of `failures` (a kernel panic, say) ends the wait
         at once with an InfraError quoting it.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            console = _read(self.spec.console_log)
-            if text in console:
-                return time.monotonic() - self.started_at
+        def seen(console: str) -> bool:
             for failure in failures:
                 if failure in console:
                     line = next(ln for ln in console.splitlines() if failure in ln)
-                    raise InfraError(f"guest boot failed: {line.strip()!r}; {self._where()}")
-            if time.monotonic() > deadline:
-                raise InfraError(f"guest did not print {text!r} within {timeout:.0f} s; "
-                                 f"{self._where()}")
-            time.sleep(0.1)
+                    raise InfraError(f"guest boot failed: {line.strip()[:200]!r} "
+                                     f"(console: {self.spec.console_log})")
+            return text in console
 
-    def system_reset(self) -> None:
-        self._qmp_cmd("system_reset")
+        self.wait_until(seen, timeout, f"{text!r} from the guest", poll_s=0.1)
+        return time.monotonic() - self.started_at
 
-    def shutdown(self, timeout: float = 20.0) -> int | None:
-        """QMP quit, then SIGTERM, then SIGKILL; always reaps.  Returns the exit code."""
-        if self.proc is None:
-            return None
-        try:
-            if self.proc.poll() is None and self.qmp is not None:
-                try:
-                    self.qmp.cmd("quit")
-                except Exception as exc:  # noqa: BLE001 - QEMU may hang up while answering
-                    log.debug("qmp quit: %s", exc)
-            if not self._wait(timeout):
-                log.warning("QEMU ignored QMP quit for %.0f s; sending SIGTERM", timeout)
-                kill_group(self.proc, 15)
-                if not self._wait(5):
-                    kill_group(self.proc, 9)
-                    self.proc.wait()
-        finally:
-            self._close_qmp()
-            if self.proc.poll() is None:
-                kill_group(self.proc, 9)
-                self.proc.wait()
-            qmp_path(self.spec).unlink(missing_ok=True)
-        return self.proc.returncode
+    # ----------------------------------------------------------------- QMP
 
-    def kill(self) -> None:
-        """Immediate SIGKILL of the whole group (error paths)."""
-        if self.proc is not None and self.proc.poll() is None:
-            kill_group(self.proc, 9)
-            self.proc.wait()
-        self._close_qmp()
-
-    # ------------------------------------------------------------ measurements
-
-    def host_cpu_seconds(self) -> float:
-        """utime+stime of the QEMU process (all its threads) so far."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError as exc:
-            raise InfraError(f"cannot read CPU time of QEMU pid {self.proc.pid}: {exc}") from exc
-        # fields[0] is field 3 (state); utime and stime are fields 14 and 15
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    # ---------------------------------------------------------------- helpers
-
-    def _qmp_cmd(self, name: str, **args):
-        self.check_alive()
+    def qmp_cmd(self, name: str, **args):
+        """One QMP command; InfraError if QEMU is gone or answers with an error."""
+        self.check_alive(f"before QMP {name}")
         if self.qmp is None:
-            raise InfraError(f"QMP is not connected; {self._where()}")
+            raise InfraError(f"QMP is not connected (log: {self.spec.stderr_log})")
         try:
             return self.qmp.cmd(name, **args)
-        except Exception as exc:
-            raise InfraError(f"QMP {name} failed: {exc}; {self._where()}") from exc
+        except Exception as exc:  # noqa: BLE001 - timeouts, hang-ups, QMP errors
+            raise InfraError(f"QMP {name} failed: {type(exc).__name__}: {exc} "
+                             f"(log: {self.spec.stderr_log})") from exc
 
-    def _wait(self, timeout: float) -> bool:
+    def system_reset(self) -> None:
+        self.qmp_cmd("system_reset")
+
+    def quit(self) -> None:
+        """Ask QEMU to quit (it may hang up before it answers)."""
+        if self.qmp is not None and self.process.running():
+            try:
+                self.qmp.cmd("quit")
+            except Exception as exc:  # noqa: BLE001 - QEMU may close the socket first
+                log.debug("qmp quit: %s", exc)
+
+    # ------------------------------------------------------------- the end
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait for QEMU to exit by itself (the guest powered off); its status or None."""
+        status = self.process.wait(timeout)
+        if status is not None:
+            self._close_qmp()
+        return status
+
+    def shutdown(self, timeout: float = 20.0) -> int | None:
+        """QMP quit, wait `timeout`, then SIGTERM and SIGKILL; always reaps.  The exit status."""
+        if self.process.popen is None:
+            return None
         try:
-            self.proc.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+            self.quit()
+            if self.process.wait(timeout) is None:
+                log.warning("QEMU ignored QMP quit for %.0f s; killing it (log: %s)",
+                            timeout, self.spec.stderr_log)
+                self.process.stop(grace_s=5)
+        finally:
+            self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL of the whole group (error paths); reaps."""
+        self._close_qmp()
+        self.process.kill()
+        qmp_path(self.spec).unlink(missing_ok=True)
 
     def _close_qmp(self) -> None:
         if self.qmp is not None:
-            try:
-                self.qmp.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
+            self.qmp.close()
             self.qmp = None
 
-    def _where(self) -> str:
-        return (f"command: {shlex.join(self.argv)}; console log: {self.spec.console_log}; "
-                f"QEMU output: {self._stderr_path}")
+    # --------------------------------------------------------- measurements
 
-    def _stderr_tail(self) -> str:
-        try:
-            lines = self._stderr_path.read_text(errors="replace").strip().splitlines()[1:]
-        except OSError:
-            return ""
-        return f"; QEMU said: {' | '.join(lines[-3:])}" if lines else ""
+    def host_cpu_seconds(self) -> float:
+        """CPU time of the QEMU process (all its threads) so far."""
+        seconds = self.process.cpu_seconds()
+        if seconds is None:
+            raise InfraError(f"cannot read the CPU time of QEMU (log: {self.spec.stderr_log})")
+        return seconds
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process.popen is not None else None
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode

@@ -46,7 +46,7 @@ def test_smoke_end_to_end(tmp_path: Path, monkeypatch):
     from harness.bench import run_bench
 
     messages: list[str] = []
-    run_dir = run_bench(config_file, accel="auto", progress=messages.append)
+    run_dir = run_bench(config_file, accel="auto", say=messages.append)
 
     df = pd.read_csv(run_dir / "results.csv")
     workloads = len(config["workloads"]["iodepth"])

@@ -57,9 +57,10 @@ def test_variant_layers_use_the_shipped_patches():
     baseline = variant_patches("baseline")
     assert baseline and all(p.path.parent.name == "compat" for p in baseline)
     assert VARIANT_LAYERS["dataplane"][:1] == ("compat",)
-    dataplane = variant_patches("dataplane")
-    if dataplane is not None:
-        assert dataplane[: len(baseline)] == baseline
+    dataplane, poll = variant_patches("dataplane"), variant_patches("poll")
+    assert dataplane is not None and poll is not None, "patches/dataplane and patches/beyond ship"
+    assert dataplane[: len(baseline)] == baseline and poll[: len(dataplane)] == dataplane
+    assert len(dataplane) - len(baseline) == 27  # the RFC's 27 patches
 
 
 def _harness(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -69,12 +70,13 @@ def _harness(*args: str, env=None) -> subprocess.CompletedProcess:
 
 def test_cli_rejects_unknown_variant():
     result = _harness("build", "--variant", "turbo", "--dry-run")
-    assert result.returncode == 1 and "unknown variant 'turbo'" in result.stderr
+    assert result.returncode == 2, result.stderr  # the user must change something
+    assert "'turbo' is not one of 'baseline', 'dataplane', 'poll'" in result.stderr
 
 
 @pytest.mark.integration
 def test_real_build_then_noop(source_or_skip, tmp_path):
-    """Builds baseline (and dataplane if its series exists) from a real qemu-kvm source."""
+    """Builds every variant from a real qemu-kvm source (a no-op on a filled cache)."""
     import os
     env = {**os.environ, "HARNESS_SOURCE": source_or_skip}
     dry = _harness("build", "--dry-run", env=env)
@@ -87,14 +89,11 @@ def test_real_build_then_noop(source_or_skip, tmp_path):
     assert second.returncode == 0 and time.monotonic() - started < 10
     assert "up to date" in second.stdout and "built " not in second.stdout
     from harness.paths import cache_dir
-    for variant in ("baseline", "dataplane"):
-        manifest_file = cache_dir() / "build" / variant / "manifest.json"
-        if variant != "baseline" and not manifest_file.exists():
-            continue
-        manifest = json.loads(manifest_file.read_text())
+    for variant in ("baseline", "dataplane", "poll"):
+        manifest = json.loads((cache_dir() / "build" / variant / "manifest.json").read_text())
         assert manifest["source_commit"] == PINNED_COMMIT and manifest["status"] == "ok"
         version = subprocess.run([manifest["binary"], "-version"], capture_output=True, text=True)
-        assert "1.0.50" in version.stdout
+        assert "1.0.50" in version.stdout and manifest["version"] in version.stdout
         assert sha256_file(Path(manifest["binary"])) == manifest["binary_sha256"]
 
 

@@ -118,7 +118,7 @@ def test_two_microguest_wait_modes_in_one_run():
 
 
 def test_run_manifest_is_portable(monkeypatch, tmp_path):
-    from harness.bench import portable
+    from harness.manifest_writer import portable
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     manifest = {"variants": {"baseline": {"binary": f"{tmp_path}/cache/build/baseline/qemu",
@@ -132,3 +132,24 @@ def test_run_manifest_is_portable(monkeypatch, tmp_path):
     assert shared["variants"]["baseline"]["build"]["source_url"] == "(local clone)"
     assert shared["variants"]["q"]["binary"] == "/usr/bin/qemu-system-x86_64"
     assert str(tmp_path) not in str(shared)
+
+
+def test_config_differences_name_the_fields():
+    base = parse_config(MINIMAL)
+    assert base.differences(parse_config(MINIMAL)) == []
+    changed = parse_config(MINIMAL + "workloads: {iodepth: [1, 32]}\nrepetitions: 5\n")
+    assert base.differences(changed) == ["repetitions", "workloads.iodepth[1]"]
+    # waiting longer and rewording do not change what is measured
+    assert base.differences(parse_config(MINIMAL + "timeouts: {boot_s: 999}\n"
+                                                   "description: other\n")) == []
+
+
+def test_names_are_defined_once():
+    from typing import get_args
+
+    from harness.accel import ACCELS
+    from harness.build import VARIANT_LAYERS
+    from harness.config import ACCEL_CHOICES, BUILT_VARIANTS, AccelName
+
+    assert tuple(VARIANT_LAYERS) == BUILT_VARIANTS
+    assert set(ACCELS) == set(get_args(AccelName)) and ACCEL_CHOICES == ("auto", *ACCELS)

@@ -30,7 +30,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,10 +37,13 @@ from pathlib import Path
 import pytest
 
 from harness import microguest as mg
+from harness.accel import accel_named
 from harness.config import VariantSpec
-from harness.errors import HarnessError, UserError
+from harness.errors import UserError
 from harness.matrix import Workload
-from harness.proc import kill_group
+from harness.results import parse_fio_output
+from harness.util import tail
+from harness.vm import VM, VMSpec, linux_spec
 
 from conftest import built_binary_or_skip
 
@@ -71,21 +73,6 @@ def _read(path: Path) -> str:
         return path.read_bytes().decode(errors="replace")
     except FileNotFoundError:
         return ""
-
-
-def _stop_qemu(proc: subprocess.Popen, qmp: Path, grace_s: float = 10.0) -> int:
-    """QMP quit, then SIGKILL of the group after grace_s; the exit status."""
-    if proc.poll() is None:
-        try:
-            mg.qmp_command(qmp, "quit", timeout=5)
-        except (OSError, ValueError, HarnessError):
-            pass  # QEMU may hang up while answering
-    try:
-        return proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        proc.wait()
-        raise AssertionError(f"QEMU did not exit within {grace_s:.0f} s of QMP quit") from None
 
 
 # =============================================================== boot sector
@@ -143,54 +130,48 @@ def expected_after_boot(before: bytes) -> bytes:
     return bytes(after)
 
 
-def bootsector_argv(binary: str, accel: str, disk: Path, debug_log: Path, bios_log: Path,
-                    qmp: Path) -> list[str]:
-    """Boot from the virtio-blk disk only (no NIC, no other disk); keep the default VGA."""
-    return [binary, "-machine", f"accel={accel}", "-m", "64", "-display", "none",
-            "-net", "none", "-no-reboot",
-            "-drive", f"if=none,id=d0,file={disk},format=raw,cache=none,aio=native",
-            "-device", "virtio-blk-pci,drive=d0,bootindex=0",
-            "-chardev", f"file,id=dbg,path={debug_log}",
-            "-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
-            # SeaBIOS's own log (its debug port), for diagnosis only
-            "-chardev", f"file,id=bios,path={bios_log}",
-            "-device", "isa-debugcon,iobase=0x402,chardev=bios",
-            "-qmp", f"unix:{qmp},server,nowait"]
+def bootsector_spec(binary: str, accel: str, disk: Path, logs: Path) -> VMSpec:
+    """Boot from the virtio-blk disk only (no NIC, no other disk); keep the default VGA.
+
+    The boot sector writes to the debug console (port 0xe9), SeaBIOS to its own
+    (0x402, for diagnosis only)."""
+    debug_log, bios_log = logs / "debugcon.log", logs / "seabios.log"
+    return VMSpec(binary=binary, accel=accel_named(accel), memory_mb=64,
+                  console_log=logs / "console.log", qmp_socket=logs / "qmp.sock", legacy=True,
+                  disk=disk, variant=VariantSpec(name="boot", binary=binary,
+                                                 device_props={"bootindex": "0"}),
+                  no_reboot=True,
+                  extra=("-net", "none",
+                         "-chardev", f"file,id=dbg,path={debug_log}",
+                         "-device", "isa-debugcon,iobase=0xe9,chardev=dbg",
+                         "-chardev", f"file,id=bios,path={bios_log}",
+                         "-device", "isa-debugcon,iobase=0x402,chardev=bios"))
 
 
 def run_bootsector(binary: str, accel: str, disk: Path, logs: Path,
                    timeout: float) -> tuple[str, float, dict, int, str]:
     """Boot disk until the boot sector reports; (its output, seconds, QMP query-kvm,
     exit status after QMP quit, where to look)."""
-    debug_log, bios_log, qmp = logs / "debugcon.log", logs / "seabios.log", logs / "qmp.sock"
-    argv = bootsector_argv(binary, accel, disk, debug_log, bios_log, qmp)
-    stderr_path = logs / "qemu.stderr"
-    started = time.monotonic()
-    with open(stderr_path, "wb") as err:
-        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    where = (f"command: {shlex.join(argv)}; guest output: {debug_log}; "
-             f"SeaBIOS log: {bios_log}; QEMU output: {stderr_path}")
-    try:
+    debug_log, bios_log = logs / "debugcon.log", logs / "seabios.log"
+    spec = bootsector_spec(binary, accel, disk, logs)
+    where = (f"guest output: {debug_log}; SeaBIOS log: {bios_log}; "
+             f"QEMU output (and command): {spec.stderr_log}")
+    with VM(spec) as vm:
         while True:
             text = _read(debug_log)
             if "DPBOOT-OK" in text or ("DPBOOT-FAIL" in text and text.endswith("\n")):
                 break
-            if qemu.poll() is not None:
-                pytest.fail(f"QEMU exited with status {qemu.returncode} before the boot sector "
-                            f"finished (it printed {text!r}); {_read(stderr_path)[-500:]}; {where}")
-            if time.monotonic() - started > timeout:
-                tail = _read(bios_log).strip().splitlines()[-3:]
+            if vm.returncode is not None:
+                pytest.fail(f"QEMU exited with status {vm.returncode} before the boot sector "
+                            f"finished (it printed {text!r}); {tail(vm.process.output())}; {where}")
+            if time.monotonic() - vm.started_at > timeout:
+                bios_tail = _read(bios_log).strip().splitlines()[-3:]
                 pytest.fail(f"the boot sector did not finish within {timeout:.0f} s under "
-                            f"{accel} (it printed {text!r}; SeaBIOS last said {tail}); {where}")
+                            f"{accel} (it printed {text!r}; SeaBIOS last said {bios_tail}); {where}")
             time.sleep(0.05)
-        seconds = time.monotonic() - started
-        kvm = mg.qmp_command(qmp, "query-kvm")
-        status = _stop_qemu(qemu, qmp)
-    finally:
-        if qemu.poll() is None:
-            kill_group(qemu)
-            qemu.wait()
+        seconds = time.monotonic() - vm.started_at
+        kvm = vm.qmp_cmd("query-kvm")
+        status = vm.shutdown(timeout=10)
     return text.strip(), seconds, kvm, status, where
 
 
@@ -370,38 +351,20 @@ def test_microguest_qmp_quit_while_busy(variant, wait, microguest_kernel, tmp_pa
     so it must neither spin on nor wait for that mutex."""
     binary, spec = _variant(variant)
     disk = _micro_disk(tmp_path)
-    console = tmp_path / "console.log"
-    qmp = Path(tempfile.mkdtemp(prefix="mg-qmp-")) / "qmp.sock"
     cmdline = mg.guest_cmdline(Workload("randread", "4k", 1, 1), 100_000_000, wait,
                                timeout_ms=60000)
-    argv = mg.microguest_argv(binary, "tcg", disk, spec, 128, cmdline, console,
-                              kernel=microguest_kernel, qmp_socket=qmp)
-    stderr_log = tmp_path / "qemu.log"
-    with open(stderr_log, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while mg.BEGIN_MARK not in _read(console):
-            assert proc.poll() is None, f"QEMU exited early: {_read(stderr_log)}"
-            assert time.monotonic() < deadline, f"the guest did not start I/O: {console}"
-            time.sleep(0.05)
+    vm_spec = mg.microguest_spec(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log",
+                                 kernel=microguest_kernel)
+    with VM(vm_spec) as vm:
+        vm.wait_until(lambda text: mg.BEGIN_MARK in text, 60, "start of I/O")
         time.sleep(1.0)                       # well into the run, the thread busy
-        assert proc.poll() is None, f"QEMU exited during I/O: {_read(stderr_log)}"
-        assert mg.RESULT_PREFIX not in _read(console), "the run ended before the quit"
+        vm.check_alive("during I/O")
+        assert mg.RESULT_PREFIX not in vm.console(), "the run ended before the quit"
         t0 = time.monotonic()
-        try:
-            mg.qmp_command(qmp, "quit", timeout=10)
-        except (OSError, ValueError):
-            pass                              # the connection drops as QEMU quits
-        status = proc.wait(timeout=20)
+        vm.quit()
+        status = vm.wait_exit(20)
         took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            kill_group(proc)
-            proc.wait()
-        shutil.rmtree(qmp.parent, ignore_errors=True)
-    assert status == 0, f"exit status {status} after QMP quit: {_read(stderr_log)}"
+    assert status == 0, f"exit status {status} after QMP quit: {tail(vm.process.output())}"
     assert took < 10, f"QMP quit took {took:.1f} s"
 
 
@@ -416,8 +379,7 @@ SSH_TIMEOUT_S = 90.0
 def fio_guest():
     try:
         from harness.guest import prepare_fio_guest
-        from harness.fio import open_connection, run_fio  # noqa: F401 - the API the tests use
-        from harness.vm import VM, VMSpec, free_port  # noqa: F401
+        from harness.fio_jobs import open_connection, run_fio  # noqa: F401 - the API the tests use
     except ImportError as exc:
         pytest.skip(f"the fio guest API is not available: {exc}")
     try:
@@ -437,13 +399,12 @@ def linux_disk(tmp_path) -> Path:
 @contextmanager
 def booted(variant: str, guest, disk: Path, logs: Path):
     """Boot the fio guest under TCG on disk; yields (vm, ssh connection)."""
-    from harness.fio import open_connection
-    from harness.vm import VM, VMSpec, free_port
+    from harness.fio_jobs import open_connection
 
     binary, spec = _variant(variant)
-    vm_spec = VMSpec(binary=binary, accel="tcg", memory_mb=max(512, guest.min_memory_mb),
-                     vcpus=1, guest=guest, disk_path=disk, variant=spec, ssh_port=free_port(),
-                     qmp_socket=logs / "qmp.sock", console_log=logs / "console.log")
+    vm_spec = linux_spec(binary, accel_named("tcg"), guest, console_log=logs / "console.log",
+                         legacy=True, memory_mb=max(512, guest.min_memory_mb), disk=disk,
+                         variant=spec)
     with VM(vm_spec) as vm:
         vm.wait_for_marker(guest.marker, timeout=BOOT_TIMEOUT_S)
         conn = open_connection(vm_spec.ssh_port, guest, timeout=SSH_TIMEOUT_S)
@@ -502,7 +463,7 @@ def wait_marker_count(vm, marker: str, count: int, timeout: float) -> float:
 
 
 def reconnect(vm, guest, timeout: float = SSH_TIMEOUT_S):
-    from harness.fio import open_connection
+    from harness.fio_jobs import open_connection
     return open_connection(vm.spec.ssh_port, guest, timeout=timeout)
 
 
@@ -515,27 +476,22 @@ def test_quit_during_io(variant, fio_guest, linux_disk, tmp_path, record_propert
         time.sleep(3.0)
         assert_io_in_flight(conn, fio_guest.device)
         started = time.monotonic()
-        try:
-            vm.qmp.cmd("quit")
-        except Exception:  # noqa: BLE001 - QEMU may close the socket before answering
-            pass
-        try:
-            status = vm.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            status = None
+        vm.quit()
+        status = vm.wait_exit(30)
         seconds = time.monotonic() - started
         record_property("quit_s", round(seconds, 2))
         print(f"{variant}: QEMU exited {seconds:.2f} s after QMP quit with status {status}")
-        assert status is not None, f"QEMU still running 30 s after QMP quit under I/O ({vm._where()})"
+        assert status is not None, (f"QEMU still running 30 s after QMP quit under I/O "
+                                    f"(log: {vm.spec.stderr_log})")
         assert seconds < 5.0, f"QEMU took {seconds:.1f} s to quit under I/O"
-        assert status == 0, f"QEMU exited with status {status} after QMP quit{vm._stderr_tail()}"
+        assert status == 0, f"QEMU exited with status {status} after QMP quit: {tail(vm.process.output())}"
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_reset_during_io(variant, fio_guest, linux_disk, tmp_path, record_property):
-    from harness.fio import run_fio
+    from harness.fio_jobs import run_fio
 
     with booted(variant, fio_guest, linux_disk, tmp_path) as (vm, conn):
         start_background_fio(conn, fio_guest.device, runtime_s=60)
@@ -583,8 +539,6 @@ def verify_fio_command(device: str) -> str:
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_integrity(variant, fio_guest, linux_disk, tmp_path, record_property):
-    from harness.fio import parse_fio_json
-
     command = verify_fio_command(fio_guest.device)
     with booted(variant, fio_guest, linux_disk, tmp_path) as (vm, conn):
         started = time.monotonic()
@@ -594,7 +548,7 @@ def test_integrity(variant, fio_guest, linux_disk, tmp_path, record_property):
         (tmp_path / "verify.stderr").write_text(result.stderr)
         assert vm.shutdown(timeout=20) == 0
     record_property("verify_s", round(seconds, 1))
-    _, data = parse_fio_json(result.stdout, command)
+    data = parse_fio_output(result.stdout)
     jobs = {job["jobname"]: job for job in data["jobs"]}
     print(f"{variant}: {len(jobs)} verify jobs in {seconds:.0f} s")
     assert result.exited == 0, f"fio exited with {result.exited}: {result.stderr.strip()[-800:]}"

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from harness.accel import TCG
 from harness.config import VariantSpec
 from harness.errors import UserError
-from harness.fio import open_connection, run_fio
+from harness.fio_jobs import open_connection, run_fio
 from harness.hostinfo import prepare_disk
 from harness.matrix import Workload
-from harness.vm import VM, VMSpec, free_port
+from harness.qemuinfo import qemu_info
+from harness.vm import VM, linux_spec
 
 from conftest import built_binary_or_skip, system_qemu_or_skip
 
@@ -36,9 +38,8 @@ def disk(tmp_path_factory) -> Path:
 
 def _boot_and_fio(binary: str, variant: VariantSpec, guest, disk: Path, logs: Path,
                   record_property) -> None:
-    spec = VMSpec(binary=binary, accel="tcg", memory_mb=512, vcpus=1, guest=guest,
-                  disk_path=disk, variant=variant, ssh_port=free_port(),
-                  qmp_socket=logs / "qmp.sock", console_log=logs / "console.log")
+    spec = linux_spec(binary, TCG, guest, console_log=logs / "console.log",
+                      legacy=qemu_info(binary).legacy, disk=disk, variant=variant)
     with VM(spec) as vm:
         marker_s = vm.wait_for_marker(guest.marker, timeout=120)
         conn = open_connection(spec.ssh_port, guest, timeout=60)
@@ -88,20 +89,20 @@ def test_qemu_that_dies_early_is_a_clear_infra_error(fio_guest, tmp_path):
 
     binary = system_qemu_or_skip()
     variant = VariantSpec(name="bad", binary=binary, device_props={"no-such-prop": "1"})
-    spec = VMSpec(binary=binary, accel="tcg", memory_mb=512, vcpus=1, guest=fio_guest,
-                  disk_path=tmp_path / "missing.raw", variant=variant, ssh_port=free_port(),
-                  qmp_socket=tmp_path / "qmp.sock", console_log=tmp_path / "console.log")
-    with pytest.raises(InfraError, match="exited early with code 1") as caught:
+    spec = linux_spec(binary, TCG, fio_guest, console_log=tmp_path / "console.log",
+                      legacy=False, disk=tmp_path / "missing.raw", variant=variant)
+    with pytest.raises(InfraError, match="QEMU exited with code 1") as caught:
         with VM(spec):
             pass
-    assert "console.log" in str(caught.value) and "-machine" in str(caught.value)
+    message = str(caught.value)
+    # one line: the exit code, QEMU's last words and where the log is; the argv is in the log
+    assert "\n" not in message and len(message) < 500, message
+    assert str(spec.stderr_log) in message and "-machine" not in message
+    assert "-machine" in spec.stderr_log.read_text().splitlines()[0]
 
 
 def test_too_little_memory_is_a_user_error(fio_guest, tmp_path):
     binary = system_qemu_or_skip()
-    spec = VMSpec(binary=binary, accel="tcg", memory_mb=128, vcpus=1, guest=fio_guest,
-                  disk_path=None, variant=VariantSpec(name="small", binary=binary),
-                  ssh_port=free_port(), qmp_socket=tmp_path / "qmp.sock",
-                  console_log=tmp_path / "console.log")
     with pytest.raises(UserError, match="memory_mb 128 is too small"):
-        VM(spec).launch()
+        linux_spec(binary, TCG, fio_guest, console_log=tmp_path / "console.log", legacy=False,
+                   memory_mb=128)

@@ -17,10 +17,12 @@ import pytest
 from harness import microguest as mg
 from harness.config import VariantSpec
 from harness.errors import InfraError, UserError
+from harness.hostfio import host_fio_ceiling
 from harness.matrix import Point, Workload
 from harness.paths import cache_dir
-from harness.proc import run
+from harness.proc import cpu_seconds, run
 from harness.results import COLUMNS, HOST_VARIANT, row_key
+from harness.vm import DEBUG_EXIT, qemu_argv
 
 SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
 DISK_MB = 64
@@ -91,26 +93,27 @@ def test_guest_cmdline():
 def test_argv_system_variant_with_iothread():
     variant = VariantSpec(name="q72-io", binary="qemu-system-x86_64", iothread=True,
                           aio="io_uring", device_props={"queue-size": "128"})
-    argv = mg.microguest_argv("qemu", "tcg", "/d/a,b.img", variant, 128, "rw=read", "con.log",
-                              kernel="mg.elf")
+    argv = qemu_argv(mg.microguest_spec("qemu", "tcg", "/d/a,b.img", variant, "rw=read", "con.log",
+                                        kernel="mg.elf", legacy=False))
     text = " ".join(argv)
     assert argv[argv.index("-object") + 1] == "iothread,id=io0"
     assert "virtio-blk-pci,drive=disk0,iothread=io0,queue-size=128" in argv
     assert "if=none,id=disk0,file=/d/a,,b.img,format=raw,cache=none,aio=io_uring" in argv
-    assert mg.DEBUG_EXIT in argv and "-serial" in argv and "file:con.log" in argv
+    assert DEBUG_EXIT in argv and "-serial" in argv and "file:con.log" in argv
+    assert "-no-reboot" in argv and "unix:con.qmp,server=on,wait=off" in argv
     assert "-nodefaults" not in text and "-vga" not in text
     assert argv[argv.index("-append") + 1] == "rw=read"
 
 
 def test_argv_built_variant_has_no_debug_exit():
-    argv = mg.microguest_argv("qemu", "kvm", "d.img", VariantSpec(name="baseline"), 64, "",
-                              "c.log", kernel="mg.elf", qmp_socket="q.sock")
-    assert mg.DEBUG_EXIT not in argv and "-object" not in argv
-    assert "unix:q.sock,server,nowait" in argv
-    assert "accel=kvm" in argv
-    with pytest.raises(UserError):
-        mg.microguest_argv("qemu", "hvf", "d.img", VariantSpec(name="baseline"), 64, "", "c",
-                           kernel="k")
+    argv = qemu_argv(mg.microguest_spec("qemu", "kvm", "d.img", VariantSpec(name="baseline"), "",
+                                        "c.log", kernel="mg.elf", memory_mb=64, legacy=True))
+    assert DEBUG_EXIT not in argv and "-object" not in argv
+    assert "unix:c.qmp,server,nowait" in argv
+    assert "pc,accel=kvm" in argv and argv[argv.index("-m") + 1] == "64"
+    with pytest.raises(UserError, match="accel 'hvf'"):
+        mg.microguest_spec("qemu", "hvf", "d.img", VariantSpec(name="baseline"), "", "c",
+                           kernel="k", legacy=True)
 
 
 def test_micro_row_columns():
@@ -240,9 +243,9 @@ def test_no_result_is_infra_error(kernel, tmp_path):
 def _independent_exit(binary: str, variant: VariantSpec, disk: Path, case: str, kernel: Path,
                       log: Path) -> tuple[int, str]:
     """Run the same case again without the harness (guest powers off itself)."""
-    argv = mg.microguest_argv(binary, "tcg", disk, variant, 128,
-                              f"mode=hostile case={case} timeout_ms=1000", log, kernel=kernel)
-    result = run(argv, timeout=120, check=False)
+    spec = mg.microguest_spec(binary, "tcg", disk, variant,
+                              mg.hostile_cmdline(case, 1000, halt=False), log, kernel=kernel)
+    result = run(qemu_argv(spec, paused=False), timeout=120, check=False)
     return result.returncode, result.output
 
 
@@ -320,20 +323,20 @@ def test_microguest_kvm(kernel, disk, tmp_path):
 def test_cpu_seconds_of_a_process():
     child = subprocess.Popen(["python3", "-c", "x = 0\nfor i in range(10**7): x += i"])
     try:
-        first = mg._cpu_seconds(child.pid)
+        first = cpu_seconds(child.pid)
         time.sleep(0.3)
-        second = mg._cpu_seconds(child.pid)
+        second = cpu_seconds(child.pid)
     finally:
         child.kill()
         child.wait()
     assert first is not None and second is not None and second > first
-    assert mg._cpu_seconds(2**22 + 12345) is None      # no such process
+    assert cpu_seconds(2**22 + 12345) is None      # no such process
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (Debian package fio)")
 def test_host_fio_ceiling(disk):
-    row = mg.host_fio_ceiling(disk, Workload("randread", "4k", 4, 1), 1)
+    row = host_fio_ceiling(disk, Workload("randread", "4k", 4, 1), 1)
     assert tuple(row) == COLUMNS
     assert row["variant"] == HOST_VARIANT and row["status"] == "ok" and row["iops"] > 0
     assert row["lat_p50_us"] <= row["lat_p99_us"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -89,11 +90,21 @@ def test_interrupted_am_is_recovered(tmp_path, upstream):
     path = cache.checkout(clone, "v", patch_series(patches)).path
     worktree = git.Repo(path)
     worktree.git.reset("--hard", base)
-    subprocess.run(["git", "am", str(sorted(patches.glob("*.patch"))[1])], cwd=path,
-                   capture_output=True)  # leaves b.c applied? no: a stale am session
+    # a real interrupted `git am`: the first patch applies, the same patch again cannot
+    first = str(sorted(patches.glob("*.patch"))[0])
+    env = {"GIT_COMMITTER_NAME": "T", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+           "HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    applied = subprocess.run(["git", "am", first], cwd=path, capture_output=True, env=env)
+    assert applied.returncode == 0, applied.stderr
+    again = subprocess.run(["git", "am", first], cwd=path, capture_output=True, env=env)
+    assert again.returncode != 0
+    rebase_apply = Path(path, worktree.git.rev_parse("--git-path", "rebase-apply"))
+    assert rebase_apply.is_dir(), "the test must leave an am session behind"
     (path / "a.c").write_text("dirty\n")
     result = cache.checkout(clone, "v", patch_series(patches))
-    assert git.Repo(result.path).git.log("--format=%s").splitlines()[0] == "b: add b2"
+    recovered = git.Repo(result.path)
+    assert recovered.git.log("--format=%s").splitlines() == ["b: add b2", "a: add a2", "base"]
+    assert not rebase_apply.exists() and not recovered.is_dirty(untracked_files=True)
 
 
 def test_missing_commit_and_missing_source(tmp_path, upstream):

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import VariantSpec
-from harness.errors import UserError
-from harness.errors import InfraError
-from harness.fio import GuestStalled, fio_argv, guest_cpu_pct, parse_fio_json, run_fio
+from harness.accel import KVM, TCG
+from harness.config import GuestSpec, VariantSpec
+from harness.errors import InfraError, UserError
+from harness.fio_jobs import GuestStalled, fio_argv, guest_cpu_pct, run_fio
 from harness.guest import GuestImage, Initramfs, custom_guest, module_order
-from harness.config import GuestSpec
 from harness.hostinfo import ensure_space, host_facts, prepare_disk
 from harness.matrix import Workload
-from harness.vm import VMSpec, qemu_argv, qmp_path
+from harness.qemuinfo import parse_version
+from harness.results import parse_fio_output
+from harness.vm import VMSpec, linux_spec, qemu_argv, qmp_path
 
 FIO_DATA = Path(__file__).parent / "data" / "fio"
 
@@ -26,10 +27,12 @@ GUEST = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"),
                    ssh_key=Path("k/id_rsa"), description="test guest")
 
 
-def spec(variant: VariantSpec, **overrides) -> VMSpec:
-    values = dict(binary="qemu", accel="tcg", memory_mb=512, vcpus=2, guest=GUEST,
-                  disk_path=Path("d/disk.raw"), variant=variant, ssh_port=2222,
-                  qmp_socket=Path("r/qmp.sock"), console_log=Path("r/console.log"))
+def spec(variant: VariantSpec, guest: GuestImage = GUEST, **overrides) -> VMSpec:
+    values = dict(binary="qemu", accel=TCG, memory_mb=512, vcpus=2, kernel=guest.kernel,
+                  initrd=guest.initrd, append=guest.append, boot_image=guest.boot_image,
+                  disk=Path("d/disk.raw"), variant=variant, ssh_port=2222,
+                  qmp_socket=Path("r/qmp.sock"), console_log=Path("r/console.log"),
+                  legacy=variant.build is not None)
     return VMSpec(**{**values, **overrides})
 
 
@@ -52,6 +55,8 @@ def test_built_variant_uses_the_2012_dialect():
     assert "-object" not in argv
     # the default VGA stays: no -nodefaults, no -vga none
     assert "-nodefaults" not in argv and "-vga" not in argv
+    # started paused: the guest runs only once QMP is connected
+    assert argv[-1] == "-S" and "-no-reboot" not in argv
 
 
 def test_boot_arguments_come_from_the_guest_image():
@@ -64,7 +69,7 @@ def test_boot_arguments_come_from_the_guest_image():
 def test_system_variant_with_iothread_and_io_uring():
     variant = VariantSpec(name="qemu72", binary="/usr/bin/qemu-system-x86_64",
                           iothread=True, aio="io_uring")
-    argv = qemu_argv(spec(variant, binary=variant.binary, accel="kvm"))
+    argv = qemu_argv(spec(variant, binary=variant.binary, accel=KVM))
     assert argv[:3] == ["/usr/bin/qemu-system-x86_64", "-machine", "pc,accel=kvm"]
     assert option(argv, "-object") == ["iothread,id=io0"]
     assert option(argv, "-drive")[0].endswith(",aio=io_uring")
@@ -90,10 +95,36 @@ def test_no_disk_and_a_custom_disk_image():
     image = GuestImage(kernel=None, initrd=None, append="", ssh_user="me",
                        ssh_key=Path("key"), description="img", marker=None,
                        boot_image=Path("img.qcow2"))
-    argv = qemu_argv(spec(VariantSpec(name="baseline"), guest=image, disk_path=None))
+    argv = qemu_argv(spec(VariantSpec(name="baseline"), guest=image, disk=None, ssh_port=None))
     assert "-kernel" not in argv
     assert option(argv, "-drive") == ["file=img.qcow2,if=ide,index=0,media=disk,snapshot=on"]
     assert not any(d.startswith("virtio-blk") for d in option(argv, "-device"))
+    assert "-netdev" not in argv
+
+
+def test_commas_in_paths_and_props_are_doubled():
+    variant = VariantSpec(name="q", binary="qemu", device_props={"serial": "a,b"})
+    argv = qemu_argv(spec(variant, disk=Path("/d/a,b.img")))
+    assert option(argv, "-drive") == [
+        "if=none,id=disk0,file=/d/a,,b.img,format=raw,cache=none,aio=native"]
+    assert option(argv, "-device")[0] == "virtio-blk-pci,drive=disk0,serial=a,,b"
+
+
+def test_linux_spec_refuses_too_little_memory():
+    small = GuestImage(kernel=Path("k"), initrd=Path("i"), append="", ssh_user="root",
+                       ssh_key=Path("key"), description="fio guest", min_memory_mb=300)
+    with pytest.raises(UserError, match="memory_mb 256 is too small for fio guest"):
+        linux_spec("qemu", TCG, small, console_log=Path("c.log"), legacy=True, memory_mb=256)
+    assert linux_spec("qemu", TCG, small, console_log=Path("c.log"), legacy=True,
+                      memory_mb=512).ssh_port > 0
+
+
+def test_qemu_version_and_dialect():
+    old = parse_version("QEMU emulator version 1.0.50 (qemu-kvm-devel), Copyright (c) 2003")
+    new = parse_version("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)\nCopyright (c)")
+    assert old.legacy and old.major == 1 and "Copyright" not in old.version
+    assert not new.legacy and new.version == "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)"
+    assert parse_version("").version == "unknown"
 
 
 def test_a_long_qmp_socket_path_gets_a_short_stand_in():
@@ -132,8 +163,8 @@ def test_guest_cpu_pct_from_proc_stat():
 @pytest.mark.parametrize("name", ["randread-4k-qd4-j1", "randrw-4k-qd8-j1", "randread-4k-qd4-j2"])
 def test_recorded_guest_fio_json_parses(name):
     text = (FIO_DATA / f"{name}.json").read_text()
-    json_text, data = parse_fio_json("fio: note: something first\n" + text)
-    assert json.loads(json_text) == data
+    data = parse_fio_output("fio: note: something first\n" + text)
+    assert data == json.loads(text)
     job = data["jobs"][0]
     assert job["jobname"] == name and job["read"]["iops"] > 0
 
@@ -159,6 +190,7 @@ def test_run_fio_parses_output_and_cpu():
     conn = FakeConnection(stdout=text, stderr=stat)
     run = run_fio(conn, Workload("randread", "4k", 4, 1), runtime_s=3, ramp_s=1, timeout=60)
     assert run.data["jobs"][0]["read"]["iops"] > 0 and run.guest_cpu_pct == pytest.approx(60)
+    assert run.json_text == text
     command, kwargs = conn.commands[0]
     assert "--output-format=json" in command and kwargs["timeout"] == 60
     assert kwargs["in_stream"] is False

@@ -1,4 +1,4 @@
-"""fio inside the guest, over one SSH connection per boot.
+"""fio jobs inside a Linux guest, over one SSH connection per boot.
 
 The SSH algorithms are pinned for TCG: an emulated guest needs ~20 s for a
 curve25519/ed25519 login but ~3 s for RSA keys with diffie-hellman-group14,
@@ -7,7 +7,6 @@ so paramiko is told to offer nothing else (dropbear supports both).
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
@@ -20,6 +19,8 @@ from invoke.exceptions import CommandTimedOut
 from .errors import InfraError
 from .guest import GuestImage
 from .matrix import Workload
+from .results import parse_fio_output
+from .util import tail
 
 # paramiko logs every refused attempt while the guest boots as an ERROR with a
 # traceback; open_connection reports the last failure itself
@@ -115,21 +116,11 @@ def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s:
     seconds = time.monotonic() - started
     if result.exited != 0:
         raise InfraError(f"fio in the guest exited with {result.exited}: {fio}: "
-                         f"{_tail(result.stderr or result.stdout)}")
-    json_text, data = parse_fio_json(result.stdout, fio)
-    return FioRun(json_text, data, guest_cpu_pct(result.stderr), seconds)
-
-
-def parse_fio_json(stdout: str, command: str = "fio") -> tuple[str, dict]:
-    """fio may print notes before the JSON; keep the text from the first '{'."""
-    start = stdout.find("{")
-    if start < 0:
-        raise InfraError(f"fio printed no JSON: {command}: {_tail(stdout)}")
-    text = stdout[start:]
-    try:
-        return text, json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InfraError(f"fio printed invalid JSON ({exc}): {command}") from exc
+                         f"{tail(result.stderr or result.stdout)}")
+    data = parse_fio_output(result.stdout)
+    # fio may print notes before the JSON: the raw output kept is the JSON itself
+    return FioRun(result.stdout[result.stdout.find("{"):], data, guest_cpu_pct(result.stderr),
+                  seconds)
 
 
 def guest_cpu_pct(stat_lines: str) -> float:
@@ -142,7 +133,3 @@ def guest_cpu_pct(stat_lines: str) -> float:
     total = sum(delta[:8])  # user nice system idle iowait irq softirq steal
     idle = delta[3] + delta[4]
     return 100.0 * (total - idle) / total if total > 0 else float("nan")
-
-
-def _tail(text: str, lines: int = 5) -> str:
-    return " | ".join((text or "").strip().splitlines()[-lines:])

@@ -1,0 +1,145 @@
+"""Which accelerator `auto` means here: decided by what works, not by whether /dev/kvm exists.
+
+Some hosts expose a /dev/kvm that cannot run Linux: a nested KVM (e.g. PVM)
+that executes firmware and bare-metal code but hangs an ordinary Linux kernel
+before its first console line.  So "auto" boots a guest under KVM with a short
+deadline and uses KVM only if the guest gets to its ready line.  The probe
+guest is the cheapest one that stands for the run: the micro-guest (seconds,
+no packages) when the run boots only micro-guests, else the run's own Linux
+guest, already prepared for the run — a micro-guest that runs says nothing
+about Linux on such a host.  The verdict is cached per binary, probe guest and
+day, because a failing probe costs the whole deadline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem
+from .errors import InfraError, UserError
+from .guest import GuestImage
+from .microguest.cmdline import microguest_spec
+from .microguest.elf import build_microguest
+from .microguest.output import RESULT_PREFIX
+from .paths import cache_dir
+from .util import Say, quiet
+from .vm import VM, VMSpec, linux_spec
+
+PROBE_TIMEOUT_S = 25.0
+MICRO_PROBE_CMDLINE = "n=16 wait=irq timeout_ms=2000"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A guest to boot under KVM, and the console text that proves it ran."""
+
+    what: str  # "the micro-guest", "the Linux guest"
+    ready: str
+    identity: tuple[str, ...]  # what the cached verdict depends on besides the binary
+
+    def spec(self, binary: str, legacy: bool, tmp: Path) -> VMSpec:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MicroProbe(Probe):
+    kernel: Path = Path()
+
+    def spec(self, binary: str, legacy: bool, tmp: Path) -> VMSpec:
+        return microguest_spec(binary, KVM, None, None, MICRO_PROBE_CMDLINE, tmp / "console.log",
+                               kernel=self.kernel, legacy=legacy)
+
+
+@dataclass(frozen=True)
+class LinuxProbe(Probe):
+    guest: GuestImage | None = None
+
+    def spec(self, binary: str, legacy: bool, tmp: Path) -> VMSpec:
+        return linux_spec(binary, KVM, self.guest, console_log=tmp / "console.log",
+                          legacy=legacy, memory_mb=max(512, self.guest.min_memory_mb))
+
+
+def micro_probe() -> MicroProbe:
+    kernel = build_microguest()
+    return MicroProbe("the micro-guest", RESULT_PREFIX, (str(kernel), MICRO_PROBE_CMDLINE),
+                      kernel=kernel)
+
+
+def linux_probe(guest: GuestImage) -> LinuxProbe:
+    return LinuxProbe("the Linux guest", guest.marker or "Linux version",
+                      (str(guest.kernel), str(guest.initrd), str(guest.boot_image), guest.append),
+                      guest=guest)
+
+
+def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None = None,
+                 say: Say = quiet) -> tuple[Accel, str | None]:
+    """(the Accel to use, a one-line notice or None) for what the config asks.
+
+    probe: the guest `auto` boots under KVM (default: the micro-guest).
+    """
+    if requested != "auto":
+        accel = accel_named(requested)
+        problem = kvm_device_problem() if accel.needs_kvm_device else None
+        if problem:
+            raise UserError(f"accel {requested}: {problem}; use accel auto or tcg")
+        return accel, None
+    problem = kvm_device_problem()
+    if problem:
+        return TCG, f"KVM is not usable ({problem}); using TCG"
+    probe = probe or micro_probe()
+    works, detail = probe_kvm(binary, legacy, probe, say)
+    if works:
+        return KVM, None
+    return TCG, (f"KVM at {KVM_DEVICE} cannot run {probe.what} here (probe: {detail}); "
+                 "using TCG")
+
+
+def probe_kvm(binary: str, legacy: bool, probe: Probe, say: Say = quiet) -> tuple[bool, str]:
+    """Boot the probe guest under KVM (verdict cached for the day): (works, what happened)."""
+    cache = _verdict_path(binary, probe)
+    try:
+        verdict = json.loads(cache.read_text())
+        return verdict["works"], f"{verdict['detail']}; verdict cached today"
+    except (OSError, ValueError, KeyError):
+        pass
+    say(f"probing KVM: booting {probe.what} with {Path(binary).name} "
+        f"(up to {PROBE_TIMEOUT_S:.0f} s)")
+    works, detail = _boot(binary, legacy, probe)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"works": works, "detail": detail, "binary": binary,
+                                 "probe": probe.what}) + "\n")
+    return works, detail
+
+
+def _boot(binary: str, legacy: bool, probe: Probe) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
+        spec = probe.spec(binary, legacy, Path(tmp))
+        vm = VM(spec)
+        try:
+            vm.launch()
+            vm.wait_until(lambda text: probe.ready in text, PROBE_TIMEOUT_S,
+                          f"ready line from {probe.what}")
+            return True, f"{probe.what} ready in {time.monotonic() - vm.started_at:.1f} s under KVM"
+        except InfraError as exc:
+            printed = bool(vm.console().strip())
+            if vm.returncode is not None:
+                return False, f"QEMU could not run it with KVM: {exc}"
+            return False, (f"no ready line within {PROBE_TIMEOUT_S:.0f} s"
+                           f"{' (it printed output, then stalled)' if printed else ', not one console line'}")
+        finally:
+            vm.kill()
+
+
+def _verdict_path(binary: str, probe: Probe) -> Path:
+    st = os.stat(binary)
+    key = json.dumps([os.path.realpath(binary), st.st_size, st.st_mtime_ns, *probe.identity])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    day = datetime.date.today().isoformat()
+    return cache_dir() / "accel" / f"kvm-probe-{digest}-{day}.json"

@@ -1,0 +1,72 @@
+"""fio on the host against the test images: the reference a guest is measured beside.
+
+Rows have guest "host", variant results.HOST_VARIANT and accel "host";
+host_cpu_pct is fio's usr+sys.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import parse_size
+from .errors import InfraError, UserError
+from .matrix import Point, Workload, workloads
+from .proc import run
+from .results import HOST_VARIANT, parse_fio_output, row_from_fio
+from .runstate import Advance, Run, fail_points
+from .util import Say, now_iso
+
+
+def host_fio_argv(disk_path: Path, workload: Workload, runtime_s: int) -> list[str]:
+    return ["fio", "--name=ceiling", f"--filename={disk_path}", "--direct=1",
+            "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={parse_size(workload.bs)}",
+            f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
+            "--group_reporting", "--time_based", f"--runtime={runtime_s}",
+            f"--size={disk_path.stat().st_size}", "--output-format=json"]
+
+
+def host_fio_ceiling(disk_path: str | os.PathLike, workload: Workload, runtime_s: int, *,
+                     run_id: str = "", disk: str | None = None, rep: int = 1,
+                     log_file: Path | None = None) -> dict[str, Any]:
+    """One row: fio on the host against the image (libaio, O_DIRECT)."""
+    if not shutil.which("fio"):
+        raise UserError("the host fio ceiling needs fio (install the Debian package fio)")
+    disk_path = Path(disk_path)
+    started = now_iso()
+    result = run(host_fio_argv(disk_path, workload, runtime_s), timeout=runtime_s + 120,
+                 log_file=log_file, what="host fio ceiling")
+    fio_json = parse_fio_output(result.output)
+    jobs = fio_json.get("jobs") or [{}]
+    cpu = sum(float(j.get("usr_cpu", 0.0)) + float(j.get("sys_cpu", 0.0)) for j in jobs)
+    return row_from_fio(fio_json, run_id=run_id, guest="host", variant=HOST_VARIANT,
+                        accel="host", disk=disk or disk_path.name, workload=workload, rep=rep,
+                        guest_cpu_pct=None, host_cpu_pct=cpu, log=str(log_file or ""),
+                        started_at=started)
+
+
+def host_points(run: Run) -> list[Point]:
+    """The host-ceiling points of the run not yet finished ok."""
+    done = run.writer.done_keys()
+    points = [Point("host", HOST_VARIANT, disk.name, workload, rep)
+              for rep in range(1, run.config.repetitions + 1)
+              for disk in run.config.disks for workload in workloads(run.config)]
+    return [p for p in points if p.key not in done]
+
+
+def run_host_ceiling(run: Run, say: Say, advance: Advance) -> None:
+    """fio on the host against each image, every workload and repetition."""
+    for point in host_points(run):
+        log_file = run.log_path(f"{point.key}.fio.json")
+        try:
+            row = host_fio_ceiling(run.disks[point.disk], point.workload,
+                                   run.config.workloads.runtime_s, run_id=run.run_id,
+                                   disk=point.disk, rep=point.rep, log_file=log_file)
+            row["log"] = run.relative(log_file)
+            run.writer.append(row)
+        except InfraError as exc:
+            say(f"{point.key}: failed: {exc}")
+            fail_points(run, [point], str(exc), log_file)
+        advance(point.key)

@@ -1,0 +1,101 @@
+"""Sessions with the bare-metal micro-guest: one short boot per point; the hostile cases.
+
+The micro-guest drives virtio-blk itself and reports on the serial port, so
+there is no SSH and no guest OS between the benchmark and the host I/O path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+from pathlib import Path
+
+from .config import GuestSpec
+from .errors import InfraError
+from .matrix import Session
+from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, find_line, micro_row,
+                         run_hostile_case, run_microguest_point)
+from .microguest.cmdline import guest_cmdline, microguest_spec
+from .runstate import Advance, Run
+from .util import Say, now_iso
+from .vm import qemu_argv
+
+
+class MicroRunner:
+    def __init__(self, run: Run, spec: GuestSpec, say: Say, kernel: Path):
+        self.run = run
+        self.spec = spec
+        self.say = say
+        self.kernel = kernel
+        self.description = f"bare-metal micro-guest ({spec.wait}), {kernel.name}"
+
+    def run_session(self, session: Session, advance: Advance) -> None:
+        """Each point is its own boot; an InfraError fails that point only."""
+        for point in session.points:
+            log_file = self.run.log_path(f"{point.key}.console.log")
+            self._record_command_line(point.variant, point.workload, point.disk, log_file)
+            started_at = now_iso()
+            try:
+                result = run_microguest_point(
+                    self.run.binaries[point.variant], self.run.accel, self.run.disks[point.disk],
+                    self.run.config.variant(point.variant), point.workload,
+                    self.run.config.workloads.requests, self.spec.wait, log_file,
+                    self.run.config.timeouts.point_s, memory_mb=self.spec.memory_mb,
+                    kernel=self.kernel, warmup=max(1, self.run.config.workloads.requests // 10),
+                    legacy=self.run.legacy[point.variant])
+            except InfraError as exc:
+                self.say(f"{point.key}: failed: {exc}")
+                row = micro_row(self.run.run_id, point, self.run.accel, None,
+                                started_at=started_at, error=str(exc),
+                                log_path=self.run.relative(log_file))
+            else:
+                line = find_line(log_file.read_text(errors="replace"), RESULT_PREFIX)
+                raw = self.run.writer.save_raw(point.key, json.dumps(line, indent=1))
+                row = micro_row(self.run.run_id, point, self.run.accel, result,
+                                started_at=started_at, log_path=self.run.relative(raw))
+            self.run.writer.append(row)
+            advance(point.key)
+
+    def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:
+        if variant in self.run.command_lines:
+            return
+        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait)
+        spec = microguest_spec(self.run.binaries[variant], self.run.accel, self.run.disks[disk],
+                               self.run.config.variant(variant), cmdline, log_file,
+                               kernel=self.kernel, memory_mb=self.spec.memory_mb,
+                               legacy=self.run.legacy[variant])
+        self.run.command_lines[variant] = shlex.join(qemu_argv(spec))
+
+
+def hostile_todo(run: Run) -> list[tuple[str, str]]:
+    """(case, variant) pairs not yet in hostile.csv."""
+    path = run.run_dir / "hostile.csv"
+    done = set()
+    if path.exists():
+        with open(path, newline="") as handle:
+            done = {(r["case"], r["variant"]) for r in csv.DictReader(handle)}
+    return [(case, v.name) for case in HOSTILE_CASES for v in run.config.variants
+            if (case, v.name) not in done]
+
+
+def run_hostile(run: Run, say: Say, kernel: Path, advance: Advance) -> None:
+    """Every malformed-request case against every variant → hostile.csv (resumable)."""
+    path = run.run_dir / "hostile.csv"
+    disk = next(iter(run.disks.values()))
+    for case, name in hostile_todo(run):
+        log_file = run.log_path(f"hostile.{case}.{name}.console.log")
+        result = run_hostile_case(run.binaries[name], run.accel, disk, run.config.variant(name),
+                                  case, log_file, run.config.timeouts.point_s, kernel=kernel,
+                                  legacy=run.legacy[name])
+        row = result.as_row()
+        row["log"] = run.relative(log_file)
+        new_file = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(HOSTILE_COLUMNS))
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+        verdict = "survived" if result.qemu_survived else f"QEMU {result.qemu_state}"
+        say(f"hostile {case} on {name}: {verdict}, guest saw {result.observed}")
+        advance(f"hostile {case} {name}")

@@ -1,0 +1,59 @@
+"""What every runner of a run shares: the resolved run, and how a point fails.
+
+bench.py resolves a Run before the first boot; the runners (fio_runner,
+micro_runner, hostfio) read it and write rows through it.  Data flows one way:
+config → build → guest → vm → runners (this state) → results → report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .accel import Accel
+from .config import BenchConfig
+from .matrix import Point
+from .results import failed_row
+from .results_writer import ResultsWriter
+from .util import now_iso
+
+#: Called once per unit of work done (a point, a hostile case), with its label.
+Advance = Callable[[str], None]
+
+
+@dataclass
+class Run:
+    """Everything one run needs, resolved before the first boot."""
+
+    config: BenchConfig
+    run_dir: Path
+    accel: Accel
+    binaries: dict[str, Path]
+    legacy: dict[str, bool]  # per variant: the binary speaks the 2012 dialect
+    disks: dict[str, Path]
+    writer: ResultsWriter
+    notices: list[str] = field(default_factory=list)
+    command_lines: dict[str, str] = field(default_factory=dict)  # per variant, one boot's
+    boot_seconds: dict[str, float] = field(default_factory=dict)  # launch → SSH ready, per boot
+
+    @property
+    def run_id(self) -> str:
+        return self.run_dir.name
+
+    def log_path(self, name: str) -> Path:
+        path = self.run_dir / "logs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.run_dir))
+
+
+def fail_points(run: Run, points: Iterable[Point], error: str, log_file: Path) -> None:
+    """A failed row for each point, naming the error and the log."""
+    for point in points:
+        run.writer.append(failed_row(
+            run_id=run.run_id, guest=point.guest, variant=point.variant, accel=run.accel.name,
+            disk=point.disk, workload=point.workload, rep=point.rep, error=error,
+            log=run.relative(log_file), started_at=now_iso()))
