@@ -45,9 +45,9 @@ from .results import HOST_VARIANT, failed_row, new_row, parse_fio_output, row_fr
 log = logging.getLogger("harness.microguest")
 
 SOURCE_DIR = Path(__file__).resolve().parent / "microguest"
-SOURCES = ("boot.S", "lib.c", "virtio.c", "main.c", "hostile.c",
+SOURCES = ("boot.S", "lib.c", "virtio.c", "main.c", "hostile.c", "safety.c",
            "hw.h", "virtio.h", "mg.h", "microguest.ld")
-C_SOURCES = ("boot.S", "lib.c", "virtio.c", "main.c", "hostile.c")
+C_SOURCES = ("boot.S", "lib.c", "virtio.c", "main.c", "hostile.c", "safety.c")
 CFLAGS = ("-m32", "-march=i686", "-ffreestanding", "-nostdlib", "-fno-pic", "-fno-pie",
           "-O2", "-g0", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-stack-protector",
           "-fno-asynchronous-unwind-tables", "-mno-sse", "-mno-mmx", "-mno-80387", "-std=gnu11")
