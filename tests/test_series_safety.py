@@ -16,9 +16,10 @@ nor silently misbehaves:
 * thread creation failing (a pids cgroup limit): a clear error, no abort, and
   the device works again after a reset once threads can be created;
 * misaligned guest buffers (mode=misaligned): bounced, the data verified;
-* guest RAM changing under the thread (an ivshmem BAR disabled and moved,
+* guest RAM changing under the thread (an ivshmem BAR moved and disabled,
   mode=ram-change): the thread follows the change and never writes through a
-  stale mapping.
+  stale mapping;
+* failed reads report a used length of 1 (the status byte only).
 
 The tests run on the data-plane builds (dataplane, poll) under TCG.  Tests
 whose path differs under KVM take the accelerator from $HARNESS_SAFETY_ACCELS
@@ -593,6 +594,75 @@ def test_misaligned_buffers_are_bounced(variant, kernel, disk, tmp_path):
     assert result.get("mismatches") == 0, f"data read back wrong: {result}"
     assert result.get("ok") == 1 and result.get("done") == 400, result
     assert status in mg.CLEAN_EXITS
+
+
+# ============================================================ 2. guest RAM changes
+
+
+def rc_pattern(sector: int) -> bytes:
+    """The 4 KiB the micro-guest expects at sector (safety.c: rc_pattern)."""
+    return bytes((sector * 131 + (sector >> 8) * 17 + k * 7 + 0x3C) & 0xFF for k in range(4096))
+
+
+def _ram_change_run(variant: str, kernel: Path, disk: Path, tmp_path: Path,
+                    cmdline: str) -> tuple[dict[str, Any], bytes, dict[int, bytes]]:
+    """Boot mode=ram-change with an ivshmem device; (result, first 4 KiB of
+    the shared memory afterwards, the blocks the host wrote)."""
+    binary, spec = _variant(variant)
+    blocks = {128: rc_pattern(128), 256: rc_pattern(256), 384: rc_pattern(384)}
+    assert len(set(blocks.values())) == 3
+    with open(disk, "r+b") as fh:
+        for sector, data in blocks.items():
+            fh.seek(sector * 512)
+            fh.write(data)
+    shm_name = f"s2-safety-{uuid.uuid4().hex[:8]}"
+    shm = Path("/dev/shm") / shm_name
+    argv = guest_argv(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel,
+                      _qmp_path(), extra=("-device", f"ivshmem,shm={shm_name},size=1M"))
+    try:
+        with running_guest(argv, tmp_path) as guest:
+            result = guest.result(timeout=120)
+            guest.proc.wait(timeout=30)
+        shared = shm.read_bytes()[:4096] if shm.exists() else b""
+    finally:
+        shm.unlink(missing_ok=True)
+    print(f"{variant}: {result}")
+    assert result.get("mode") == "ram-change", f"{result}; {guest.where()}"
+    assert result.get("at_a") == "ok", f"read into the ivshmem BAR: {result}"
+    assert shared, f"no shared memory file {shm}"
+    return result, shared, blocks
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_no_write_into_unmapped_guest_ram(variant, kernel, disk, tmp_path):
+    """ram-change unmap_first=1: the BAR disabled after a read into it, a
+    second read into the same address must fail and must not write the
+    shared memory behind it."""
+    result, shared, blocks = _ram_change_run(variant, kernel, disk, tmp_path,
+                                             "mode=ram-change unmap_first=1 timeout_ms=3000")
+    assert shared != blocks[384], \
+        "the data plane wrote into RAM the guest had unmapped (a stale host pointer)"
+    assert result.get("after_unmap") != "ok", f"read into a disabled BAR succeeded: {result}"
+    assert shared == blocks[128]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_thread_follows_guest_ram_changes(variant, kernel, disk, tmp_path):
+    """mode=ram-change with an ivshmem RAM BAR: a read into the BAR works; the
+    BAR moved, a read into its new address works (the data plane followed
+    the change); the BAR disabled, a read into it fails and leaves the shared
+    memory alone (no write through a stale mapping)."""
+    result, shared, blocks = _ram_change_run(variant, kernel, disk, tmp_path,
+                                             "mode=ram-change timeout_ms=3000")
+    assert result.get("at_b") == "ok", \
+        f"read into the moved BAR failed, the data plane kept the old RAM map: {result}"
+    assert result.get("after_unmap") != "ok", f"read into a disabled BAR succeeded: {result}"
+    assert shared != blocks[384], "the data plane wrote into RAM that the guest had unmapped"
+    assert shared == blocks[256], "the shared memory does not hold the read into the moved BAR"
 
 
 # ============================================================ 8. smaller items

@@ -98,6 +98,7 @@ static void set_option(const char *key, const char *val)
         cfg.hostile = streq(val, "hostile");
         cfg.churn = streq(val, "msix-churn");
         cfg.misaligned = streq(val, "misaligned");
+        cfg.ram_change = streq(val, "ram-change");
     } else if (streq(key, "case")) {
         copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
     } else if (streq(key, "timeout_ms")) {
@@ -106,6 +107,8 @@ static void set_option(const char *key, const char *val)
         cfg.halt = parse_u32(val);
     } else if (streq(key, "churn")) {
         cfg.churn_every = parse_u32(val);
+    } else if (streq(key, "unmap_first")) {
+        cfg.unmap_first = parse_u32(val);
     } else if (streq(key, "indirect")) {
         cfg.indirect = parse_u32(val);
     }
@@ -648,6 +651,8 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
         hostile_run();
     } else if (cfg.misaligned) {
         misaligned_run();
+    } else if (cfg.ram_change) {
+        ram_change_run();
     } else {
         bench();
     }

@@ -21,6 +21,8 @@ struct mg_config {
     int hostile;
     int churn;              /* mode=msix-churn (safety.c) */
     int misaligned;         /* mode=misaligned (safety.c) */
+    int ram_change;         /* mode=ram-change (safety.c) */
+    int unmap_first;        /* ram-change: disable the BAR, do not move it */
     uint32_t churn_every;   /* msix-churn: batches between steps */
     int indirect;           /* bench: one indirect descriptor per request */
     char hostile_case[32];
@@ -43,6 +45,7 @@ void churn_step(void);
 void churn_print(void);
 int churn_ok(void);
 void misaligned_run(void) __attribute__((noreturn));
+void ram_change_run(void) __attribute__((noreturn));
 void mg_finish(int ok) __attribute__((noreturn));
 
 #endif

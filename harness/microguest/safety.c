@@ -16,6 +16,9 @@
  * whose address or length is not a multiple of 512 (a byte offset into a
  * page, a block split into odd-sized descriptors), one request at a time,
  * and compares the data.  Every fourth request is aligned (the control).
+ * With rw=read: the reads only, data not checked (for reads that fail).
+ *
+ * mode=ram-change: see ram_change_run() below.
  */
 #include "mg.h"
 
@@ -362,4 +365,110 @@ void misaligned_run(void)
     out_key_u64("layouts", MIS_LAYOUTS);
     out_str("}\n");
     mg_finish(!errors && !mismatches && !timeouts);
+}
+
+/* ---- guest RAM changing under the device ---- */
+
+#define RC_BLOCK        4096
+#define RC_NEW_BAR      0xd0000000u     /* free: above RAM, below the BIOS's BARs */
+
+/* The byte pattern the host wrote at the 4 KiB block starting at sector. */
+static uint8_t rc_pattern(uint64_t sector, uint32_t k)
+{
+    return (uint8_t)((uint32_t)sector * 131u + (uint32_t)(sector >> 8) * 17u +
+                     k * 7u + 0x3c);
+}
+
+/* Read the block at sector into data (a guest physical address); "ok",
+ * "error", "timeout" or "mismatch" (data checked only if check). */
+static const char *rc_read(uint64_t sector, uintptr_t data, int check,
+                           struct virtio_blk_outhdr *hdr, volatile uint8_t *status)
+{
+    uint32_t k;
+
+    hdr->type = VIRTIO_BLK_T_IN;
+    hdr->ioprio = 0;
+    hdr->sector = sector;
+    *status = 0xff;
+    dev.desc[0].addr = (uintptr_t)hdr;
+    dev.desc[0].len = sizeof(*hdr);
+    dev.desc[0].flags = VRING_DESC_F_NEXT;
+    dev.desc[0].next = 1;
+    dev.desc[1].addr = data;
+    dev.desc[1].len = RC_BLOCK;
+    dev.desc[1].flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+    dev.desc[1].next = 2;
+    dev.desc[2].addr = (uintptr_t)status;
+    dev.desc[2].len = 1;
+    dev.desc[2].flags = VRING_DESC_F_WRITE;
+    dev.desc[2].next = 0;
+    vdev_add(&dev, 0);
+    vdev_kick(&dev);
+    if (!vdev_wait(&dev, WAIT_POLL, rdtsc() + ms_to_cycles(cfg.timeout_ms))) {
+        return "timeout";
+    }
+    dev.last_used++;
+    if (*status != VIRTIO_BLK_S_OK) {
+        return "error";
+    }
+    for (k = 0; check && k < RC_BLOCK; k++) {
+        if (((volatile uint8_t *)data)[k] != rc_pattern(sector, k)) {
+            return "mismatch";
+        }
+    }
+    return "ok";
+}
+
+/*
+ * mode=ram-change: an ivshmem device's RAM BAR is guest RAM for the data
+ * plane.  Read a block into the BAR at its address A; move the BAR to
+ * RC_NEW_BAR (B) and read another block into B, which must work; disable
+ * the BAR and read a third block "into" B, which is no longer RAM and must
+ * not be written (the host checks the shared memory file).  unmap_first=1:
+ * disable the BAR right after the first read and read into A again.
+ */
+void ram_change_run(void)
+{
+    struct virtio_blk_outhdr *hdr = (void *)mg_alloc(4096);
+    volatile uint8_t *status = (volatile uint8_t *)hdr + 64;
+    const char *at_a, *at_b, *gone;
+    uint32_t bar_a;
+    uint16_t cmd;
+    int bdf = pci_find(0x1af4, 0x1110);
+
+    if (bdf < 0 || !hdr) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"ram-change\","
+                "\"error\":\"no-ivshmem\"}\n");
+        mg_finish(0);
+    }
+    cmd = pci_read16(bdf, 0x04);
+    pci_write16(bdf, 0x04, cmd | 0x2);          /* memory decode on */
+    bar_a = pci_read32(bdf, 0x18) & ~0xfu;      /* BAR2: the shared RAM */
+    out_str("MICROGUEST-BEGIN\n");
+
+    at_a = rc_read(8 * 16, bar_a, 1, hdr, status);
+    if (cfg.unmap_first) {
+        /* the RAM goes away at A first: nothing may be written there */
+        pci_write16(bdf, 0x04, cmd & ~0x2);
+        gone = rc_read(8 * 48, bar_a, 0, hdr, status);
+        at_b = "skipped";
+    } else {
+        pci_write32(bdf, 0x18, RC_NEW_BAR);     /* the RAM moves to B */
+        at_b = rc_read(8 * 32, RC_NEW_BAR, 1, hdr, status);
+        pci_write16(bdf, 0x04, cmd & ~0x2);     /* and goes away */
+        gone = rc_read(8 * 48, RC_NEW_BAR, 0, hdr, status);
+    }
+
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(streq(at_a, "ok") && (cfg.unmap_first || streq(at_b, "ok")) &&
+            !streq(gone, "ok"));
+    out_key_str("mode", "ram-change");
+    out_key_u64("bar_a", bar_a);
+    out_key_u64("bar_b", RC_NEW_BAR);
+    out_key_str("at_a", at_a);
+    out_key_str("at_b", at_b);
+    out_key_str("after_unmap", gone);
+    out_str("}\n");
+    mg_finish(streq(at_a, "ok") && !streq(gone, "ok"));
 }
