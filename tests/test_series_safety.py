@@ -19,7 +19,9 @@ nor silently misbehaves:
 * guest RAM changing under the thread (an ivshmem BAR moved and disabled,
   mode=ram-change): the thread follows the change and never writes through a
   stale mapping;
-* failed reads report a used length of 1 (the status byte only).
+* failed reads report a used length of 1 (the status byte only); a broken
+  vring stays broken across a VM stop/cont; the build has no redundant
+  declarations from iov.h.
 
 The tests run on the data-plane builds (dataplane, poll) under TCG.  Tests
 whose path differs under KVM take the accelerator from $HARNESS_SAFETY_ACCELS
@@ -691,3 +693,49 @@ def test_failed_read_reports_only_the_status_byte(variant, kernel, disk, tmp_pat
     assert result.get("errors") == n, f"reads past the end of the file succeeded: {result}"
     assert result.get("bad_used_len") == 0, \
         f"failed reads reported more than the status byte as written: {result}"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_broken_vring_stays_broken_across_stop_cont(variant, kernel, disk, tmp_path):
+    """hostile status-readonly (the request is taken, then the vring is found
+    broken) with pause_ms: QMP stop and cont while the guest waits; the next
+    valid read must still get no completion (broken until reset), and after
+    the guest resets the device it works."""
+    binary, spec = _variant(variant)
+    argv = guest_argv(binary, "tcg", disk, spec,
+                      "mode=hostile case=status-readonly timeout_ms=1500 halt=1 pause_ms=6000",
+                      tmp_path / "console.log", kernel, _qmp_path())
+    with running_guest(argv, tmp_path) as guest:
+        guest.wait_for("MICROGUEST-PAUSE", 90)
+        assert "return" in guest.qmp_cmd("stop")
+        time.sleep(0.5)
+        assert "return" in guest.qmp_cmd("cont")
+        guest.wait_for("MICROGUEST-HALT", 90)
+        result = mg.find_line(guest.text(), mg.HOSTILE_PREFIX)
+        assert_clean_quit(guest)
+    print(f"{variant}: {result}")
+    assert result is not None and result.get("case") == "status-readonly", guest.where()
+    assert result.get("observed") == "no-completion", result
+    assert result.get("after_pause") == "timeout", \
+        f"stop/cont made a broken vring work again: {result}"
+    assert result.get("device_ok") == 1, f"the device did not work after a reset: {result}"
+
+
+@pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
+def test_build_has_no_redundant_declarations(variant):
+    """iosched.h includes iov.h again after virtio-blk.c did: without an
+    include guard in iov.h, GCC warns (-Wredundant-decls) on every build."""
+    from harness.paths import cache_dir
+
+    built_binary_or_skip(variant)
+    log = cache_dir() / "build" / variant / "build.log"
+    if not log.is_file():
+        pytest.skip(f"no build log {log}")
+    text = log.read_text(errors="replace")
+    if "virtio-blk.o" not in text:
+        pytest.skip(f"{log} is not of a build that compiled hw/virtio-blk.c")
+    redundant = [line for line in text.splitlines()
+                 if "redundant redeclaration" in line and "iov.h" in line]
+    assert not redundant, f"{len(redundant)} redundant declarations: {redundant[:3]}"

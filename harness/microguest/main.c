@@ -107,6 +107,8 @@ static void set_option(const char *key, const char *val)
         cfg.halt = parse_u32(val);
     } else if (streq(key, "churn")) {
         cfg.churn_every = parse_u32(val);
+    } else if (streq(key, "pause_ms")) {
+        cfg.pause_ms = parse_u32(val);
     } else if (streq(key, "unmap_first")) {
         cfg.unmap_first = parse_u32(val);
     } else if (streq(key, "indirect")) {

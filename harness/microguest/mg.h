@@ -25,6 +25,7 @@ struct mg_config {
     int unmap_first;        /* ram-change: disable the BAR, do not move it */
     uint32_t churn_every;   /* msix-churn: batches between steps */
     int indirect;           /* bench: one indirect descriptor per request */
+    uint32_t pause_ms;      /* hostile: pause after a broken ring (safety) */
     char hostile_case[32];
     uint32_t timeout_ms;    /* per-wait timeout */
     int halt;               /* halt instead of power off at the end */
