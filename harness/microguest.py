@@ -15,7 +15,8 @@ Guest command line (QEMU -append), all optional::
 
     rw=randread|randwrite|read|write|randrw  bs=4096  qd=16  n=20000  warmup=0
     seq=0|1  rwmix=50  wait=poll|irq|intx  verify=0|1  seed=1
-    mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1
+    mode=bench|hostile|msix-churn|misaligned|ram-change  case=NAME  timeout_ms=10000  halt=0|1
+    churn=4  indirect=0|1  unmap_first=0|1  pause_ms=0   (see microguest/README.md)
 """
 
 from __future__ import annotations
