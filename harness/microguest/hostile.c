@@ -161,6 +161,7 @@ static int canary_intact(void)
 void hostile_run(void)
 {
     const char *pre, *observed, *followup = "skipped", *after_reset = "skipped";
+    const char *after_pause = "skipped";
     const char *verdict, *err;
     uintptr_t area = mg_alloc(3 * 4096);
     int built, completed;
@@ -229,6 +230,17 @@ void hostile_run(void)
     } else {
         observed = "no-completion";
         verdict = (dev_status & VIRTIO_S_NEEDS_RESET) ? "needs-reset" : "no-completion";
+        if (cfg.pause_ms) {
+            /* the harness stops and continues the VM meanwhile: a broken
+             * device must stay broken until it is reset */
+            uint64_t until = rdtsc() + ms_to_cycles(cfg.pause_ms);
+
+            out_str("MICROGUEST-PAUSE\n");
+            while (rdtsc() < until) {
+                cpu_relax();
+            }
+            after_pause = probe_read();
+        }
     }
     if (!completed || !streq(followup, "ok")) {
         err = vdev_init(&dev, dev.ring_mem, WAIT_POLL);
@@ -248,6 +260,9 @@ void hostile_run(void)
     out_key_u64("dev_status", dev_status);
     out_key_u64("needs_reset", (dev_status & VIRTIO_S_NEEDS_RESET) != 0);
     out_key_str("followup", followup);
+    if (cfg.pause_ms) {
+        out_key_str("after_pause", after_pause);
+    }
     out_key_str("after_reset", after_reset);
     out_key_u64("device_ok", streq(followup, "ok") || streq(after_reset, "ok"));
     out_key_u64("canary_ok", canary_intact());

@@ -130,11 +130,13 @@ uint64_t ms_to_cycles(uint32_t ms);
 /* interrupts */
 #define VEC_TIMER       0x30
 #define VEC_MSIX_QUEUE  0x41
+#define VEC_MSIX_QUEUE2 0x42            /* MSI-X entry 1 (mode=msix-churn) */
 #define VEC_PIC_BASE    0x20
 #define VEC_SPURIOUS    0xff
 #define LAPIC_BASE      0xfee00000u
 
 extern volatile uint32_t irq_count;
+extern volatile uint32_t irq_count_alt;     /* of VEC_MSIX_QUEUE2 */
 extern volatile uint32_t timer_ticks;
 extern volatile uint32_t unexpected_irqs;
 void idt_init(void);

@@ -245,6 +245,7 @@ static struct idt_entry idt[256] __attribute__((aligned(16)));
 extern const uint32_t isr_table[256];
 
 volatile uint32_t irq_count;
+volatile uint32_t irq_count_alt;
 volatile uint32_t timer_ticks;
 volatile uint32_t unexpected_irqs;
 int intx_line = -1;
@@ -335,6 +336,10 @@ void mg_interrupt(uint32_t vector)
         lapic_write(LAPIC_EOI, 0);
     } else if (vector == VEC_MSIX_QUEUE) {
         irq_count++;
+        lapic_write(LAPIC_EOI, 0);
+    } else if (vector == VEC_MSIX_QUEUE2) {
+        irq_count++;
+        irq_count_alt++;
         lapic_write(LAPIC_EOI, 0);
     } else if (vector >= VEC_PIC_BASE && vector < VEC_PIC_BASE + 16) {
         int line = vector - VEC_PIC_BASE;

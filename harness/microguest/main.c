@@ -96,12 +96,23 @@ static void set_option(const char *key, const char *val)
         cfg.seed = parse_u32(val);
     } else if (streq(key, "mode")) {
         cfg.hostile = streq(val, "hostile");
+        cfg.churn = streq(val, "msix-churn");
+        cfg.misaligned = streq(val, "misaligned");
+        cfg.ram_change = streq(val, "ram-change");
     } else if (streq(key, "case")) {
         copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
     } else if (streq(key, "timeout_ms")) {
         cfg.timeout_ms = parse_u32(val);
     } else if (streq(key, "halt")) {
         cfg.halt = parse_u32(val);
+    } else if (streq(key, "churn")) {
+        cfg.churn_every = parse_u32(val);
+    } else if (streq(key, "pause_ms")) {
+        cfg.pause_ms = parse_u32(val);
+    } else if (streq(key, "unmap_first")) {
+        cfg.unmap_first = parse_u32(val);
+    } else if (streq(key, "indirect")) {
+        cfg.indirect = parse_u32(val);
     }
 }
 
@@ -267,6 +278,7 @@ struct slot {
 #define MAX_QD 256
 
 static struct slot slots[MAX_QD];
+static struct vring_desc *tables;   /* indirect=1: 3 descriptors per slot */
 static struct virtio_blk_outhdr *hdrs;
 static volatile uint8_t *statuses;
 static uintptr_t bufs;
@@ -294,7 +306,8 @@ static uint64_t pick_sector(void)
 static void submit(uint32_t i, enum phase_kind kind)
 {
     struct slot *s = &slots[i];
-    uint16_t head = 3 * i;
+    uint16_t head = tables ? i : 3 * i;
+    struct vring_desc *chain = tables ? &tables[3 * i] : &dev.desc[head];
     int is_write;
 
     s->sector = pick_sector();
@@ -314,7 +327,7 @@ static void submit(uint32_t i, enum phase_kind kind)
     hdrs[i].type = is_write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
     hdrs[i].ioprio = 0;
     hdrs[i].sector = s->sector;
-    dev.desc[head + 1].flags = VRING_DESC_F_NEXT | (is_write ? 0 : VRING_DESC_F_WRITE);
+    chain[1].flags = VRING_DESC_F_NEXT | (is_write ? 0 : VRING_DESC_F_WRITE);
     statuses[i] = 0xff;
     vdev_add(&dev, head);
     s->t_submit = rdtsc();
@@ -347,7 +360,7 @@ static void run_phase(uint32_t n, enum phase_kind kind, struct phase_stats *st, 
         used_idx = vdev_used_idx(&dev);
         while (dev.last_used != used_idx) {
             uint32_t id = dev.used->ring[vring_slot(&dev, dev.last_used)].id;
-            uint32_t k = id / 3;
+            uint32_t k = tables ? id : id / 3;
             uint64_t lat;
 
             dev.last_used++;
@@ -381,6 +394,9 @@ static void run_phase(uint32_t n, enum phase_kind kind, struct phase_stats *st, 
         }
         if (resubmitted) {
             vdev_kick(&dev);
+        }
+        if (cfg.churn) {
+            churn_step();
         }
     }
     st->t_end = rdtsc();
@@ -418,11 +434,12 @@ static void print_result(const struct phase_stats *st, const struct phase_stats 
     uint32_t i;
     int first = 1;
     int ok = !error && !st->timed_out && st->done == cfg.n && !st->errors
-             && !(check && (check->errors || check->mismatches || check->timed_out));
+             && !(check && (check->errors || check->mismatches || check->timed_out))
+             && !(cfg.churn && !churn_ok());
 
     out_str("\nMICROGUEST-RESULT {\"ok\":");
     out_u64(ok);
-    out_key_str("mode", "bench");
+    out_key_str("mode", cfg.churn ? "msix-churn" : "bench");
     out_key_str("rw", cfg.rw);
     out_key_u64("bs", cfg.bs);
     out_key_u64("qd", qd);
@@ -470,6 +487,9 @@ static void print_result(const struct phase_stats *st, const struct phase_stats 
         out_char(']');
     }
     out_char(']');
+    if (cfg.churn) {
+        churn_print();
+    }
     if (error) {
         out_key_str("error", error);
     } else if (st->timed_out) {
@@ -505,8 +525,11 @@ static void bench(void)
     int verify = cfg.verify && writes;
 
     qd = cfg.qd;
-    if (qd > dev.qsize / 3) {
-        qd = dev.qsize / 3;
+    if (cfg.indirect && !(dev.guest_features & (1u << VIRTIO_RING_F_INDIRECT_DESC))) {
+        fail("no-indirect-descriptors");
+    }
+    if (qd > (cfg.indirect ? dev.qsize : dev.qsize / 3)) {
+        qd = cfg.indirect ? dev.qsize : dev.qsize / 3;
     }
     if (qd > MAX_QD) {
         qd = MAX_QD;
@@ -528,20 +551,30 @@ static void bench(void)
     hdrs = (struct virtio_blk_outhdr *)mg_alloc(qd * sizeof(*hdrs));
     statuses = (volatile uint8_t *)mg_alloc(qd);
     bufs = mg_alloc(qd * cfg.bs);
-    if (!hdrs || !statuses || !bufs) {
+    if (cfg.indirect) {
+        tables = (struct vring_desc *)mg_alloc(qd * 3 * sizeof(*tables));
+    }
+    if (!hdrs || !statuses || !bufs || (cfg.indirect && !tables)) {
         fail("out-of-guest-memory");
     }
     for (i = 0; i < qd; i++) {
-        struct vring_desc *d = &dev.desc[3 * i];
+        struct vring_desc *d = tables ? &tables[3 * i] : &dev.desc[3 * i];
+        uint16_t base = tables ? 0 : 3 * i;
 
+        if (tables) {
+            dev.desc[i].addr = (uintptr_t)d;
+            dev.desc[i].len = 3 * sizeof(*d);
+            dev.desc[i].flags = VRING_DESC_F_INDIRECT;
+            dev.desc[i].next = 0;
+        }
         d[0].addr = (uintptr_t)&hdrs[i];
         d[0].len = sizeof(hdrs[i]);
         d[0].flags = VRING_DESC_F_NEXT;
-        d[0].next = 3 * i + 1;
+        d[0].next = base + 1;
         d[1].addr = bufs + i * cfg.bs;
         d[1].len = cfg.bs;
         d[1].flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
-        d[1].next = 3 * i + 2;
+        d[1].next = base + 2;
         d[2].addr = (uintptr_t)&statuses[i];
         d[2].len = 1;
         d[2].flags = VRING_DESC_F_WRITE;
@@ -609,9 +642,19 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
     if (cfg.wait == WAIT_INTX && !cfg.hostile) {
         pic_init(dev.intx_line);
     }
+    if (cfg.churn) {
+        err = churn_setup();
+        if (err) {
+            fail(err);
+        }
+    }
     if (cfg.hostile) {
         cfg.wait = WAIT_POLL;
         hostile_run();
+    } else if (cfg.misaligned) {
+        misaligned_run();
+    } else if (cfg.ram_change) {
+        ram_change_run();
     } else {
         bench();
     }

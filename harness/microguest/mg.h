@@ -19,6 +19,13 @@ struct mg_config {
     int verify;
     uint32_t seed;
     int hostile;
+    int churn;              /* mode=msix-churn (safety.c) */
+    int misaligned;         /* mode=misaligned (safety.c) */
+    int ram_change;         /* mode=ram-change (safety.c) */
+    int unmap_first;        /* ram-change: disable the BAR, do not move it */
+    uint32_t churn_every;   /* msix-churn: batches between steps */
+    int indirect;           /* bench: one indirect descriptor per request */
+    uint32_t pause_ms;      /* hostile: pause after a broken ring (safety) */
     char hostile_case[32];
     uint32_t timeout_ms;    /* per-wait timeout */
     int halt;               /* halt instead of power off at the end */
@@ -32,6 +39,14 @@ extern uintptr_t ram_end;
 uintptr_t mg_alloc(uint32_t bytes);
 
 void hostile_run(void);
+
+/* safety.c */
+const char *churn_setup(void);
+void churn_step(void);
+void churn_print(void);
+int churn_ok(void);
+void misaligned_run(void) __attribute__((noreturn));
+void ram_change_run(void) __attribute__((noreturn));
 void mg_finish(int ok) __attribute__((noreturn));
 
 #endif

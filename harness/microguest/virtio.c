@@ -57,6 +57,7 @@ static const char *msix_setup(struct vdev *d)
         return "msix-bar-unassigned";
     }
     entry = bar + (table & ~7u);        /* entry 0: the queue */
+    d->msix_table = entry;
     writel(entry + 0, LAPIC_BASE);      /* destination: APIC ID 0 */
     writel(entry + 4, 0);
     writel(entry + 8, VEC_MSIX_QUEUE);  /* fixed, edge */

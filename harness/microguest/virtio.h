@@ -86,6 +86,7 @@ struct vdev {
     uint16_t avail_idx;             /* driver's shadow of avail->idx */
     uint16_t last_used;
     int msix;
+    uintptr_t msix_table;           /* MSI-X table (memory BAR) */
     int intx_line;
     uint64_t capacity;              /* 512-byte sectors */
     uint32_t notifies;
