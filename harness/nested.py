@@ -42,7 +42,9 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -317,8 +319,7 @@ class L1:
                              f"{self.console_log}")
         for _attempt in range(2):
             try:
-                result = self.conn.run(command, hide=True, warn=True, in_stream=False,
-                                       timeout=timeout)
+                result = _run_interruptible(self.conn, command, timeout)
             except Exception as exc:  # noqa: BLE001 - timeouts, dropped connections
                 # L1 itself stopped answering (seen under a heavily loaded host with
                 # -smp 2): the next command would wait on a dead transport
@@ -411,6 +412,36 @@ class L1:
                 parts.append(f"== L2 monitor: {what}: no answer ({type(exc).__name__}: {exc})")
         parts.append("== L1: " + self.sh(L1_DIAGNOSE, timeout=60, check=False))
         return "\n".join(parts)
+
+
+def _run_interruptible(conn, command: str, timeout: float):
+    """conn.run, but Ctrl-C (or SIGTERM, which the CLI maps to it) stops it.
+
+    invoke answers a KeyboardInterrupt by forwarding it to the remote command
+    and waiting on, so a run would go on to its next point.  Here the signal
+    closes the SSH connection instead, and KeyboardInterrupt is raised once
+    conn.run has returned (with the channel's -1 or an error)."""
+    if threading.current_thread() is not threading.main_thread():
+        return conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    caught: list[int] = []
+
+    def interrupt(signum: int, _frame) -> None:
+        caught.append(signum)
+        conn.close()
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    except Exception:  # noqa: BLE001 - closed under it by interrupt(): the signal wins
+        if caught:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+    return result
 
 
 def _line_with(text: str, marker: str) -> str:

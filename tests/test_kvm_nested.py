@@ -20,10 +20,13 @@ qemu-system-x86_64, a variant not built, L1 without /dev/kvm.
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
+import signal
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -129,8 +132,6 @@ def test_report_names_kvm_nested_and_never_pools_it():
 
 
 def test_an_accel_override_to_kvm_nested_is_checked_like_the_config(tmp_path):
-    from types import SimpleNamespace
-
     from harness.nestedbench import nested_runner
 
     config = parse_config("name: t\nvariants: [baseline, {name: q, binary: qemu-system-x86_64}]\n"
@@ -138,6 +139,26 @@ def test_an_accel_override_to_kvm_nested_is_checked_like_the_config(tmp_path):
     run = SimpleNamespace(config=config)
     with pytest.raises(UserError, match="accel kvm-nested: variant 'q'"):
         nested_runner(run, config.guests[0], print)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_command_in_l1_closes_ssh_and_interrupts(signum):
+    """invoke would forward Ctrl-C to the remote command and wait on; the run must stop."""
+    class Conn:
+        closed = False
+
+        def run(self, command, **_kw):
+            os.kill(os.getpid(), signum)      # arrives while the command runs
+            return SimpleNamespace(exited=-1, stdout="", stderr="")
+
+        def close(self):
+            self.closed = True
+
+    conn = Conn()
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        nested._run_interruptible(conn, "l2-wait /tmp/l2 60", 60)
+    assert conn.closed and signal.getsignal(signal.SIGINT) is before
 
 
 # ----------------------------------------------------------------- L1
