@@ -11,6 +11,7 @@ passes as a data-plane result.
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -20,12 +21,13 @@ from .errors import InfraError, UserError
 from .fio_jobs import GuestStalled, run_fio
 from .matrix import Point, Session
 from .files import append_csv_row
-from .microguest import RESULT_PREFIX, find_line, micro_row
+from .microguest import RESULT_PREFIX, find_line, guest_cmdline, micro_row
 from .micro_runner import hostile_todo, record_hostile
 from .report import WATCHDOG_CSV
 from .results import row_from_fio
 from .runstate import Advance, Run, fail_points
 from .util import Say, now_iso
+from .vm import qemu_argv
 
 WATCHDOG_COLUMNS = ("point", "variant", "hangs", "outcome", "diagnoses")
 
@@ -68,6 +70,11 @@ class _NestedRunner:
     def what(self) -> str:
         raise NotImplementedError
 
+    def record_command_line(self, l1: nested.L1, variant: str, l2_argv: list[str]) -> None:
+        """The manifest's command line of a variant: L0's for L1, then the variant's in L1."""
+        self.run.command_lines.setdefault(
+            variant, f"{shlex.join(qemu_argv(l1.spec))} ; in L1: {shlex.join(l2_argv)}")
+
 
 class NestedMicroRunner(_NestedRunner):
     def what(self) -> str:
@@ -79,6 +86,10 @@ class NestedMicroRunner(_NestedRunner):
         try:
             with _l1(self.run, self.image, session.key, session.disk) as l1:
                 self.run.boot_seconds[f"{session.key}.l1"] = round(l1.boot_seconds, 2)
+                cmdline = guest_cmdline(session.points[0].workload,
+                                        self.run.config.workloads.requests, self.spec.wait)
+                self.record_command_line(l1, session.variant, nested.l2_micro_argv(
+                    self.run.config.variant(session.variant), cmdline, self.spec.memory_mb))
                 while remaining:
                     point = remaining.pop(0)
                     self._point(l1, point)
@@ -142,6 +153,8 @@ class NestedFioRunner(_NestedRunner):
         variant = self.run.config.variant(session.variant)
         try:
             with _l1(self.run, self.image, session.key, session.disk) as l1:
+                self.record_command_line(l1, session.variant, nested.l2_fio_argv(
+                    variant, l1.login, self.spec.memory_mb, self.spec.vcpus))
                 started = time.monotonic()
                 conn = nested.boot_l2_fio(l1, variant, timeouts.boot_s, self.spec.memory_mb,
                                           self.spec.vcpus)
