@@ -227,15 +227,14 @@ def _config_baseline(run_dir: Path) -> str:
     return "baseline"
 
 
-def _sigterm_as_interrupt(signum, frame) -> None:
-    """SIGTERM stops a run like Ctrl-C does: QEMU reaped, finished points kept."""
-    raise KeyboardInterrupt
-
-
 def main() -> None:
+    """SIGTERM stops a run like Ctrl-C does: QEMU reaped, finished points kept."""
     import signal
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    from .proc import interrupt_handler
+
+    signal.signal(signal.SIGINT, interrupt_handler)
+    signal.signal(signal.SIGTERM, interrupt_handler)
     sys.exit(run_cli())
 
 

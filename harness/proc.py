@@ -63,10 +63,17 @@ def run(
             sink.write(f"$ {shlex.join(args)}\n".encode())
             sink.flush()
         try:
-            proc = subprocess.Popen(
-                args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            proc = None
+            with _start_guard:
+                proc = subprocess.Popen(
+                    args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+        except KeyboardInterrupt:
+            if proc is not None:  # interrupted as it started: it must not outlive us
+                kill_group(proc)
+                proc.wait()
+            raise
         except FileNotFoundError as exc:
             raise error(f"{what or args[0]}: program not found: {args[0]}") from exc
         chunks = _pump(proc, sink, timeout, what or args[0], error)
@@ -120,6 +127,41 @@ def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+class _StartGuard:
+    """Holds SIGINT/SIGTERM back while a child is created and its handle stored.
+
+    An interrupt raised inside subprocess.Popen, after the fork but before the
+    Popen object is returned, loses the child's pid: nobody could kill it.  The
+    CLI's handlers (interrupt_handler) ask `deferring()` first; a signal that
+    arrives meanwhile is re-raised as KeyboardInterrupt once the handle is
+    stored, so the caller's cleanup sees the child.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending = False
+
+    def __enter__(self) -> None:
+        self.depth += 1
+
+    def __exit__(self, *exc) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
+_start_guard = _StartGuard()
+
+
+def interrupt_handler(signum, frame) -> None:
+    """SIGINT and SIGTERM as KeyboardInterrupt, held back while a child is being started."""
+    if threading.current_thread() is threading.main_thread() and _start_guard.depth:
+        _start_guard.pending = True
+        return
+    raise KeyboardInterrupt
+
+
 class Process:
     """A long-running program in its own process group, its output in log_file.
 
@@ -139,8 +181,13 @@ class Process:
             out.write(f"$ {shlex.join(self.argv)}\n".encode())
             out.flush()
             try:
-                self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
-                                              stderr=subprocess.STDOUT, start_new_session=True)
+                with _start_guard:
+                    self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                                  stdout=out, stderr=subprocess.STDOUT,
+                                                  start_new_session=True)
+            except KeyboardInterrupt:
+                self.kill()  # interrupted as it started: it must not outlive us
+                raise
             except FileNotFoundError as exc:
                 raise UserError(f"program not found: {self.argv[0]}") from exc
         return self

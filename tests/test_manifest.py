@@ -13,7 +13,7 @@ from harness.manifest import parse_manifest, read_manifest
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
-@pytest.mark.parametrize("run", sorted(p.name for p in RESULTS.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("run", sorted(p.parent.name for p in RESULTS.glob("*/manifest.json")))
 def test_committed_v1_manifests_are_read(run):
     manifest = read_manifest(RESULTS / run)
     assert manifest.schema_version == 1 and manifest.run_id == run

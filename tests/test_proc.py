@@ -58,3 +58,32 @@ def test_process_is_reaped_on_the_way_out(tmp_path):
     assert process.returncode == -9 and not process.running()
     with pytest.raises(UserError, match="program not found"):
         Process(["/no/such/qemu"], tmp_path / "q.log").start()
+
+
+def test_an_interrupt_while_a_child_starts_does_not_lose_it(tmp_path, monkeypatch):
+    """A SIGINT/SIGTERM that lands inside Popen is held until the handle exists;
+    then the child is killed and reaped before the KeyboardInterrupt goes on."""
+    import signal
+    import subprocess as sp
+
+    from harness import proc as proc_mod
+
+    real_popen = sp.Popen
+    started: list[sp.Popen] = []
+
+    def popen_hit_by_signal(*args, **kwargs):
+        child = real_popen(*args, **kwargs)
+        started.append(child)
+        proc_mod.interrupt_handler(signal.SIGINT, None)  # as if the signal came now
+        return child
+
+    monkeypatch.setattr(proc_mod.subprocess, "Popen", popen_hit_by_signal)
+    process = proc_mod.Process(["sleep", "30"], tmp_path / "sleep.log")
+    with pytest.raises(KeyboardInterrupt):
+        process.start()
+    assert started and started[0].poll() is not None  # killed and reaped
+    with pytest.raises(KeyboardInterrupt):
+        proc_mod.run(["sleep", "30"])
+    assert len(started) == 2 and started[1].poll() is not None
+    with pytest.raises(KeyboardInterrupt):  # outside a start, the handler interrupts at once
+        proc_mod.interrupt_handler(signal.SIGTERM, None)
