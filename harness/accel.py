@@ -1,9 +1,10 @@
 """Accelerators as data: what `-machine accel=` gets and what a run records.
 
 The VM builder (vm.py) consumes an Accel; it never compares accelerator names.
-Adding one (say `kvm-nested`: KVM inside an L1 Linux that itself runs under
-TCG) means adding an Accel here and to config.AccelName, plus whatever it
-needs from the VM builder (a `cpu` model, a launcher) as a field of Accel.
+Adding one means adding an Accel here and to config.AccelName, plus whatever
+it needs from the VM builder (a `cpu` model) as a field of Accel.  kvm-nested
+is one: its machine accel and cpu are the L1's (TCG with emulated SVM), and
+`inner` says the point itself runs in an L2 under KVM inside that L1.
 Which accelerator `auto` picks is decided in accelprobe.py.
 """
 
@@ -25,6 +26,9 @@ class Accel:
     machine_accel: str  # the value of -machine accel=
     needs_kvm_device: bool  # /dev/kvm must open
     cpu: str | None = None  # -cpu model, None: QEMU's default
+    #: the point runs one level down: in an L2 under this accel, inside an L1 Linux
+    #: that this Accel's machine_accel and cpu boot (harness/nested.py); None: directly
+    inner: str | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -32,7 +36,9 @@ class Accel:
 
 TCG = Accel("tcg", "tcg", needs_kvm_device=False)
 KVM = Accel("kvm", "kvm", needs_kvm_device=True)
-ACCELS: dict[str, Accel] = {accel.name: accel for accel in (KVM, TCG)}
+#: KVM inside an L1 Linux under TCG with emulated AMD SVM (nested paging).
+KVM_NESTED = Accel("kvm-nested", "tcg", needs_kvm_device=False, cpu="EPYC,+svm", inner="kvm")
+ACCELS: dict[str, Accel] = {accel.name: accel for accel in (KVM, TCG, KVM_NESTED)}
 assert set(ACCELS) == set(get_args(AccelName)), "config.AccelName and ACCELS disagree"
 
 

@@ -139,6 +139,9 @@ def pending_sessions(run: Run) -> list[Session]:
 
 
 def make_runner(run: Run, guest: GuestSpec, assets: GuestAssets, say: Say):
+    if run.accel.inner:  # the point runs in an L2 inside an L1 (accel kvm-nested)
+        from .nestedbench import nested_runner
+        return nested_runner(run, guest, say)
     if guest.kind == "microguest":
         return MicroRunner(run, guest, say, assets.kernel)
     return FioRunner(run, guest, say, assets.images[guest.id])
@@ -172,7 +175,10 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
                 runners[session.guest].run_session(session, progress.advance)
             if host:
                 run_host_ceiling(run, say, progress.advance)
-            if hostile:
+            if hostile and run.accel.inner:
+                from .nestedbench import run_hostile as run_hostile_nested
+                run_hostile_nested(run, say, progress.advance)
+            elif hostile:
                 run_hostile(run, say, assets.kernel, progress.advance)
         status = "complete"
     except UserError:

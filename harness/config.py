@@ -17,7 +17,7 @@ from .errors import UserError
 
 # Each set of names is defined once, here; the tuples are derived from the types.
 BuildName = Literal["baseline", "dataplane", "poll"]  # our builds (build.VARIANT_LAYERS)
-AccelName = Literal["kvm", "tcg"]  # what a run uses and its rows record (accel.ACCELS)
+AccelName = Literal["kvm", "tcg", "kvm-nested"]  # what a run uses and its rows record (accel.ACCELS)
 AccelChoice = Literal["auto", AccelName]  # what a config or --accel may ask for
 WaitMode = Literal["poll", "irq", "intx"]  # how the micro-guest waits for completions
 RwMode = Literal["randread", "randwrite", "read", "write", "randrw"]
@@ -202,6 +202,8 @@ class BenchConfig(_Spec):
             raise ValueError(f"variants: names must be unique, got {names}")
         if self.baseline not in names:
             raise ValueError(f"baseline: {self.baseline!r} is not one of the variants {names}")
+        if self.accel == "kvm-nested":
+            check_kvm_nested(self.variants, self.guests)
         disk_names = [d.name for d in self.disks]
         if len(set(disk_names)) != len(disk_names):
             raise ValueError(f"disks: names must be unique, got {disk_names}")
@@ -227,6 +229,19 @@ class BenchConfig(_Spec):
             if variant.name == name:
                 return variant
         raise UserError(f"unknown variant {name!r}; the config has {[v.name for v in self.variants]}")
+
+
+def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> None:
+    """accel kvm-nested carries our builds and our guests into L1 (harness/nested.py)."""
+    for variant in variants:
+        if not variant.build:
+            raise ValueError(f"variant {variant.name!r}: accel kvm-nested runs built variants "
+                             f"only ({', '.join(BUILT_VARIANTS)}); a system QEMU is not carried "
+                             "into L1")
+    for guest in guests:
+        if guest.kind == "custom":
+            raise ValueError(f"guest {guest.id!r}: accel kvm-nested runs the fio guest and the "
+                             "micro-guest only")
 
 
 #: Fields a `--resume` may change: how long to wait, and the prose.

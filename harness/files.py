@@ -1,10 +1,12 @@
-"""Small file helpers shared by the modules: content hashes and atomic JSON."""
+"""Small file helpers shared by the modules: content hashes, atomic JSON, CSV rows appended."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
+from typing import Sequence
 
 
 def sha256_file(path: Path) -> str:
@@ -21,3 +23,13 @@ def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def append_csv_row(path: Path, columns: Sequence[str], row: dict) -> None:
+    """One row appended to a CSV file; the header first when the file is new."""
+    new_file = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)

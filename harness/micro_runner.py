@@ -14,12 +14,16 @@ from pathlib import Path
 from .config import GuestSpec
 from .errors import InfraError
 from .matrix import Session
-from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, find_line, micro_row,
-                         run_hostile_case, run_microguest_point)
+from .files import append_csv_row
+from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, HostileResult, find_line,
+                         micro_row, run_hostile_case, run_microguest_point)
 from .microguest.cmdline import guest_cmdline, microguest_spec
 from .runstate import Advance, Run
 from .util import Say, now_iso
 from .vm import qemu_argv
+
+
+HOSTILE_CSV = "hostile.csv"
 
 
 class MicroRunner:
@@ -70,7 +74,7 @@ class MicroRunner:
 
 def hostile_todo(run: Run) -> list[tuple[str, str]]:
     """(case, variant) pairs not yet in hostile.csv."""
-    path = run.run_dir / "hostile.csv"
+    path = run.run_dir / HOSTILE_CSV
     done = set()
     if path.exists():
         with open(path, newline="") as handle:
@@ -81,21 +85,20 @@ def hostile_todo(run: Run) -> list[tuple[str, str]]:
 
 def run_hostile(run: Run, say: Say, kernel: Path, advance: Advance) -> None:
     """Every malformed-request case against every variant → hostile.csv (resumable)."""
-    path = run.run_dir / "hostile.csv"
     disk = next(iter(run.disks.values()))
     for case, name in hostile_todo(run):
         log_file = run.log_path(f"hostile.{case}.{name}.console.log")
         result = run_hostile_case(run.binaries[name], run.accel, disk, run.config.variant(name),
                                   case, log_file, run.config.timeouts.point_s, kernel=kernel,
                                   legacy=run.legacy[name])
-        row = result.as_row()
-        row["log"] = run.relative(log_file)
-        new_file = not path.exists()
-        with open(path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(HOSTILE_COLUMNS))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
-        verdict = "survived" if result.qemu_survived else f"QEMU {result.qemu_state}"
-        say(f"hostile {case} on {name}: {verdict}, guest saw {result.observed}")
+        say(f"hostile {case} on {name}: {record_hostile(run, result, log_file)}")
         advance(f"hostile {case} {name}")
+
+
+def record_hostile(run: Run, result: HostileResult, log_file: Path) -> str:
+    """result as a hostile.csv line; the verdict in words."""
+    row = result.as_row()
+    row["log"] = run.relative(log_file)
+    append_csv_row(run.run_dir / HOSTILE_CSV, HOSTILE_COLUMNS, row)
+    verdict = "survived" if result.qemu_survived else f"QEMU {result.qemu_state}"
+    return f"{verdict}, guest saw {result.observed}"

@@ -9,6 +9,7 @@ ones summary.json holds.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
 from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
 from .summary import PRECISION, RunNumbers, ci_half_width, summary_document
+
+#: accel kvm-nested: one line per point whose L2 run hung at least once (nestedbench.py)
+WATCHDOG_CSV = "watchdog.csv"
 
 
 # --- facts --------------------------------------------------------------------------------
@@ -70,11 +74,15 @@ def accel_banner(accel: str) -> str:
         return "KVM (hardware virtualisation)"
     if accels == {"tcg"}:
         return "TCG (software emulation): absolute numbers are not comparable to KVM"
+    if accels == {"kvm-nested"}:
+        return ("KVM-NESTED (KVM inside an L1 under TCG): functional figures, not KVM speed; "
+                "never pooled with tcg or kvm")
     return f"{accel.upper()} — mixed or unknown accelerator: check each table's accel column"
 
 
 def accel_title(accel: str) -> str:
-    return {"kvm": "KVM", "tcg": "TCG (software emulation)"}.get(accel, accel.upper() or "unknown")
+    return {"kvm": "KVM", "tcg": "TCG (software emulation)",
+            "kvm-nested": "KVM nested in TCG (functional)"}.get(accel, accel.upper() or "unknown")
 
 
 # --- markdown -------------------------------------------------------------------------------
@@ -174,6 +182,35 @@ def _failed_section(df: pd.DataFrame) -> str:
     return "## Failed points\n\n" + md_table(["point", "accel", "error", "log"], rows)
 
 
+def watchdog_note(run_dir: Path) -> str:
+    """The report's paragraph on kvm-nested: what the figures are, and the watchdog's count."""
+    lines = ["## accel kvm-nested\n",
+             "Rows with accel `kvm-nested` ran under KVM inside an L1 Linux that itself runs "
+             "under TCG (emulated AMD SVM). They are **functional figures**: they show that the "
+             "KVM path (ioeventfd, irqchip MSI-X routes, injection from the data-plane thread) "
+             "works, not how fast it is — every exit of L2 is emulated by L0. They are never "
+             "pooled with `tcg` or `kvm` rows: every table and ratio is per accelerator."]
+    path = Path(run_dir) / WATCHDOG_CSV
+    if path.exists():
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        hangs = sum(int(r["hangs"]) for r in rows)
+        failed = sum(r["outcome"] == "failed" for r in rows)
+        lines.append(f"\nThe L2 watchdog caught {hangs} hung run(s) on {len(rows)} point(s) "
+                     f"({failed} point(s) failed after the retries; the others are ok rows "
+                     f"whose error column says so); see `{WATCHDOG_CSV}` and the .hang.txt "
+                     "diagnoses.")
+    else:
+        lines.append("\nThe L2 watchdog caught no hung run.")
+    return "\n".join(lines)
+
+
+def _kvm_nested_section(df: pd.DataFrame, run_dir: Path) -> str:
+    if not (df["accel"] == "kvm-nested").any():
+        return ""
+    return watchdog_note(run_dir)
+
+
 def _hostile_section(run_dir: Path) -> str:
     path = run_dir / "hostile.csv"
     if not path.exists():
@@ -252,14 +289,15 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     numbers = RunNumbers.of(df, baseline)
     title = accel_title(facts["accel"]) if "," not in facts["accel"] else facts["accel"]
     images = _draw(numbers, run_dir / "plots", title)
-    comparison = published.compare_with_published(df, baseline, facts)
+    # kvm-nested rows are functional figures: never beside the published ones
+    comparison = published.compare_with_published(df[df["accel"] != "kvm-nested"], baseline, facts)
     published_images = plots.plot_published(comparison.ratios, run_dir / "plots" / "published",
                                             title)
     sections = [f"# Benchmark report: {facts['run_id']}",
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
                 _facts_section(facts), _summary_section(numbers),
                 _plots_section(images), _failed_section(df), _hostile_section(run_dir),
-                _published_section(comparison, published_images), _METHOD]
+                _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
     json_path = None

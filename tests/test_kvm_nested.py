@@ -1,0 +1,392 @@
+"""accel kvm-nested: the variants under a real KVM, one level down (harness/nested.py).
+
+Pure tests of the command lines and the config rule run everywhere.  The rest
+boots ONE L1 Linux (Debian's QEMU under TCG, emulated AMD SVM) for the whole
+module and runs every check in L2 under L1's KVM, on dataplane and poll, and
+on baseline as the reference:
+
+* the micro-guest, polling / MSI-X / INTx completions, write-then-read verify;
+* every malformed-request case (the data-plane variants must survive all);
+* the Linux fio guest: fio write+verify (crc32c) at 4k/64k, QD1/32; files on
+  ext2 with checksums and raw sectors, then system_reset while fio runs: after
+  the reboot the files read the same and I/O works; QMP quit while fio runs:
+  the L2 QEMU is gone within 5 s.
+
+An L2 micro-guest run that hangs (README, "accel: kvm-nested") is retried by
+the watchdog and reported; a point that hangs every time fails.  Skips: no
+qemu-system-x86_64, a variant not built, L1 without /dev/kvm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import signal
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness import nested
+from harness.accel import accel_named
+from harness.config import VariantSpec, parse_config
+from harness.errors import UserError
+from harness.guest import GuestImage
+from harness.matrix import Workload
+from harness.microguest import HOSTILE_CASES
+from harness.paths import cache_dir
+from harness.vm import qemu_argv
+
+VARIANTS = ("dataplane", "poll", "baseline")
+DATA_PLANE = ("dataplane", "poll")
+MICRO_N = 1000
+DISK_MB = 96
+
+LOGIN = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"), append="console=ttyS0",
+                   ssh_user="root", ssh_key=Path("k/id_rsa"), description="test guest")
+
+
+# ----------------------------------------------------------------- pure
+
+
+def test_kvm_nested_is_an_accel_whose_points_run_under_kvm_one_level_down():
+    accel = accel_named("kvm-nested")
+    assert (accel.machine_accel, accel.cpu, accel.inner) == ("tcg", "EPYC,+svm", "kvm")
+    assert not accel.needs_kvm_device
+    assert accel_named("tcg").inner is None and accel_named("kvm").inner is None
+
+
+def test_l1_argv_emulates_svm_and_forwards_three_ports():
+    image = nested.L1Image(Path("k/vmlinuz"), Path("n/l1.cpio"), ("dataplane",), False, "x")
+    ports = nested.L1Ports(5001, 5002, 5003)
+    spec = nested.l1_spec("qemu-system-x86_64", image, Path("d/disk,1.img"), ports,
+                          Path("r/l1.log"), Path("r/l1.qmp"), vcpus=2,
+                          kernel_args="kvm_amd.vgif=0")
+    argv = qemu_argv(spec)
+    text = shlex.join(argv)
+    assert argv[argv.index("-cpu") + 1] == "EPYC,+svm"
+    assert argv[argv.index("-machine") + 1] == "pc,accel=tcg"
+    assert argv[argv.index("-smp") + 1] == "2"
+    assert "file=d/disk,,1.img" in text and "cache=writeback" in text  # commas doubled
+    for fwd in ("tcp:127.0.0.1:5001-:22", "tcp:127.0.0.1:5002-:2222", "tcp:127.0.0.1:5003-:4444"):
+        assert fwd in text
+    assert argv[argv.index("-append") + 1].endswith("kvm_amd.vgif=0")
+    assert argv.count("-drive") == 1 and argv.count("-netdev") == 1
+
+
+def test_l2_micro_argv_runs_the_variant_under_kvm_in_l1():
+    argv = nested.l2_micro_argv(VariantSpec(name="poll"), "mode=bench", 128, ("-no-kvm-irqchip",))
+    assert argv[0] == "/opt/harness/poll/qemu-system-x86_64"
+    assert argv[argv.index("-machine") + 1] == "pc,accel=kvm"
+    assert "-S" not in argv and "-cpu" not in argv
+    assert argv[argv.index("-L") + 1] == "/opt/harness/poll/pc-bios"
+    assert "file=/dev/vda," in argv[argv.index("-drive") + 1]
+    assert argv[argv.index("-qmp") + 1] == "tcp:0.0.0.0:4444,server,nowait"
+    assert argv[-1] == "-no-kvm-irqchip"
+
+
+def test_l2_fio_argv_opens_the_ssh_forward_to_l1s_network():
+    argv = nested.l2_fio_argv(VariantSpec(name="dataplane"), LOGIN)
+    text = shlex.join(argv)
+    assert "hostfwd=tcp::2222-:22" in text and "127.0.0.1" not in text
+    assert argv.count("-qmp") == 1 and argv[argv.index("-qmp") + 1].startswith("tcp:0.0.0.0:4444")
+    assert argv[argv.index("-kernel") + 1] == "/opt/harness/l2/vmlinuz"
+    assert "pc,accel=kvm" in argv
+    assert argv[argv.index("-append") + 1].endswith(" quiet")
+
+
+def test_system_qemu_variant_is_refused():
+    with pytest.raises(UserError, match="built variants only"):
+        nested.l2_micro_argv(VariantSpec(name="q", binary="qemu-system-x86_64"), "")
+    text = ("name: t\nvariants: [baseline, {name: q, binary: qemu-system-x86_64}]\n"
+            "disks: [{path: /tmp/x.img}]\naccel: kvm-nested\n")
+    with pytest.raises(UserError, match="variant 'q': accel kvm-nested runs built variants only"):
+        parse_config(text)
+    assert parse_config(text.replace(", {name: q, binary: qemu-system-x86_64}", "")).accel == \
+        "kvm-nested"
+
+
+def test_watchdog_note_counts_hangs(tmp_path):
+    from harness.nestedbench import WATCHDOG_COLUMNS
+    from harness.report import watchdog_note
+
+    assert "caught no hung run" in watchdog_note(tmp_path)
+    (tmp_path / "watchdog.csv").write_text(",".join(WATCHDOG_COLUMNS) + "\n"
+                                           "p1,poll,1,ok after retry,a\np2,poll,3,failed,b\n")
+    note = watchdog_note(tmp_path)
+    assert "caught 4 hung run(s) on 2 point(s) (1 point(s) failed" in note
+    assert "functional figures" in note
+
+
+def test_report_names_kvm_nested_and_never_pools_it():
+    from harness import stats
+    from harness.report import accel_banner, accel_title
+
+    assert "functional figures" in accel_banner("kvm-nested")
+    assert "never pooled" in accel_banner("kvm-nested")
+    assert accel_title("kvm-nested") == "KVM nested in TCG (functional)"
+    assert "accel" in stats.WORKLOAD_KEYS and "accel" in stats.GROUP_KEYS
+
+
+def test_an_accel_override_to_kvm_nested_is_checked_like_the_config(tmp_path):
+    from harness.nestedbench import nested_runner
+
+    config = parse_config("name: t\nvariants: [baseline, {name: q, binary: qemu-system-x86_64}]\n"
+                          "disks: [{path: /tmp/x.img}]\n")
+    run = SimpleNamespace(config=config)
+    with pytest.raises(UserError, match="accel kvm-nested: variant 'q'"):
+        nested_runner(run, config.guests[0], print)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_command_in_l1_closes_ssh_and_interrupts(signum):
+    """invoke would forward Ctrl-C to the remote command and wait on; the run must stop."""
+    class Conn:
+        closed = False
+
+        def run(self, command, **_kw):
+            os.kill(os.getpid(), signum)      # arrives while the command runs
+            return SimpleNamespace(exited=-1, stdout="", stderr="")
+
+        def close(self):
+            self.closed = True
+
+    conn = Conn()
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        nested._run_interruptible(conn, "l2-wait /tmp/l2 60", 60)
+    assert conn.closed and signal.getsignal(signal.SIGINT) is before
+
+
+# ----------------------------------------------------------------- L1
+
+
+def _binaries() -> dict[str, Path]:
+    found = {}
+    for name in VARIANTS:
+        binary = cache_dir() / "build" / name / "x86_64-softmmu" / "qemu-system-x86_64"
+        if binary.exists():
+            found[name] = binary
+    return found
+
+
+@pytest.fixture(scope="module")
+def l1(tmp_path_factory):
+    """One L1 for the module (all variants and both guests in its image)."""
+    if not shutil.which("qemu-system-x86_64"):
+        pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
+    binaries = _binaries()
+    if not binaries:
+        pytest.skip(f"no variant built in {cache_dir()}: run `harness build`")
+    work = tmp_path_factory.mktemp("kvm-nested")
+    disk = work / "disk.img"
+    with open(disk, "wb") as handle:
+        handle.truncate(DISK_MB << 20)
+    image = nested.prepare_l1_image(binaries, fio_guest=True)
+    machine = nested.L1(image, disk, work / "l1.console.log")
+    try:
+        seconds = machine.boot()
+    except nested.L1Unusable as exc:
+        pytest.skip(f"L1 cannot run KVM here: {exc}")
+    print(f"L1 booted in {seconds:.1f} s")
+    machine.disk = disk
+    machine.work = work
+    yield machine
+    machine.close()
+
+
+def _variant(l1, name: str) -> VariantSpec:
+    if name not in l1.image.builds:
+        pytest.skip(f"variant {name} is not built in {cache_dir()}: run `harness build`")
+    return VariantSpec(name=name)
+
+
+# ----------------------------------------------------------------- micro-guest
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_microguest_verify_under_l1_kvm(l1, variant, record_property):
+    """poll, MSI-X and INTx completions, each writing then reading back what it wrote."""
+    spec = _variant(l1, variant)
+    hangs = nested.Attempts()
+    for wait in ("poll", "irq", "intx"):
+        log = l1.work / f"micro.{variant}.{wait}.console.log"
+        result = nested.run_micro_with_watchdog(l1, spec, Workload("randwrite", "4k", 8, 1),
+                                                MICRO_N, wait, log, hangs, verify=True, seed=5)
+        where = f"{variant} {wait}: console {log}"
+        print(f"{variant} {wait}: {result.iops:.0f} IOPS, irqs {result.raw.get('irqs')}")
+        assert result.ok, f"{result.error or result.raw}; {where}"
+        assert result.wait == wait and result.done == MICRO_N, where
+        assert result.errors == 0 and result.mismatches == 0, where
+        assert result.raw.get("verify") == 1 and result.verified == MICRO_N, where
+        assert result.raw.get("msix") == (1 if wait == "irq" else 0), where
+        if wait != "poll" and result.halted_ns > 0:
+            assert result.raw.get("irqs", 0) > 0, f"halted, yet no interrupt came; {where}"
+        assert result.raw.get("unexpected_irqs", 0) == 0, where
+    record_property("watchdog_hangs", hangs.retries)
+    if hangs.retries:
+        print(f"{variant}: the watchdog caught {hangs.retries} L2 hang(s): {hangs.hangs}")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
+    spec = _variant(l1, variant)
+    outcomes = {}
+    for case in HOSTILE_CASES:
+        result = nested.run_hostile_case(l1, spec, case, l1.disk,
+                                         l1.work / f"hostile.{variant}.{case}.console.log")
+        outcomes[case] = result
+        assert result.accel == "kvm-nested"
+    survived = sum(r.qemu_survived for r in outcomes.values())
+    record_property("survived", survived)
+    print(f"{variant}: survived {survived} of {len(HOSTILE_CASES)}: "
+          + ", ".join(f"{c}={r.observed}" for c, r in outcomes.items()))
+    if variant in DATA_PLANE:
+        dead = {c: f"{r.qemu_state} {r.qemu_message[-120:]}" for c, r in outcomes.items()
+                if not r.qemu_survived}
+        assert not dead, f"{variant} did not survive: {dead}"
+        for case, result in outcomes.items():
+            assert result.guest is not None, f"{case}: the guest did not report"
+    else:
+        # the reference: the 2012 block layer exits on most of them, but never hangs
+        assert all(r.qemu_state != "hung" for r in outcomes.values()), outcomes
+
+
+# ----------------------------------------------------------------- fio guest
+
+VERIFY_JOBS = [(bs, qd) for bs in ("4k", "64k") for qd in (1, 32)]
+VERIFY_MB = 8
+FS_BLOCKS_1K = 32768                 # ext2 on the first 32 MiB
+RAW_OFFSET_MB, RAW_MB = 40, 8        # raw sectors past it
+FILES = {"f-small": (4096, 3), "f-large": (65536, 32), "f-odd": (512, 37)}
+BUSY_OFFSET_MB = 64                  # where fio keeps the disk busy during reset and quit
+L2_BOOT_S = 480                      # a Linux boot in L2 (20-30 s on a quiet host)
+
+
+def _sh(conn, command: str, timeout: float = 300):
+    result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    assert result.exited == 0, f"{command}: exit {result.exited}: {result.stderr[-600:]}"
+    return result.stdout
+
+
+def _verify_command() -> str:
+    argv = ["fio", "--filename=/dev/vda", "--direct=1", "--ioengine=libaio", "--verify=crc32c",
+            "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", f"--size={VERIFY_MB}M",
+            "--output-format=json"]
+    for i, (bs, qd) in enumerate(VERIFY_JOBS):
+        argv += [f"--name=randwrite-{bs}-qd{qd}", "--stonewall", "--rw=randwrite",
+                 f"--bs={bs}", f"--iodepth={qd}", f"--offset={i * VERIFY_MB}M"]
+    return shlex.join(argv)
+
+
+def _busy_fio(conn) -> None:
+    """fio in the background past the file system, long enough to be cut off."""
+    conn.run(f"nohup fio --name=busy --filename=/dev/vda --direct=1 --ioengine=libaio "
+             f"--rw=randrw --bs=4k --iodepth=16 --offset={BUSY_OFFSET_MB}M --size=16M "
+             f"--time_based --runtime=120 >/tmp/busy.log 2>&1 </dev/null &",
+             hide=True, warn=True, in_stream=False, timeout=30)
+    time.sleep(3)
+    out = conn.run("cat /proc/diskstats", hide=True, warn=True, timeout=30).stdout
+    ios = [line.split() for line in out.splitlines() if " vda " in line]
+    assert ios and int(ios[0][3]) + int(ios[0][7]) > 0, "no I/O on /dev/vda in flight"
+
+
+def _checksums(text: str) -> dict[str, str]:
+    return {p[1]: p[0] for p in (ln.split() for ln in text.splitlines())
+            if len(p) == 2 and len(p[0]) == 64}
+
+
+def _ready_count(l1) -> int:
+    from harness.guest import READY_MARKER
+    return l1.l2_file("console.log").count(READY_MARKER)
+
+
+def _wait_ready(l1, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while _ready_count(l1) < count:
+        assert time.monotonic() < deadline, f"L2 did not boot again within {timeout:.0f} s"
+        assert l1.l2_running(), f"the L2 QEMU exited: {l1.l2_file('stderr')[-400:]}"
+        time.sleep(1)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fio_guest_under_l1_kvm(l1, variant, record_property):
+    """verify, files across a system_reset during I/O, I/O after it, quit during I/O."""
+    from harness.fio_jobs import open_connection, run_fio
+    from harness.results import split_fio_output
+
+    spec = _variant(l1, variant)
+    started = time.monotonic()
+    conn = nested.boot_l2_fio(l1, spec, timeout=L2_BOOT_S)
+    record_property("l2_boot_s", round(time.monotonic() - started, 1))
+    try:
+        # 1. fio write + crc32c verify at 4k/64k, QD1/32
+        out = _sh(conn, _verify_command(), timeout=600)
+        _, data = split_fio_output(out)
+        jobs = {job["jobname"]: job for job in data["jobs"]}
+        assert set(jobs) == {f"randwrite-{bs}-qd{qd}" for bs, qd in VERIFY_JOBS}
+        for name, job in jobs.items():
+            assert job["error"] == 0 and job.get("total_err", 0) == 0, name
+            assert job["write"]["io_bytes"] == VERIFY_MB << 20, name
+            assert job["read"]["io_bytes"] == VERIFY_MB << 20, f"{name}: not all verified"
+        # 2. files on ext2 and raw sectors, synced
+        _sh(conn, f"mke2fs -q -F /dev/vda {FS_BLOCKS_1K} && mkdir -p /mnt && "
+                  "mount -t ext2 /dev/vda /mnt")
+        for name, (bs, count) in FILES.items():
+            _sh(conn, f"dd if=/dev/urandom of=/mnt/{name} bs={bs} count={count} 2>/dev/null")
+        _sh(conn, f"dd if=/dev/urandom of=/tmp/raw bs=1M count={RAW_MB} 2>/dev/null && "
+                  f"dd if=/tmp/raw of=/dev/vda bs=1M seek={RAW_OFFSET_MB} conv=fsync 2>/dev/null")
+        before = _checksums(_sh(conn, "cd /mnt && sha256sum " + " ".join(FILES)
+                                + " /tmp/raw && sync"))
+        raw_before = before.pop("/tmp/raw")
+        # 3. system_reset while fio keeps the disk busy
+        _busy_fio(conn)
+        l1.l2_qmp("system_reset")
+    finally:
+        conn.close()
+    _wait_ready(l1, 2, L2_BOOT_S)
+    conn = open_connection(l1.ports.l2_ssh, l1.login, L2_BOOT_S)
+    try:
+        _sh(conn, "mkdir -p /mnt && mount -t ext2 /dev/vda /mnt")
+        after = _checksums(_sh(conn, "cd /mnt && sha256sum " + " ".join(FILES)))
+        sizes = _sh(conn, "cd /mnt && wc -c " + " ".join(FILES))
+        raw_after = _sh(conn, f"dd if=/dev/vda bs=1M skip={RAW_OFFSET_MB} count={RAW_MB} "
+                              "2>/dev/null | sha256sum").split()[0]
+        _sh(conn, "umount /mnt")
+        assert after == before, "files changed across the reset"
+        for name, (bs, count) in FILES.items():
+            assert f"{bs * count} {name}" in sizes, sizes
+        assert raw_after == raw_before, "raw sectors differ after the reset"
+        # L0's image file holds them too (before the fio below writes all over the disk)
+        with open(l1.disk, "rb") as handle:
+            handle.seek(RAW_OFFSET_MB << 20)
+            host = hashlib.sha256(handle.read(RAW_MB << 20)).hexdigest()
+        assert host == raw_before, "the image file does not hold what L2 wrote and synced"
+        run = run_fio(conn, Workload("randrw", "4k", 8, 1), runtime_s=2, ramp_s=0, timeout=120)
+        job = run.data["jobs"][0]
+        assert job["error"] == 0 and job["read"]["iops"] > 0 and job["write"]["iops"] > 0, \
+            "no I/O after the reset"
+        # 4. QMP quit while fio keeps the disk busy: the L2 QEMU is gone within 5 s
+        _busy_fio(conn)
+        asked = time.monotonic()
+        try:
+            l1.l2_qmp("quit", timeout=5)
+        except Exception:  # noqa: BLE001 - QEMU may hang up while answering
+            pass
+        state, status = l1.wait_l2(10)
+        gone_s = time.monotonic() - asked
+    finally:
+        conn.close()
+    record_property("quit_s", round(gone_s, 2))
+    print(f"{variant}: L2 QEMU gone {gone_s:.1f} s after quit (exit status {status})")
+    assert state == "exited", "the L2 QEMU did not exit after QMP quit"
+    assert gone_s < 5.0, f"quit took {gone_s:.1f} s as seen from L0 (5 s allowed)"
