@@ -293,7 +293,8 @@ def _busy_fio(conn) -> None:
              f"--time_based --runtime=120 >/tmp/busy.log 2>&1 </dev/null &",
              hide=True, warn=True, in_stream=False, timeout=30)
     time.sleep(3)
-    out = conn.run("cat /proc/diskstats", hide=True, warn=True, timeout=30).stdout
+    out = conn.run("cat /proc/diskstats", hide=True, warn=True, in_stream=False,
+                   timeout=30).stdout
     ios = [line.split() for line in out.splitlines() if " vda " in line]
     assert ios and int(ios[0][3]) + int(ios[0][7]) > 0, "no I/O on /dev/vda in flight"
 
