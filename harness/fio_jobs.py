@@ -20,6 +20,7 @@ from .errors import InfraError
 from .guest import GuestImage
 from .matrix import Workload
 from .results import parse_fio_output
+from .sshcmd import run_interruptible
 from .util import tail
 
 # paramiko logs every refused attempt while the guest boots as an ERROR with a
@@ -106,7 +107,7 @@ def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s:
     command = f"head -n1 /proc/stat >&2; {fio}; rc=$?; head -n1 /proc/stat >&2; exit $rc"
     started = time.monotonic()
     try:
-        result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+        result = run_interruptible(conn, command, timeout)
     except CommandTimedOut as exc:
         raise GuestStalled(f"fio did not finish within {timeout:.0f} s (the guest or its disk "
                            f"is stalled; reboot before the next point): {fio}") from exc

@@ -42,9 +42,7 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +56,7 @@ from .files import sha256_file
 from .fio_jobs import open_connection
 from .guest import GuestImage, Initramfs
 from .matrix import Workload
+from .sshcmd import run_interruptible
 from .microguest import (HOSTILE_CASES, HOSTILE_PREFIX, RESULT_PREFIX, HostileResult, MicroResult,
                          build_microguest, find_line, guest_cmdline, hostile_cmdline,
                          microguest_spec, parse_result)
@@ -319,7 +318,7 @@ class L1:
                              f"{self.console_log}")
         for _attempt in range(2):
             try:
-                result = _run_interruptible(self.conn, command, timeout)
+                result = run_interruptible(self.conn, command, timeout)
             except Exception as exc:  # noqa: BLE001 - timeouts, dropped connections
                 # L1 itself stopped answering (seen under a heavily loaded host with
                 # -smp 2): the next command would wait on a dead transport
@@ -414,36 +413,6 @@ class L1:
         return "\n".join(parts)
 
 
-def _run_interruptible(conn, command: str, timeout: float):
-    """conn.run, but Ctrl-C (or SIGTERM, which the CLI maps to it) stops it.
-
-    invoke answers a KeyboardInterrupt by forwarding it to the remote command
-    and waiting on, so a run would go on to its next point.  Here the signal
-    closes the SSH connection instead, and KeyboardInterrupt is raised once
-    conn.run has returned (with the channel's -1 or an error)."""
-    if threading.current_thread() is not threading.main_thread():
-        return conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-    caught: list[int] = []
-
-    def interrupt(signum: int, _frame) -> None:
-        caught.append(signum)
-        conn.close()
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
-    except Exception:  # noqa: BLE001 - closed under it by interrupt(): the signal wins
-        if caught:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
-    return result
-
-
 def _line_with(text: str, marker: str) -> str:
     return next((ln.strip() for ln in text.splitlines() if marker in ln), "")
 
@@ -515,11 +484,14 @@ class Attempts:
 def run_micro_point(l1: L1, variant: VariantSpec, workload: Workload, requests: int, wait: str,
                     console_log: Path, *, verify: bool = False, warmup: int = 0, seed: int = 1,
                     memory_mb: int = 128, watchdog_s: float = MICRO_WATCHDOG_S,
-                    l2_args: tuple[str, ...] = ()) -> MicroResult:
+                    l2_args: tuple[str, ...] = (), guest_args: str = "") -> MicroResult:
     """One micro-guest run in L2 under L1's KVM; L2Hang when the watchdog fires.
 
-    l2_args: more options for the 2012 QEMU (e.g. -no-kvm-irqchip)."""
+    l2_args: more options for the 2012 QEMU (e.g. -no-kvm-irqchip); guest_args:
+    more of the micro-guest's own (e.g. mode=msix-churn churn=4)."""
     cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
+    if guest_args:
+        cmdline = f"{cmdline} {guest_args}"
     l1.start_l2(l2_micro_argv(variant, cmdline, memory_mb, l2_args))
     started = time.monotonic()
     state, status = l1.wait_l2(watchdog_s, RESULT_PREFIX.strip())

@@ -340,3 +340,15 @@ def test_host_fio_ceiling(disk):
     assert tuple(row) == COLUMNS
     assert row["variant"] == HOST_VARIANT and row["status"] == "ok" and row["iops"] > 0
     assert row["lat_p50_us"] <= row["lat_p99_us"]
+
+
+def test_churn_faults_name_each_count_behind_them():
+    clean = {"churn": {"masks": 94, "retargets": 93, "irqs_entry1": 300, "pending_set": 41},
+             "unexpected_irqs": 0}
+    assert mg.churn_faults(clean) == []
+    raced = {**clean, "churn": {**clean["churn"], "pending_missing": 3, "irq_while_masked": 1}}
+    faults = mg.churn_faults(raced)
+    assert faults == ["an MSI-X message arrived while the vector was masked (1×)",
+                      "a completion while masked left the pending bit clear (3×)"]
+    idle = mg.churn_faults({"churn": {"masks": 2, "retargets": 1}})
+    assert any("too little churn" in f for f in idle) and any("re-targeted" in f for f in idle)

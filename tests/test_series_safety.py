@@ -310,13 +310,7 @@ def test_msix_mask_and_retarget_lose_no_completion(variant, accel, kernel, disk,
     assert result.get("mode") == "msix-churn", f"{result}; {where}"
     assert result.get("done") == n and result.get("errors") == 0, f"{result}; {where}"
     assert not result.get("timed_out"), f"a completion never came: {result}; {where}"
-    assert churn.get("masks", 0) > 10 and churn.get("retargets", 0) > 10, churn
-    assert churn.get("retarget_rejected") == 0, churn
-    assert churn.get("irq_while_masked") == 0, f"an MSI-X message while masked: {churn}"
-    assert churn.get("pending_missing") == 0, f"completion while masked, no pending bit: {churn}"
-    assert churn.get("pending_lost") == 0, f"pending interrupt not delivered on unmask: {churn}"
-    assert churn.get("irqs_entry1", 0) > 0, f"no interrupt on the re-targeted entry: {churn}"
-    assert result.get("unexpected_irqs") == 0, result
+    assert not mg.churn_faults(result), f"{mg.churn_faults(result)}: {churn}; {where}"
     assert result.get("ok") == 1, f"{result}; {where}"
     assert status in mg.CLEAN_EXITS, f"QEMU exit status {status}; {where}"
 

@@ -23,12 +23,12 @@ The package, one job a module:
 from .cmdline import CLEAN_EXITS, guest_cmdline, hostile_cmdline, microguest_spec
 from .elf import SOURCE_DIR, build_microguest
 from .hostile import HOSTILE_CASES, HOSTILE_COLUMNS, HostileResult, run_hostile_case
-from .output import (BEGIN_MARK, END_MARK, HOSTILE_PREFIX, RESULT_PREFIX, MicroResult, find_line,
-                     hist_percentile, micro_row, parse_result)
+from .output import (BEGIN_MARK, END_MARK, HOSTILE_PREFIX, RESULT_PREFIX, MicroResult, churn_faults,
+                     find_line, hist_percentile, micro_row, parse_result)
 from .run import run_microguest_point
 
 __all__ = ["BEGIN_MARK", "CLEAN_EXITS", "END_MARK", "HOSTILE_CASES", "HOSTILE_COLUMNS",
            "HOSTILE_PREFIX", "RESULT_PREFIX", "SOURCE_DIR", "HostileResult", "MicroResult",
-           "build_microguest", "find_line", "guest_cmdline", "hist_percentile",
+           "build_microguest", "churn_faults", "find_line", "guest_cmdline", "hist_percentile",
            "hostile_cmdline", "micro_row", "microguest_spec", "parse_result",
            "run_hostile_case", "run_microguest_point"]

@@ -4,7 +4,7 @@ Guest command line, all optional::
 
     rw=randread|randwrite|read|write|randrw  bs=4096  qd=16  n=20000  warmup=0
     seq=0|1  rwmix=50  wait=poll|irq|intx  verify=0|1  seed=1
-    mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1
+    mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1  idle=hlt|spin
 """
 
 from __future__ import annotations

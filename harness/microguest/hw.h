@@ -81,8 +81,26 @@ static inline void irq_disable(void)
  * sti; hlt: the interrupt shadow of sti guarantees no wake-up is lost.  This
  * is the only place interrupts are enabled (see isr_common in boot.S).
  */
+/* idle=spin: wait for interrupts with them enabled but without HLT.  Under
+ * nested KVM on an emulated SVM the vCPU sometimes stays halted with IF clear
+ * after "sti; hlt" (README, kvm-nested); tests of the interrupt path that are
+ * not about halting use this to keep out of that hang. */
+extern int mg_idle_spin;
+
+/* Let pending interrupts in, waiting for one; callers loop on their own
+ * condition, so the spin variant may return before anything arrived.
+ *
+ * The spin variant's window is two instructions and a jump rather than
+ * "sti; pause; cli": an emulator that looks for interrupts only between
+ * translated blocks (QEMU's TCG, and so the SVM it emulates for nested KVM)
+ * never finds the one-instruction window open; the jump ends a block with
+ * interrupts enabled. */
 static inline void safe_halt(void)
 {
+    if (mg_idle_spin) {
+        asm volatile("sti; nop; jmp 1f; 1: cli" ::: "memory", "cc");
+        return;
+    }
     asm volatile("sti; hlt; cli" ::: "memory", "cc");
 }
 

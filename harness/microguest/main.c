@@ -9,6 +9,7 @@
 #include "mg.h"
 
 struct mg_config cfg;
+int mg_idle_spin;
 struct vdev dev;
 uintptr_t ram_end;
 
@@ -105,6 +106,8 @@ static void set_option(const char *key, const char *val)
         cfg.timeout_ms = parse_u32(val);
     } else if (streq(key, "halt")) {
         cfg.halt = parse_u32(val);
+    } else if (streq(key, "idle")) {
+        mg_idle_spin = streq(val, "spin");
     } else if (streq(key, "churn")) {
         cfg.churn_every = parse_u32(val);
     } else if (streq(key, "pause_ms")) {
@@ -455,6 +458,7 @@ static void print_result(const struct phase_stats *st, const struct phase_stats 
     out_key_u64("verified", check ? check->done : 0);
     out_key_u64("timed_out", st->timed_out || (check && check->timed_out));
     out_key_u64("seed", cfg.seed);
+    out_key_u64("idle_spin", mg_idle_spin);
     out_key_u64("queue_size", dev.qsize);
     out_key_u64("capacity_sectors", dev.capacity);
     out_key_u64("host_features", dev.host_features);

@@ -149,3 +149,26 @@ def micro_row(run_id: str, point: Point, accel: str, result: MicroResult | None,
         guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=result.host_cpu_pct,
         runtime_s=result.elapsed_ns / 1e9,
     )
+
+
+def churn_faults(result: dict[str, Any]) -> list[str]:
+    """What a mode=msix-churn result says the device got wrong (empty: nothing).
+
+    The guest masks, unmasks and re-targets the queue's MSI-X vector while
+    requests run (safety.c); each fault is a line naming the count behind it."""
+    churn = result.get("churn") or {}
+    expected = {
+        "irq_while_masked": "an MSI-X message arrived while the vector was masked",
+        "pending_missing": "a completion while masked left the pending bit clear",
+        "pending_lost": "the pending interrupt was not delivered on unmask",
+        "retarget_rejected": "the device refused a new queue vector",
+    }
+    faults = [f"{what} ({churn[key]}×)" for key, what in expected.items() if churn.get(key)]
+    if churn.get("masks", 0) <= 10 or churn.get("retargets", 0) <= 10:
+        faults.append(f"too little churn to test anything: {churn.get('masks', 0)} masks, "
+                      f"{churn.get('retargets', 0)} re-targets")
+    if not churn.get("irqs_entry1"):
+        faults.append("no interrupt came on the re-targeted table entry")
+    if result.get("unexpected_irqs"):
+        faults.append(f"{result['unexpected_irqs']} interrupts on no expected vector")
+    return faults
