@@ -5,7 +5,8 @@ event id, timestamp (ns, qemu-timer.h get_clock(): CLOCK_MONOTONIC), and six
 arguments.  The file starts with a header record (event ~0, the magic
 0xf2b177cb0aa429b4 in the timestamp word, version 0 in the first argument);
 a record with event ~0 - 1 says that its first argument's number of records
-were dropped (the writer thread fell behind the 4096-record ring).
+were dropped (the writer thread fell behind the record ring; patches/trace
+makes the ring 2^18 records so that a benchmark point does not overrun it).
 
 Event ids are positions in the build's trace list: scripts/tracetool numbers
 the enabled lines of trace-events in order and writes them to the build's
@@ -87,7 +88,7 @@ def parse_trace(data: bytes, names: tuple[str, ...] | list[str], origin: str = "
     body = records[1:]
     is_drop = body["event"] == np.uint64(DROPPED_EVENT_ID)
     drop_positions = np.flatnonzero(is_drop)
-    dropped = int(body["x1"][is_drop].sum()) if len(drop_positions) else 0
+    dropped = _dropped(body["x1"][is_drop])
     kept = body[~is_drop]
     # a drop at body index i sits before kept record i - (drops before it)
     drop_at = tuple(int(pos - k) for k, pos in enumerate(drop_positions))
@@ -97,6 +98,17 @@ def parse_trace(data: bytes, names: tuple[str, ...] | list[str], origin: str = "
         raise UserError(f"{origin}: event id {first} is not in the build's {len(names)} "
                         "trace events; the trace and the event list come from different builds")
     return Trace(kept.copy(), tuple(names), dropped, drop_at)
+
+
+def _dropped(counts: np.ndarray) -> int:
+    """The records dropped, from the drop records' counts.
+
+    The writer computes the count as an unsigned int difference of its index
+    and the writers'; right after a drop its index can be ahead, and the
+    difference wraps (2^32 - n): such a record dropped nothing.
+    """
+    as_int = counts.astype(np.uint32).view(np.int32) if len(counts) else counts
+    return int(as_int[as_int > 0].sum()) if len(counts) else 0
 
 
 def read_trace(path: Path, names: tuple[str, ...] | list[str]) -> Trace:
