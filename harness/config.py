@@ -247,6 +247,9 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
         if guest.kind == "custom":
             raise ValueError(f"guest {guest.id!r}: accel kvm-nested runs the fio guest and the "
                              "micro-guest only")
+        if guest.trace:
+            raise ValueError(f"guest {guest.id!r}: trace: true runs on this host's TCG only, "
+                             "not under accel kvm-nested")
 
 
 #: Fields a `--resume` may change: how long to wait, and the prose.

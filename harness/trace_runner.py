@@ -8,7 +8,8 @@ what the guest reported under tracing go to results/<run>/traces/:
 * `<point key>.trace.gz` — the simple-trace file as QEMU wrote it;
 * `<point key>.json` — the point, the traced run's own result line, the
   events enabled, the warm-up requests to skip;
-* `events-<variant>.txt` — the build's event names by id (the trace's key).
+* `events-<variant>.txt` — the build's event names by id (the trace's key);
+* `build-<variant>.json` — the trace flavour's build manifest (patches, flags, binary).
 
 The report (trace_report.py) reads these and the untraced row of the same
 point, so the tracing overhead is the same point with and without tracing.
@@ -21,10 +22,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .build import Builder, built_binary
+from .build import Builder, built_binary, read_manifest
 from .config import BenchConfig
 from .errors import InfraError, UserError
 from .files import write_json_atomic
+from .manifest_writer import portable
 from .matrix import Point
 from .microguest import RESULT_PREFIX, find_line, run_microguest_point
 from .paths import cache_dir
@@ -103,6 +105,10 @@ class Tracer:
         events_list = self.dir / f"events-{point.variant}.txt"
         if not events_list.exists():
             events_list.write_text("".join(f"{n}\n" for n in names))
+            # what the trace flavour is: its patches, configure flags, binary
+            wrapped = {"variants": {point.variant: {"build": read_manifest(binary.parent.parent)}}}
+            build = portable(wrapped, self.run.run_dir)["variants"][point.variant]["build"]
+            write_json_atomic(self.dir / f"build-{point.variant}.json", build or {})
         try:
             self._run(point, binary, names)
         except InfraError as exc:

@@ -63,6 +63,8 @@ def test_trace_only_on_the_microguest():
     assert parse_config(base + "guest: {kind: microguest, trace: true}\n").guests[0].trace
     with pytest.raises(UserError, match="trace: true is for the micro-guest only"):
         parse_config(base + "guest: {kind: fio, trace: true}\n")
+    with pytest.raises(UserError, match="not under accel kvm-nested"):
+        parse_config(base + "accel: kvm-nested\nguest: {kind: microguest, trace: true}\n")
 
 
 # --- the simple-trace reader ----------------------------------------------------------------
@@ -258,6 +260,11 @@ accel: tcg
     assert len(traces) == 2, list((run / "traces").iterdir())
     with gzip.open(traces[0]) as handle:
         assert handle.read(16)[8:16] == (0xF2B177CB0AA429B4).to_bytes(8, "little")
+    build = json.loads((run / "traces" / "build-dataplane.json").read_text())
+    assert build["configure_flags"][-1] == "--enable-trace-backend=simple"
+    assert [p["file"] for p in build["patches"]][-1].startswith("trace-dataplane/")
+    for written in (run / "traces").glob("*.json"):  # no path of this machine in a run
+        assert str(cache_dir()) not in written.read_text(), written
     report = (run / "report.md").read_text()
     assert "## Where each microsecond goes" in report
     assert "dataplane median" in report and "not traced" in report
