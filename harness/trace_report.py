@@ -190,6 +190,9 @@ def breakdown_table(b: Breakdown) -> str:
                                                                _cell(v, stage, "p99"))])
     rows.append(["guest's own latency (its TSC), under tracing"]
                 + [c for v in b.variants for c in (_us(v.guest_p50_us), _us(v.guest_p99_us))])
+    rows.append(["guest p50 − host p50: what the host does not see (derived)"]
+                + [c for v in b.variants for c in (_us(v.guest_p50_us
+                                                       - v.stats.loc[HOST_SPAN, "median"]), "")])
     return _md(headers, rows)
 
 
@@ -341,7 +344,10 @@ for the stage (the baseline's vCPU runs the request handler inside the kick, so 
 pick-up); *not seen (n%)*: the event exists but fired in only n% of requests (no kick while the
 data plane polls the ring, no interrupt for a polling guest). Such a stage's time is in the next
 stage, never guessed. The guest's own latency is measured on its TSC and is shown beside the
-stages, not added to them; the host cannot see the guest take the completion, so the last stage
+stages, not added to them (durations on the two clocks compare, timestamps do not: under TCG
+the guest's TSC is the host's plus an offset QEMU sets at start, which no trace records); their
+difference of medians is what the host does not see of a request: the guest's kick until QEMU
+handles the notify write, and the completion until the guest sees it. The host cannot see the guest take the completion, so the last stage
 is the host's view of the guest's side of the loop at QD1 (last host event of a request → first
 of the next). Requests are paired by order, which needs QD1."""
 
