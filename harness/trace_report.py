@@ -249,8 +249,10 @@ STAGE_WHY: dict[str, str] = {
     "irq": "raising the interrupt (dataplane without an in-kernel irqchip: the guest "
            "notifier, a hop to the main loop and the global mutex; poll raises it "
            "from its own thread; the baseline in the completion callback)",
-    "turnaround": "the guest's side: interrupt delivery to the vCPU, the guest's handler, "
-                  "its next request and the exit of its kick",
+    "turnaround": "the guest's side: the vCPU noticing the completion (the interrupt's "
+                  "delivery, or its own poll of the used ring), its next request and its "
+                  "kick; on a host short of CPUs also the vCPU thread waiting for one (a "
+                  "polling data-plane thread and a polling guest want a host CPU each)",
 }
 
 
@@ -379,7 +381,7 @@ def plot_breakdown(b: Breakdown, base: Path) -> list[Path]:
     ax.set_ylabel("µs per request (stage medians)")
     ax.set_title(f"{b.workload['guest']} {b.workload['rw']} {b.workload['bs']} "
                  f"QD{b.workload['iodepth']} ({b.workload['disk']})", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), markerscale=0.3)
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, base)
 
