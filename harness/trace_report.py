@@ -316,7 +316,9 @@ def section(run_dir: Path, results: pd.DataFrame, plots_dir: Path,
     if not found:
         return "", []
     images: list[Path] = []
-    parts = ["## Where each microsecond goes (traced points)", _INTRO]
+    table_path = write_table(found, Path(run_dir) / TABLE_CSV)
+    parts = ["## Where each microsecond goes (traced points)", _INTRO,
+             f"Every number below, per workload, variant and stage: `{table_path.name}`."]
     for b in found:
         base = plots_dir / _plot_name(b.workload)
         images += plot_breakdown(b, base)
@@ -335,6 +337,32 @@ def section(run_dir: Path, results: pd.DataFrame, plots_dir: Path,
         parts.append("Not traced (no trace flavour, or its traced runs failed): "
                      + ", ".join(untraced) + " — every stage of these is \"not traced\".")
     return "\n\n".join(parts), images
+
+
+TABLE_CSV = "trace_breakdown.csv"
+
+
+def breakdown_frame(found: list[Breakdown]) -> pd.DataFrame:
+    """One row per workload, variant and stage: median, p99 (µs), state, and the run's overhead."""
+    rows = []
+    for b in found:
+        for v in b.variants:
+            for stage in SHOWN + (HOST_SPAN,):
+                rows.append({**b.workload, "variant": v.variant, "stage": stage,
+                             "state": v.state.get(stage, "seen"),
+                             "median_us": v.stats.loc[stage, "median"],
+                             "p99_us": v.stats.loc[stage, "p99"],
+                             "seen_share": v.stats.loc[stage, "seen_share"],
+                             "requests": v.requests, "guest_p50_us": v.guest_p50_us,
+                             "untraced_p50_us": v.untraced_p50_us,
+                             "overhead_p50": v.overhead})
+    return pd.DataFrame(rows)
+
+
+def write_table(found: list[Breakdown], path: Path) -> Path:
+    frame = breakdown_frame(found)
+    frame.to_csv(path, index=False, float_format="%.4g")
+    return path
 
 
 _INTRO = """\

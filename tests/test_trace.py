@@ -223,6 +223,10 @@ def test_report_section_tables_plots_and_overhead(tmp_path):
     assert "**baseline against" in text or "against baseline" in text
     assert "+5.0%" in text and "+6.7%" in text
     assert any(p.suffix == ".png" and p.exists() for p in images) and len(images) == 4
+    table = pd.read_csv(run / "trace_breakdown.csv")
+    assert len(table) == 2 * 3 * 8  # workloads × variants × (7 stages + the host total)
+    picked = table[(table.variant == "baseline") & (table.stage == "picked_up")]
+    assert set(picked.state) == {"not traced"} and picked.median_us.isna().all()
 
 
 def test_report_without_traces_has_no_section(tmp_path):
