@@ -58,6 +58,17 @@ def test_trace_flavour_adds_layers_and_backend_only():
     assert [p.path.parent.name for p in flavour[len(normal):]] == ["trace", "trace", "trace-dataplane"]
 
 
+def test_cli_plans_the_trace_flavour(tmp_path):
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "build", "--trace", "--variant",
+                           "poll", "--dry-run"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "poll+trace: will build" in text and "--enable-trace-backend=simple" in text
+    assert "git am trace-dataplane/0001" in text and "baseline+trace" not in text
+
+
 def test_trace_only_on_the_microguest():
     base = "name: t\nvariants: [baseline]\ndisks: [{path: /tmp/x.img}]\n"
     assert parse_config(base + "guest: {kind: microguest, trace: true}\n").guests[0].trace
