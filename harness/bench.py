@@ -37,6 +37,7 @@ from .qemuinfo import qemu_info
 from .report import write_report
 from .results_writer import ResultsWriter
 from .runstate import Run
+from .trace_runner import ensure_trace_builds
 from .util import Say, stamp
 
 
@@ -103,6 +104,7 @@ def prepare_guests(config: BenchConfig, say: Say) -> GuestAssets:
 def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: str | None,
             say: Say) -> tuple[Run, GuestAssets]:
     """Everything resolved and checked before the first boot."""
+    ensure_trace_builds(config, say)
     binaries = {v.name: resolve_binary(v) for v in config.variants}
     legacy = {name: qemu_info(binary).legacy for name, binary in binaries.items()}
     for disk in config.disks:

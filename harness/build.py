@@ -23,6 +23,7 @@ from .paths import patches_dir
 from .proc import run
 from .qemuinfo import qemu_info
 from .source import Checkout, PatchFile, SourceCache, patch_series, series_key
+from .trace_build import TRACE_FLAGS, TRACE_LAYERS, base_variant, is_traced
 from .util import Say, now_iso
 
 # Which patch directories make each variant, in application order.
@@ -89,11 +90,22 @@ class BuildOutcome:
     notices: list[str] = field(default_factory=list)
 
 
+def variant_layers(name: str) -> tuple[str, ...]:
+    """The patch directories of a variant or of its trace flavour (`poll+trace`)."""
+    base = base_variant(name)
+    return VARIANT_LAYERS[base] + (TRACE_LAYERS[base] if is_traced(name) else ())
+
+
+def configure_flags(name: str) -> tuple[str, ...]:
+    """The same flags for every variant; a trace flavour adds the simple trace backend."""
+    return CONFIGURE_FLAGS + (TRACE_FLAGS if is_traced(name) else ())
+
+
 def variant_patches(name: str, root: Path | None = None) -> list[PatchFile] | None:
     """The variant's patches in order, or None if one of its layers has no patches yet."""
     root = root or patches_dir()
     patches: list[PatchFile] = []
-    for layer in VARIANT_LAYERS[name]:
+    for layer in variant_layers(name):
         found = patch_series(root / layer)
         if not found:
             return None
@@ -135,12 +147,12 @@ def read_manifest(build_dir: Path) -> dict | None:
 
 
 def _inputs(cache: SourceCache, patches: tuple[PatchFile, ...] | list[PatchFile],
-            compiler: str) -> dict:
+            compiler: str, flags: tuple[str, ...] = CONFIGURE_FLAGS) -> dict:
     """What a build depends on; equal inputs and an intact binary mean nothing to do."""
     return {
         "source_commit": cache.commit,
         "series_key": series_key(cache.commit, patches),
-        "configure_flags": list(CONFIGURE_FLAGS),
+        "configure_flags": list(flags),
         "compiler": compiler,
     }
 
@@ -180,17 +192,17 @@ class Builder:
         for name in names:
             patches = variant_patches(name)
             if patches is None:
-                missing = [layer for layer in VARIANT_LAYERS[name] if not patch_series(patches_dir() / layer)]
+                missing = [layer for layer in variant_layers(name) if not patch_series(patches_dir() / layer)]
                 notices.append(f"{name}: not built: patches/{missing[0]} has no patches yet")
                 continue
             build_dir = self.build_dir(name)
-            inputs = _inputs(self.cache, patches, self.compiler)
+            inputs = _inputs(self.cache, patches, self.compiler, configure_flags(name))
             plans.append(VariantPlan(name, tuple(patches), self.cache.worktrees / name,
                                      build_dir, is_up_to_date(build_dir, inputs)))
         return plans, notices
 
     def build(self, plan: VariantPlan, repo) -> BuildOutcome:
-        inputs = _inputs(self.cache, plan.patches, self.compiler)
+        inputs = _inputs(self.cache, plan.patches, self.compiler, configure_flags(plan.name))
         if plan.up_to_date:
             return BuildOutcome(plan.name, read_manifest(plan.build_dir) or {}, rebuilt=False)
         checkout = self.cache.checkout(repo, plan.name, list(plan.patches), self.progress)
@@ -219,7 +231,7 @@ class Builder:
                         for p in plan.patches],
             "worktree_head": checkout.head,
             "worktree_branch": checkout.branch,
-            "configure_command": configure_argv(checkout.path),
+            "configure_command": configure_argv(checkout.path, configure_flags(plan.name)),
             "make_command": ["make", f"-j{self.jobs}"],
             "binary": str(plan.binary),
             "harness_version": __version__,
@@ -229,7 +241,7 @@ class Builder:
     def _configure(self, plan: VariantPlan, checkout: Checkout) -> None:
         """Configure again only if the flags or the worktree path changed."""
         plan.build_dir.mkdir(parents=True, exist_ok=True)
-        argv = configure_argv(checkout.path)
+        argv = configure_argv(checkout.path, configure_flags(plan.name))
         stamp = plan.build_dir / "configure.stamp"
         if (plan.build_dir / "config-host.mak").exists() and stamp.exists() \
                 and stamp.read_text() == shlex.join(argv):
@@ -249,8 +261,8 @@ class Builder:
             raise InfraError(f"make {plan.name} finished but {plan.binary} is missing (log: {log_file})")
 
 
-def configure_argv(worktree: Path) -> list[str]:
-    return [str(worktree / "configure"), *CONFIGURE_FLAGS]
+def configure_argv(worktree: Path, flags: tuple[str, ...] = CONFIGURE_FLAGS) -> list[str]:
+    return [str(worktree / "configure"), *flags]
 
 
 def built_binary(cache_root: Path, name: str) -> Path:

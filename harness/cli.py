@@ -60,6 +60,8 @@ def build(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
     config: Optional[Path] = typer.Option(None, "--config", help="Take the source from this bench config."),
+    trace: bool = typer.Option(False, "--trace", help="Build the variants' trace flavours "
+                               "(<variant>+trace: our trace points, the simple trace backend)."),
 ):
     """Clone the pinned tree, apply the patches and build each variant."""
     from .build import Builder, check_prerequisites, configure_argv
@@ -73,7 +75,11 @@ def build(
     cache = SourceCache(cache_dir(), source)
     check_prerequisites()
     builder = Builder(cache, jobs=jobs, progress=_progress)
-    plans, notices = builder.plan(list(dict.fromkeys(v.value for v in variant)))
+    names = list(dict.fromkeys(v.value for v in variant))
+    if trace:
+        from .trace_build import traced
+        names = [traced(name) for name in names]
+    plans, notices = builder.plan(names)
     for notice in notices:
         console.print(f"[yellow]note:[/yellow] {notice}")
     if dry_run:
@@ -99,7 +105,9 @@ def _print_plan(cache, builder, plans, configure_argv) -> None:
         out.print(f"  worktree: {plan.worktree} (branch harness/{plan.name})")
         for patch in plan.patches:
             out.print(f"  git am {patch.path.parent.name}/{patch.path.name}")
-        out.print(f"  in {plan.build_dir}: {shlex.join(configure_argv(plan.worktree))}")
+        from .build import configure_flags
+        argv = configure_argv(plan.worktree, configure_flags(plan.name))
+        out.print(f"  in {plan.build_dir}: {shlex.join(argv)}")
         out.print(f"  make -j{builder.jobs}")
 
 

@@ -112,6 +112,8 @@ class GuestSpec(_Spec):
     wait: WaitMode = "poll"
     # repetitions for this guest (default: the run's); cheap guests can afford more
     repetitions: int | None = Field(default=None, ge=1, le=100)
+    # also run each point on the variant's trace flavour and keep its trace (trace_runner.py)
+    trace: bool = False
 
     @property
     def id(self) -> str:
@@ -126,6 +128,9 @@ class GuestSpec(_Spec):
             raise ValueError("guest.kind 'custom' needs guest.kernel (with initrd) or guest.image")
         if self.kind == "custom" and not self.ssh_key:
             raise ValueError("guest.kind 'custom' needs guest.ssh_key (the private key to log in)")
+        if self.trace and self.kind != "microguest":
+            raise ValueError(f"guest {self.id!r}: trace: true is for the micro-guest only "
+                             "(kind: microguest)")
         return self
 
 
@@ -242,6 +247,9 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
         if guest.kind == "custom":
             raise ValueError(f"guest {guest.id!r}: accel kvm-nested runs the fio guest and the "
                              "micro-guest only")
+        if guest.trace:
+            raise ValueError(f"guest {guest.id!r}: trace: true runs on this host's TCG only, "
+                             "not under accel kvm-nested")
 
 
 #: Fields a `--resume` may change: how long to wait, and the prose.

@@ -19,6 +19,7 @@ from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, HostileR
                          micro_row, run_hostile_case, run_microguest_point)
 from .microguest.cmdline import guest_cmdline, microguest_spec
 from .runstate import Advance, Run
+from .trace_runner import Tracer
 from .util import Say, now_iso
 from .vm import qemu_argv
 
@@ -33,6 +34,7 @@ class MicroRunner:
         self.say = say
         self.kernel = kernel
         self.description = f"bare-metal micro-guest ({spec.wait}), {kernel.name}"
+        self.tracer = Tracer(run, say, kernel, spec.wait, spec.memory_mb) if spec.trace else None
 
     def run_session(self, session: Session, advance: Advance) -> None:
         """Each point is its own boot; an InfraError fails that point only."""
@@ -59,6 +61,8 @@ class MicroRunner:
                 row = micro_row(self.run.run_id, point, self.run.accel, result,
                                 started_at=started_at, log_path=self.run.relative(raw))
             self.run.writer.append(row)
+            if self.tracer and row["status"] == "ok":
+                self.tracer.trace_point(point)
             advance(point.key)
 
     def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:

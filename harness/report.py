@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, published, stats
+from . import plots, published, stats, trace_report
 from .errors import UserError
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
@@ -293,10 +293,11 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     comparison = published.compare_with_published(df[df["accel"] != "kvm-nested"], baseline, facts)
     published_images = plots.plot_published(comparison.ratios, run_dir / "plots" / "published",
                                             title)
+    trace_text, trace_images = trace_report.section(run_dir, df, run_dir / "plots")
     sections = [f"# Benchmark report: {facts['run_id']}",
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
                 _facts_section(facts), _summary_section(numbers),
-                _plots_section(images), _failed_section(df), _hostile_section(run_dir),
+                _plots_section(images), trace_text, _failed_section(df), _hostile_section(run_dir),
                 _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
@@ -307,4 +308,4 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
                    "manifest_json": manifest.schema_version if manifest else None}
         write_json_atomic(json_path, summary_document(numbers, facts["run_id"], facts["accel"],
                                                       results.bad_lines, sources))
-    return Report(path, images + published_images, json_path)
+    return Report(path, images + published_images + trace_images, json_path)
