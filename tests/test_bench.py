@@ -177,7 +177,7 @@ def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env,
     from harness.vm import QemuExited
 
     class DeadVM:
-        def __init__(self, spec):
+        def __init__(self, spec, **_where):
             self.spec = spec
 
         def __enter__(self):
