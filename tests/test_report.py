@@ -300,4 +300,4 @@ def test_cli_report_json_warns_about_malformed_rows(tmp_path):
     assert f"1 malformed row(s) left out (line {line}: 3 fields, the header has 25)" in result.output
     assert f"summary: {run / 'summary.json'}" in result.output
     document = json.loads((run / "summary.json").read_text())
-    assert document["malformed_rows"] == [{"line": line, "reason": "3 fields, the header has 24"}]
+    assert document["malformed_rows"] == [{"line": line, "reason": "3 fields, the header has 25"}]
