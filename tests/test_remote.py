@@ -206,6 +206,22 @@ def test_host_without_fio_says_what_to_install(env, capsys):
     assert "fio not found in PATH: install it there (Debian: apt-get install fio)" in said
 
 
+def _processes_mentioning(text: str, grace_s: float = 10.0) -> list[int]:
+    """Pids whose command line holds text, after waiting up to grace_s for them to go."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and text in (entry / "cmdline").read_text():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def _stop_after_first_row(server, env: Path, name: str) -> threading.Thread:
     def watch() -> None:
         deadline = time.monotonic() + 240
@@ -234,6 +250,8 @@ def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
     _, rows = rows_of(env, "micro-lost2")
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     assert "host doomed: connection lost" in said and "move to" in said
+    # its QEMU died with the connection (the watchdog kills the process group)
+    assert not _processes_mentioning(str(env / "work-d"))
 
 
 def test_the_only_host_lost_fails_the_rest_with_the_reason_then_resume(env, host_a, capsys):
