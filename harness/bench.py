@@ -268,9 +268,11 @@ def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],
     try:
         scheduler.run()
     finally:
-        for label, count in scheduler.work_done.items():
-            say(f"host {label}: {count} point(s) run"
-                + (f"; lost: {scheduler.lost[label]}" if label in scheduler.lost else ""))
+        for each in hosted:
+            host = each.run.host
+            say(f"host {host.label}: {scheduler.work_done[host.label]} point(s) run; sent "
+                f"{host.wire_bytes_sent} bytes over SSH, {host.shipped_bytes} of them new files"
+                + (f"; lost: {scheduler.lost[host.label]}" if host.label in scheduler.lost else ""))
 
 
 def _report(run: Run, say: Say) -> None:

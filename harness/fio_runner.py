@@ -69,9 +69,9 @@ class FioRunner:
                     connection.close()
                 vm.shutdown(timeouts.shutdown_s)
         except InfraError as exc:
-            self.run.collect_vm_logs(log_file)
             if is_host_lost(self.run, exc):  # the scheduler moves them to another host
                 raise host_lost(self.run, exc) from exc
+            self.run.collect_vm_logs(log_file)
             self.say(f"{session.key}: failed: {exc}")
             fail_points(self.run, remaining, str(exc), log_file)
             for point in remaining:

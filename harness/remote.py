@@ -139,7 +139,8 @@ class SSHHost:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
         try:
             client.connect(spec.host, port=spec.port, username=spec.user, sock=self._sock,
-                           key_filename=str(spec.identity) if spec.identity else None,
+                           key_filename=str(spec.identity.expanduser()) if spec.identity
+                           else None,
                            timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                            allow_agent=spec.identity is None, look_for_keys=spec.identity is None)
         except (paramiko.SSHException, OSError) as exc:

@@ -24,7 +24,7 @@ from typing import Callable
 from .errors import HostLost
 from .matrix import Point, Session
 from .runstate import Advance, Run, fail_points
-from .util import Say
+from .util import Say, now_iso
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,9 @@ class Scheduler:
         moved = len(left.points) if left else 0
         where = f"move to {', '.join(elsewhere)}" if elsewhere else "fail: no host is left"
         self.say(f"{exc}; its {moved} unfinished point(s) {where}")
+        with self.lock, open(run.log_path("hosts.log"), "a") as log:
+            log.write(f"{now_iso()} {exc}; {moved} unfinished point(s) {where}: "
+                      f"{', '.join(p.key for p in left.points) if left else ''}\n")
         run.host.close()
 
     def _fail_leftovers(self) -> None:

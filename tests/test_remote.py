@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -281,3 +284,29 @@ def test_the_only_host_lost_fails_the_rest_with_the_reason_then_resume(env, host
     assert {(r["variant"], r["iodepth"], "alone") for r in ok} <= \
         {(r["variant"], r["iodepth"], r["host"]) for r in again}
     assert {r["host"] for r in again} == {"alone", host_a.address}
+
+
+def test_ctrl_c_stops_the_run_and_qemu_there(env, host_a):
+    workdir = env / "work-int"
+    config = micro_config(env, "micro-int", [host_a.host_yaml(workdir)], iodepth=(1, 2, 4, 8))
+    harness = Path(sys.executable).with_name("harness")
+    child = subprocess.Popen([str(harness), "bench", "--config", str(config)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 240
+        while not list((env / "results").glob("micro-int-*/results.csv")):
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next point: QEMU runs there now
+        child.send_signal(signal.SIGINT)
+        output = child.communicate(timeout=60)[0].decode()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 130, output
+    assert "interrupted" in output and "--resume" in output
+    _, rows = rows_of(env, "micro-int")
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert not _processes_mentioning(str(workdir))
