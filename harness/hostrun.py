@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .accel import TCG, Accel, accel_named
+from .accelprobe import MICRO_PROBE_CMDLINE, MicroProbe, Probe, linux_probe, probe_kvm
 from .build import BINARY
 from .config import DiskSpec, VariantSpec
 from .errors import InfraError, UserError
@@ -23,7 +24,7 @@ from .guest import GuestImage
 from .hostcheck import gather_facts, library_problems, manifest_facts, problems
 from .hostinfo import DISK_FORMAT
 from .hosts import HostSpec
-from .paths import cache_dir
+from .microguest.output import RESULT_PREFIX
 from .qemuinfo import parse_version
 from .remote import SSHHost
 from .runstate import Run
@@ -130,7 +131,7 @@ def ship_guests(host: SSHHost, images: dict[str, GuestImage],
     return HostAssets(shipped, micro)
 
 
-def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> PurePosixPath:
+def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> Path:
     """The test image at its configured path there: preallocated, random data, reused."""
     path = shlex.quote(str(disk.path))
     size = disk.size_bytes
@@ -151,7 +152,7 @@ def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> PurePosixPath
 
 
 def host_accel(host: SSHHost, spec: HostSpec, requested: str, facts: dict[str, str],
-               binary: PurePosixPath, legacy: bool, probe, say: Say) -> tuple[Accel, str | None]:
+               binary: Path, legacy: bool, probe: Probe, say: Say) -> tuple[Accel, str | None]:
     """The host's accelerator: its own `accel`, else the run's; `auto` probes there."""
     wanted = spec.accel or requested
     if wanted == "kvm-nested":
@@ -161,7 +162,6 @@ def host_accel(host: SSHHost, spec: HostSpec, requested: str, facts: dict[str, s
         return accel_named(wanted), None
     if facts.get("kvm_usable") != "yes":
         return TCG, f"host {host.label}: KVM is not usable (/dev/kvm); using TCG"
-    from .accelprobe import probe_kvm
     works, detail = probe_kvm(str(binary), legacy, probe, say, host=host)
     if works:
         return accel_named("kvm"), None
@@ -211,9 +211,7 @@ def _copy_config(host: SSHHost, run: Run) -> None:
         host.write_bytes(host.path(config, run.run_dir), config.read_bytes())
 
 
-def _probe(assets: HostAssets):
-    from .accelprobe import MICRO_PROBE_CMDLINE, MicroProbe, linux_probe
-    from .microguest.output import RESULT_PREFIX
+def _probe(assets: HostAssets) -> Probe:
     if assets.images:
         return linux_probe(next(iter(assets.images.values())))
     if assets.kernel is None:
