@@ -30,6 +30,7 @@ from .microguest.elf import build_microguest
 from .microguest.output import RESULT_PREFIX
 from .paths import cache_dir
 from .util import Say, quiet
+from .hostexec import LOCAL, Executor
 from .vm import VM, VMSpec, linux_spec
 
 PROBE_TIMEOUT_S = 25.0
@@ -104,9 +105,14 @@ def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None 
                  "using TCG")
 
 
-def probe_kvm(binary: str, legacy: bool, probe: Probe, say: Say = quiet) -> tuple[bool, str]:
-    """Boot the probe guest under KVM (verdict cached for the day): (works, what happened)."""
-    cache = _verdict_path(binary, probe)
+def probe_kvm(binary: str, legacy: bool, probe: Probe, say: Say = quiet,
+              host: Executor = LOCAL) -> tuple[bool, str]:
+    """Boot the probe guest under KVM (verdict cached for the day): (works, what happened).
+
+    host: where to boot it (a remote host probes there; its verdict is cached here,
+    keyed by the host's label and the binary's path there).
+    """
+    cache = _verdict_path(binary, probe, host)
     try:
         verdict = json.loads(cache.read_text())
         return verdict["works"], f"{verdict['detail']}; verdict cached today"
@@ -114,17 +120,18 @@ def probe_kvm(binary: str, legacy: bool, probe: Probe, say: Say = quiet) -> tupl
         pass
     say(f"probing KVM: booting {probe.what} with {Path(binary).name} "
         f"(up to {PROBE_TIMEOUT_S:.0f} s)")
-    works, detail = _boot(binary, legacy, probe)
+    works, detail = _boot(binary, legacy, probe, host)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"works": works, "detail": detail, "binary": binary,
                                  "probe": probe.what}) + "\n")
     return works, detail
 
 
-def _boot(binary: str, legacy: bool, probe: Probe) -> tuple[bool, str]:
+def _boot(binary: str, legacy: bool, probe: Probe, host: Executor = LOCAL) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
-        spec = probe.spec(binary, legacy, Path(tmp))
-        vm = VM(spec)
+        there = Path(tmp) if host.is_local else Path(host.path(Path(tmp), Path(tmp).parent))
+        spec = probe.spec(binary, legacy, there)
+        vm = VM(spec, host=host)
         try:
             vm.launch()
             vm.wait_until(lambda text: probe.ready in text, PROBE_TIMEOUT_S,
@@ -140,9 +147,12 @@ def _boot(binary: str, legacy: bool, probe: Probe) -> tuple[bool, str]:
             vm.kill()
 
 
-def _verdict_path(binary: str, probe: Probe) -> Path:
-    st = os.stat(binary)
-    key = json.dumps([os.path.realpath(binary), st.st_size, st.st_mtime_ns, *probe.identity])
+def _verdict_path(binary: str, probe: Probe, host: Executor = LOCAL) -> Path:
+    if host.is_local:
+        st = os.stat(binary)
+        key = json.dumps([os.path.realpath(binary), st.st_size, st.st_mtime_ns, *probe.identity])
+    else:  # shipped binaries are content-addressed: their path there names their content
+        key = json.dumps([host.label, binary, *probe.identity])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     day = datetime.date.today().isoformat()
     return cache_dir() / "accel" / f"kvm-probe-{digest}-{day}.json"

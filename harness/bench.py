@@ -16,9 +16,11 @@ boot each, through the runners) → rows in results.csv → report.
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .accel import TCG, accel_named
 from .accelprobe import Probe, choose_accel, linux_probe, micro_probe
 from .build import built_binary
 from .config import BenchConfig, GuestSpec, VariantSpec, load_config
@@ -27,6 +29,8 @@ from .fio_runner import FioRunner, linux_image
 from .guest import GuestImage
 from .hostfio import host_points, run_host_ceiling
 from .hostinfo import ensure_space, prepare_disk
+from .hostrun import prepare_host
+from .hosts import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
 from .matrix import Session, plan, skipped
 from .micro_runner import MicroRunner, hostile_todo, run_hostile
@@ -37,6 +41,7 @@ from .qemuinfo import qemu_info
 from .report import write_report
 from .results_writer import ResultsWriter
 from .runstate import Run
+from .scheduler import Scheduler, Unit, units
 from .trace_runner import ensure_trace_builds
 from .util import Say, stamp
 
@@ -102,16 +107,22 @@ def prepare_guests(config: BenchConfig, say: Say) -> GuestAssets:
 
 
 def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: str | None,
-            say: Say) -> tuple[Run, GuestAssets]:
-    """Everything resolved and checked before the first boot."""
+            say: Say, remote: bool = False) -> tuple[Run, GuestAssets]:
+    """Everything resolved and checked before the first boot.
+
+    remote: the points run on hosts (hostrun.prepare_host does their disks and accel).
+    """
     ensure_trace_builds(config, say)
     binaries = {v.name: resolve_binary(v) for v in config.variants}
     legacy = {name: qemu_info(binary).legacy for name, binary in binaries.items()}
-    for disk in config.disks:
+    for disk in config.disks if not remote else []:
         ensure_space(disk.path, disk.size_bytes)
     run_dir = resumed_run_dir(config, resume) if resume else new_run_dir(config, config_path)
     assets = prepare_guests(config, say)
     requested = accel or config.accel
+    if remote:
+        chosen = TCG if requested == "auto" else accel_named(requested)  # each host decides
+        return Run(config, run_dir, chosen, binaries, legacy, {}, ResultsWriter(run_dir)), assets
     reference = config.baseline
     chosen, notice = choose_accel(requested, str(binaries[reference]), legacy[reference],
                                   assets.probe() if requested == "auto" else None, say)
@@ -150,14 +161,55 @@ def make_runner(run: Run, guest: GuestSpec, assets: GuestAssets, say: Say):
 
 
 def run_bench(config_path: Path, resume: str | None = None, accel: str | None = None,
-              say: Say = print, bar=None) -> Path:
+              say: Say = print, bar=None, hosts: list[str] | None = None) -> Path:
     """The whole run; returns the run directory (report written there).
 
-    Raises PointsFailed (after the report) when points failed, UserError when
-    the config or the machine needs a change.
+    hosts: `[USER@]HOST[:PORT]`s to run on instead of the config's `hosts:`; with
+    neither, the points run here.  Raises PointsFailed (after the report) when
+    points failed, UserError when the config or a machine needs a change.
     """
     config = load_config(config_path)
-    run, assets = prepare(config, Path(config_path), resume, accel, say)
+    specs = merge_hosts(config.hosts, hosts or [])
+    traced = [guest.id for guest in config.guests if guest.trace]
+    if specs and traced:
+        raise UserError(f"guest {traced[0]}: trace: true runs on this machine only (the trace "
+                        "flavour is not shipped to hosts): drop --host/hosts: or the trace")
+    run, assets = prepare(config, Path(config_path), resume, accel, say, remote=bool(specs))
+    hosted = _prepare_hosts(run, specs, assets, accel or config.accel, say) if specs else []
+    try:
+        return _run_prepared(config_path, run, assets, hosted, say, bar)
+    finally:
+        for each in hosted:
+            each.run.host.close()
+
+
+def _prepare_hosts(run: Run, specs, assets: GuestAssets, requested: str,
+                   say: Say) -> list[HostedRun]:
+    """Each host checked, shipped to and prepared, one after the other (a UserError stops)."""
+    lock = threading.Lock()
+    hosted: list[HostedRun] = []
+    try:
+        for spec in specs:
+            there, host_assets = prepare_host(run, spec, assets.images, assets.kernel, requested,
+                                              lock, say)
+            hosted.append(HostedRun(there, host_assets))
+    except BaseException:
+        for each in hosted:
+            each.run.host.close()
+        raise
+    run.accel = hosted[0].run.accel
+    return hosted
+
+
+@dataclass(frozen=True)
+class HostedRun:
+    run: Run
+    assets: object  # hostrun.HostAssets: the guests' files there
+
+
+def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list[HostedRun],
+                  say: Say, bar) -> Path:
+    config = run.config
     runners = {guest.id: make_runner(run, guest, assets, say) for guest in config.guests}
     description = "; ".join(f"{kind}: {r.description}" for kind, r in runners.items())
     write_manifest(run, "running", description)
@@ -166,6 +218,10 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
     sessions = pending_sessions(run)
     host = host_points(run) if config.host_ceiling else []
     hostile = hostile_todo(run) if config.hostile else []
+    if hostile and hosted:
+        say("hostile: the malformed-request cases run on the local machine only; "
+            "not run on remote hosts")
+        hostile = []
     points = sum(len(s.points) for s in sessions)
     say(f"run {run.run_id}: {points} points in {len(sessions)} boots, accel={run.accel}"
         + (f", {len(host)} host fio points" if host else "")
@@ -173,9 +229,11 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
     status = "interrupted"
     try:
         with RunProgress(points + len(host) + len(hostile), say, bar) as progress:
-            for session in sessions:
+            if hosted:
+                _run_on_hosts(run, hosted, sessions, host, say, progress.advance)
+            for session in sessions if not hosted else []:
                 runners[session.guest].run_session(session, progress.advance)
-            if host:
+            if host and not hosted:
                 run_host_ceiling(run, say, progress.advance)
             if hostile and run.accel.inner:
                 from .nestedbench import run_hostile as run_hostile_nested
@@ -196,6 +254,31 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
     if failed:
         raise PointsFailed(run.run_dir, failed)
     return run.run_dir
+
+
+def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],
+                  ceiling: list, say: Say, advance) -> None:
+    """The sessions and ceiling points spread over the hosts (scheduler.py)."""
+    runners = {each.run.host.label: {g.id: make_runner(each.run, g, each.assets, say)
+                                     for g in run.config.guests} for each in hosted}
+
+    def run_unit(there: Run, unit: Unit, step) -> None:
+        for session in unit.sessions:
+            runners[there.host.label][session.guest].run_session(session, step)
+        if unit.ceiling:
+            run_host_ceiling(there, say, step, list(unit.ceiling))
+
+    per_point = {g.id for g in run.config.guests if g.kind == "microguest"}
+    scheduler = Scheduler([each.run for each in hosted], units(sessions, ceiling, per_point),
+                          run_unit, say, advance)
+    try:
+        scheduler.run()
+    finally:
+        for each in hosted:
+            host = each.run.host
+            say(f"host {host.label}: {scheduler.work_done[host.label]} point(s) run; sent "
+                f"{host.wire_bytes_sent} bytes over SSH, {host.shipped_bytes} of them new files"
+                + (f"; lost: {scheduler.lost[host.label]}" if host.label in scheduler.lost else ""))
 
 
 def _report(run: Run, say: Say) -> None:

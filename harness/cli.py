@@ -145,11 +145,21 @@ def bench(
     resume: Optional[str] = typer.Option(None, "--resume", help="Go on with an interrupted run (results/<run-id>)."),
     accel: Optional[AccelOption] = typer.Option(None, "--accel",
                                                 help="Accelerator (overrides the config)."),
+    host: List[str] = typer.Option([], "--host", metavar="[USER@]HOST[:PORT]",
+                                   help="Run the points on this host over SSH instead of here "
+                                        "(repeatable; replaces the config's hosts:). Each host "
+                                        "is checked, sent what it lacks, and runs one point at "
+                                        "a time; rows name their host."),
 ):
     """Boot guests under each variant, run the matrix, write results and the report.
 
+    With --host (or hosts: in the config) the points run on those machines over
+    SSH: QEMU runs there, results come back into the one results.csv here, and a
+    host that drops out hands its unfinished points to the others.
+
     Exit codes: 0 every point ok; 3 the run finished but points failed (named on
-    stderr); 2 the config or command line must change; 1 infrastructure failure.
+    stderr); 2 the config or command line must change (a host that fails its
+    checks, too); 1 infrastructure failure; 130 interrupted.
     """
     from rich import progress as rich_progress
 
@@ -163,7 +173,7 @@ def bench(
             console=console, transient=False)
     try:
         run_dir = run_bench(config, resume=resume, accel=accel.value if accel else None,
-                            say=_progress, bar=bar)
+                            say=_progress, bar=bar, hosts=host)
     except PointsFailed as exc:
         for key, error in exc.failed:
             console.print(f"[red]failed:[/red] {key}: {error}", highlight=False, soft_wrap=True)
@@ -178,7 +188,7 @@ def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
            json_summary: bool = typer.Option(False, "--json", help="Also write summary.json: "
                                              "per workload and variant the medians, spread, "
                                              "p99, ratio to the baseline with its CI and the "
-                                             "verdict flags (schema_version 2).")):
+                                             "verdict flags (schema_version 3: per host).")):
     """Redraw plots and report.md from a run's results.csv, without rerunning."""
     from .bench import find_run
     from .report import write_report
@@ -223,6 +233,42 @@ def compare(run_a: str = typer.Argument(..., help="The reference run"),
         for line in regression_lines(comparison):
             console.print(line, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+hosts_app = typer.Typer(no_args_is_help=True, help="Remote hosts: check them before a run.")
+app.add_typer(hosts_app, name="hosts")
+
+
+@hosts_app.command("check")
+def hosts_check(
+    host: List[str] = typer.Option([], "--host", metavar="[USER@]HOST[:PORT]",
+                                   help="A host to check (repeatable; default: the config's)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="Also check the free space for its disks and "
+                                               "/dev/kvm if its accel asks for KVM."),
+    accel: Optional[AccelOption] = typer.Option(None, "--accel", help="The accel to check for."),
+):
+    """Only the checks: SSH, architecture, kernel, /dev/kvm, fio and tools, free space.
+
+    One line per problem, saying what to install or change.  Exit codes: 0 every
+    host is ready; 2 a host is not (unreachable, or something to install or change).
+    """
+    from .config import load_config
+    from .hostcheck import check_hosts
+    from .hosts import merge_hosts
+
+    loaded = load_config(config) if config else None
+    specs = merge_hosts(loaded.hosts if loaded else [], host)
+    if not specs:
+        raise UserError("no host to check: give --host [USER@]HOST[:PORT] or a config with hosts:")
+    wanted = accel.value if accel else (loaded.accel if loaded else "auto")
+    bad = 0
+    for spec, lines in check_hosts(specs, loaded.disks if loaded else [], wanted):
+        for line in lines:
+            console.print(line, highlight=False, soft_wrap=True)
+        bad += any(not line.startswith(f"host {spec.label}: ok") for line in lines)
+    if bad:
+        raise UserError(f"{bad} of {len(specs)} host(s) not ready (above)")
 
 
 def _config_baseline(run_dir: Path) -> str:

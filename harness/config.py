@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
+from .hosts import HostSpec
 
 # Each set of names is defined once, here; the tuples are derived from the types.
 BuildName = Literal["baseline", "dataplane", "poll"]  # our builds (build.VARIANT_LAYERS)
@@ -185,6 +186,7 @@ class BenchConfig(_Spec):
     timeouts: TimeoutSpec = TimeoutSpec()
     host_ceiling: bool = Field(default=False, description="also run fio on the host on each image")
     hostile: bool = Field(default=False, description="also run the micro-guest's malformed-request cases")
+    hosts: list[HostSpec] = Field(default_factory=list, description="remote hosts (none: this machine)")
 
     @model_validator(mode="before")
     @classmethod
@@ -252,8 +254,9 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
                              "not under accel kvm-nested")
 
 
-#: Fields a `--resume` may change: how long to wait, and the prose.
-RESUMABLE_CHANGES = ("description", "timeouts")
+#: Fields a `--resume` may change: how long to wait, the prose, and where points run
+#: (a resumed run may go on on other hosts; each row names its host).
+RESUMABLE_CHANGES = ("description", "timeouts", "hosts")
 
 
 def _differing_paths(a, b, where: str) -> list[str]:

@@ -36,6 +36,10 @@ class InfraError(HarnessError):
     exit_code = EXIT_INFRA
 
 
+class HostLost(InfraError):
+    """The connection to a remote host dropped: its unfinished points can move elsewhere."""
+
+
 class PointsFailed(HarnessError):
     """The run went to the end, but these points failed: [(point key, error)]."""
 

@@ -11,12 +11,13 @@ import logging
 import shlex
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import fabric
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from .errors import InfraError
+from .errors import HostLost, InfraError
 from .guest import GuestImage
 from .matrix import Workload
 from .results import parse_fio_output
@@ -58,17 +59,27 @@ def _disabled_algorithms() -> dict[str, list[str]]:
 
 
 def open_connection(port: int, image: GuestImage, timeout: float,
-                    host: str = "127.0.0.1") -> fabric.Connection:
-    """Log into the guest, retrying until `timeout` seconds have passed."""
+                    host: str = "127.0.0.1",
+                    via: Callable[[int], Any] | None = None) -> fabric.Connection:
+    """Log into the guest, retrying until `timeout` seconds have passed.
+
+    via: opens a channel to the port on the guest's host (remote.SSHHost.channel_to):
+    the guest's forward listens on that host's loopback, reached with it as SSH jump.
+    """
     deadline = time.monotonic() + timeout
     attempt_timeout = max(5.0, min(30.0, timeout))
     while True:
-        conn = _connection(host, port, image, attempt_timeout)
+        conn = None
         try:
+            sock = via(port) if via else None
+            conn = _connection(host, port, image, attempt_timeout, sock)
             conn.open()
             return conn
+        except HostLost:
+            raise
         except Exception as exc:  # noqa: BLE001 - the guest may not listen yet
-            conn.close()
+            if conn is not None:
+                conn.close()
             if time.monotonic() + 0.5 > deadline:
                 raise InfraError(f"cannot SSH into the guest at {host}:{port} as "
                                  f"{image.ssh_user} within {timeout:.0f} s: "
@@ -76,14 +87,16 @@ def open_connection(port: int, image: GuestImage, timeout: float,
             time.sleep(0.5)
 
 
-def _connection(host: str, port: int, image: GuestImage, timeout: float) -> fabric.Connection:
+def _connection(host: str, port: int, image: GuestImage, timeout: float,
+                sock=None) -> fabric.Connection:
     config = fabric.Config(ssh_config=paramiko.SSHConfig())
+    extra = {"sock": sock} if sock is not None else {}
     return fabric.Connection(
         host, user=image.ssh_user, port=port, config=config, connect_timeout=timeout,
         connect_kwargs={
             "key_filename": [str(image.ssh_key)], "look_for_keys": False,
             "allow_agent": False, "disabled_algorithms": _disabled_algorithms(),
-            "banner_timeout": timeout, "auth_timeout": timeout,
+            "banner_timeout": timeout, "auth_timeout": timeout, **extra,
         },
     )
 

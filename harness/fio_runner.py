@@ -12,7 +12,7 @@ from .fio_jobs import GuestStalled, open_connection, run_fio
 from .guest import GuestImage, custom_guest, prepare_fio_guest
 from .matrix import Point, Session
 from .results import row_from_fio
-from .runstate import Advance, Run, fail_points
+from .runstate import Advance, Run, fail_points, host_lost, is_host_lost
 from .util import Say, now_iso
 from .vm import VM, VMSpec, linux_spec, qemu_argv
 
@@ -36,7 +36,8 @@ class FioRunner:
                           console_log=log_file, legacy=self.run.legacy[session.variant],
                           memory_mb=self.spec.memory_mb, vcpus=self.spec.vcpus,
                           disk=self.run.disks[session.disk],
-                          variant=self.run.config.variant(session.variant))
+                          variant=self.run.config.variant(session.variant),
+                          ssh_port=self.run.host.free_port())
 
     def run_session(self, session: Session, advance: Advance) -> None:
         """Every point of the session; an InfraError fails the points not yet done.
@@ -44,15 +45,16 @@ class FioRunner:
         A UserError is not caught: it is the same for every boot, so the run stops.
         """
         log_file = self.run.log_path(f"{session.key}.console.log")
-        spec = self.vm_spec(session, log_file)
+        spec = self.vm_spec(session, self.run.host_path(log_file))
         self.run.command_lines.setdefault(session.variant, shlex.join(qemu_argv(spec)))
         timeouts = self.run.config.timeouts
         remaining = list(session.points)
         try:
-            with VM(spec) as vm:
+            with VM(spec, host=self.run.host) as vm:
                 if self.image.marker:
                     vm.wait_for_marker(self.image.marker, timeouts.boot_s)
-                connection = open_connection(spec.ssh_port, self.image, timeouts.boot_s)
+                connection = open_connection(spec.ssh_port, self.image, timeouts.boot_s,
+                                             via=getattr(self.run.host, "channel_to", None))
                 ready = time.monotonic() - vm.started_at
                 self.run.boot_seconds[session.key] = round(ready, 2)
                 self.say(f"{session.key}: SSH ready {ready:.1f} s after launch")
@@ -67,10 +69,15 @@ class FioRunner:
                     connection.close()
                 vm.shutdown(timeouts.shutdown_s)
         except InfraError as exc:
+            if is_host_lost(self.run, exc):  # the scheduler moves them to another host
+                raise host_lost(self.run, exc) from exc
+            self.run.collect_vm_logs(log_file)
             self.say(f"{session.key}: failed: {exc}")
             fail_points(self.run, remaining, str(exc), log_file)
             for point in remaining:
                 advance(point.key)
+        else:
+            self.run.collect_vm_logs(log_file)
 
     def _point_or_fail(self, vm: VM, connection, point: Point, log_file: Path) -> None:
         """A failed fio marks only its point failed, unless QEMU itself has gone."""
@@ -81,6 +88,8 @@ class FioRunner:
             fail_points(self.run, [point], str(exc), log_file)
             raise InfraError(f"not run: the guest stalled earlier in this boot ({point.key})") from exc
         except InfraError as exc:
+            if is_host_lost(self.run, exc):
+                raise
             self.say(f"{point.key}: failed: {exc}")
             fail_points(self.run, [point], str(exc), log_file)
             vm.check_alive()

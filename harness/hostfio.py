@@ -14,30 +14,35 @@ from typing import Any
 from .config import parse_size
 from .errors import InfraError, UserError
 from .matrix import Point, Workload, workloads
-from .proc import run
+from .hostexec import LOCAL, Executor
 from .results import HOST_VARIANT, parse_fio_output, row_from_fio
-from .runstate import Advance, Run, fail_points
+from .runstate import Advance, Run, fail_points, host_lost, is_host_lost
 from .util import Say, now_iso
 
 
-def host_fio_argv(disk_path: Path, workload: Workload, runtime_s: int) -> list[str]:
+def host_fio_argv(disk_path: Path, workload: Workload, runtime_s: int,
+                  size_bytes: int | None = None) -> list[str]:
     return ["fio", "--name=ceiling", f"--filename={disk_path}", "--direct=1",
             "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={parse_size(workload.bs)}",
             f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
             "--group_reporting", "--time_based", f"--runtime={runtime_s}",
-            f"--size={disk_path.stat().st_size}", "--output-format=json"]
+            f"--size={size_bytes or disk_path.stat().st_size}", "--output-format=json"]
 
 
 def host_fio_ceiling(disk_path: str | os.PathLike, workload: Workload, runtime_s: int, *,
                      run_id: str = "", disk: str | None = None, rep: int = 1,
-                     log_file: Path | None = None) -> dict[str, Any]:
-    """One row: fio on the host against the image (libaio, O_DIRECT)."""
-    if not shutil.which("fio"):
+                     log_file: Path | None = None, host: Executor = LOCAL,
+                     size_bytes: int | None = None) -> dict[str, Any]:
+    """One row: fio on the host against the image (libaio, O_DIRECT).
+
+    host: where the image is and fio runs (hostcheck makes sure a remote host has fio).
+    """
+    if host.is_local and not shutil.which("fio"):
         raise UserError("the host fio ceiling needs fio (install the Debian package fio)")
     disk_path = Path(disk_path)
     started = now_iso()
-    result = run(host_fio_argv(disk_path, workload, runtime_s), timeout=runtime_s + 120,
-                 log_file=log_file, what="host fio ceiling")
+    result = host.run(host_fio_argv(disk_path, workload, runtime_s, size_bytes),
+                      timeout=runtime_s + 120, log_file=log_file, what="host fio ceiling")
     fio_json = parse_fio_output(result.output)
     jobs = fio_json.get("jobs") or [{}]
     cpu = sum(float(j.get("usr_cpu", 0.0)) + float(j.get("sys_cpu", 0.0)) for j in jobs)
@@ -56,17 +61,27 @@ def host_points(run: Run) -> list[Point]:
     return [p for p in points if p.key not in done]
 
 
-def run_host_ceiling(run: Run, say: Say, advance: Advance) -> None:
-    """fio on the host against each image, every workload and repetition."""
-    for point in host_points(run):
+def run_host_ceiling(run: Run, say: Say, advance: Advance,
+                     points: list[Point] | None = None) -> None:
+    """fio on the host against each image, every workload and repetition (or `points`)."""
+    for point in host_points(run) if points is None else points:
         log_file = run.log_path(f"{point.key}.fio.json")
         try:
             row = host_fio_ceiling(run.disks[point.disk], point.workload,
                                    run.config.workloads.runtime_s, run_id=run.run_id,
-                                   disk=point.disk, rep=point.rep, log_file=log_file)
+                                   disk=point.disk, rep=point.rep, log_file=log_file,
+                                   host=run.host, size_bytes=_disk_size(run, point.disk))
             row["log"] = run.relative(log_file)
             run.writer.append(row)
         except InfraError as exc:
+            if is_host_lost(run, exc):
+                raise host_lost(run, exc) from exc
             say(f"{point.key}: failed: {exc}")
             fail_points(run, [point], str(exc), log_file)
         advance(point.key)
+
+
+def _disk_size(run: Run, name: str) -> int | None:
+    """The image's size from the config (a remote image cannot be stat()ed from here)."""
+    return None if run.host.is_local else next(d.size_bytes for d in run.config.disks
+                                                 if d.name == name)

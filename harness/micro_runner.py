@@ -18,7 +18,7 @@ from .files import append_csv_row
 from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, HostileResult, find_line,
                          micro_row, run_hostile_case, run_microguest_point)
 from .microguest.cmdline import guest_cmdline, microguest_spec
-from .runstate import Advance, Run
+from .runstate import Advance, Run, host_lost, is_host_lost
 from .trace_runner import Tracer
 from .util import Say, now_iso
 from .vm import qemu_argv
@@ -46,11 +46,16 @@ class MicroRunner:
                 result = run_microguest_point(
                     self.run.binaries[point.variant], self.run.accel, self.run.disks[point.disk],
                     self.run.config.variant(point.variant), point.workload,
-                    self.run.config.workloads.requests, self.spec.wait, log_file,
-                    self.run.config.timeouts.point_s, memory_mb=self.spec.memory_mb,
-                    kernel=self.kernel, warmup=max(1, self.run.config.workloads.requests // 10),
-                    legacy=self.run.legacy[point.variant])
+                    self.run.config.workloads.requests, self.spec.wait,
+                    self.run.host_path(log_file), self.run.config.timeouts.point_s,
+                    memory_mb=self.spec.memory_mb, kernel=self.kernel,
+                    warmup=max(1, self.run.config.workloads.requests // 10),
+                    legacy=self.run.legacy[point.variant], host=self.run.host)
+                self.run.collect_vm_logs(log_file)
             except InfraError as exc:
+                if is_host_lost(self.run, exc):  # the scheduler moves it to another host
+                    raise host_lost(self.run, exc) from exc
+                self.run.collect_vm_logs(log_file)
                 self.say(f"{point.key}: failed: {exc}")
                 row = micro_row(self.run.run_id, point, self.run.accel, None,
                                 started_at=started_at, error=str(exc),

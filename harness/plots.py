@@ -22,11 +22,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .published import fmt_ratio  # noqa: E402
+from .hosts import LOCAL_HOST  # noqa: E402
 from .results import HOST_VARIANT  # noqa: E402
 
 matplotlib.rcParams["svg.hashsalt"] = "dataplane-harness"
-PANEL_KEYS = ["guest", "disk", "rw", "bs", "numjobs"]
-HOST_KEYS = ["disk", "rw", "bs", "numjobs"]
+PANEL_KEYS = ["host", "guest", "disk", "rw", "bs", "numjobs"]  # a panel never mixes two hosts
+HOST_KEYS = ["host", "disk", "rw", "bs", "numjobs"]
 PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan"]
 HOST_COLOR = "black"
@@ -67,8 +68,9 @@ def _host_rows(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
 
 
 def _panel_title(key: tuple) -> str:
-    guest, disk, rw, bs, jobs = key
-    return f"{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
+    host, guest, disk, rw, bs, jobs = key
+    where = "" if host == LOCAL_HOST else f"{host} · "
+    return f"{where}{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.4, sharey: bool = False):

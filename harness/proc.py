@@ -199,6 +199,10 @@ class Process:
         self.kill()
 
     @property
+    def started(self) -> bool:
+        return self.popen is not None
+
+    @property
     def pid(self) -> int:
         assert self.popen is not None, "not started"
         return self.popen.pid

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import plots, published, stats, trace_report
 from .errors import UserError
+from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
 from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
@@ -129,7 +130,8 @@ def _facts_section(facts: dict[str, str]) -> str:
 
 def _workload_heading(key: dict) -> str:
     return (f"### {key['rw']} {key['bs']}, iodepth {key['iodepth']}, {key['numjobs']} job(s) — "
-            f"{key['guest']} guest, disk {key['disk']}, {accel_title(key['accel'])}")
+            f"{key['guest']} guest, disk {key['disk']}, {accel_title(key['accel'])}"
+            + (f", on host {key['host']}" if key.get("host", LOCAL_HOST) != LOCAL_HOST else ""))
 
 
 def _summary_rows(workload, baseline: str) -> list[list]:

@@ -11,9 +11,12 @@ whichever carries percentiles.  For mixed workloads (randrw, rw) the latencies
 are the READ side's: fio reports percentiles per direction and they cannot be
 merged exactly from the summary.  IOPS and bandwidth are read + write.
 
-Schema: every row carries `schema_version` (SCHEMA_VERSION, now 2).  Files
-written before the column existed (the committed reference runs) are version 1
-and read the same way; a file newer than this harness is refused.  Rows that do
+Schema: every row carries `schema_version` (SCHEMA_VERSION, now 3), always the
+last column.  Version 3 added `host`: where the point ran (hosts.LOCAL_HOST,
+"local", for this machine; a remote host's label otherwise).  Files written
+before (version 2 has no `host`, version 1 not even `schema_version`: the
+committed reference runs) are read the same way, their rows' host "local"; a
+file newer than this harness is refused.  Rows that do
 not parse are never dropped silently: `read_results` returns them with their
 line numbers and `load_results` logs one warning line naming them.
 
@@ -37,18 +40,20 @@ import pandas as pd
 
 from .config import parse_size
 from .errors import InfraError, UserError
+from .hosts import LOCAL_HOST
 from .matrix import Point, Workload
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # of results.csv (a column) and manifest.json (a top-level key)
+SCHEMA_VERSION = 3  # of results.csv (a column) and manifest.json (a top-level key)
 
 COLUMNS = (
     "run_id", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs", "rep",
     "status", "iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
-    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "schema_version",
+    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "host", "schema_version",
 )
-V1_COLUMNS = COLUMNS[:-1]  # results.csv before schema_version existed
+V2_COLUMNS = tuple(c for c in COLUMNS if c != "host")  # results.csv before host existed
+V1_COLUMNS = V2_COLUMNS[:-1]  # results.csv before schema_version existed
 INT_COLUMNS = ("iodepth", "numjobs", "rep", "schema_version")
 FLOAT_COLUMNS = ("iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                  "guest_cpu_pct", "host_cpu_pct", "runtime_s")
@@ -72,7 +77,7 @@ def row_key(row: dict[str, Any]) -> str:
 
 def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, workload: Workload,
             rep: int, log: str, started_at: str, status: str = "ok", error: str = "",
-            **metrics: float | None) -> dict[str, Any]:
+            host: str = LOCAL_HOST, **metrics: float | None) -> dict[str, Any]:
     """A complete row; metrics not given (or None) are NaN.  Unknown metric names are a bug."""
     unknown = set(metrics) - set(FLOAT_COLUMNS)
     if unknown:
@@ -81,7 +86,8 @@ def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, wor
         "run_id": run_id, "guest": guest, "variant": variant, "accel": accel, "disk": disk,
         "rw": workload.rw, "bs": workload.bs, "iodepth": int(workload.iodepth),
         "numjobs": int(workload.numjobs), "rep": int(rep), "status": status,
-        "error": error, "log": log, "started_at": started_at, "schema_version": SCHEMA_VERSION,
+        "error": error, "log": log, "started_at": started_at, "host": host,
+        "schema_version": SCHEMA_VERSION,
     }
     for name in FLOAT_COLUMNS:
         value = metrics.get(name)
@@ -280,7 +286,7 @@ class ResultsStore:
     def _file_columns(self) -> tuple[str, ...]:
         with open(self.path, encoding="utf-8", newline="") as handle:
             header = tuple(next(csv.reader(handle), ()))
-        if header in (COLUMNS, V1_COLUMNS):
+        if header in (COLUMNS, V2_COLUMNS, V1_COLUMNS):
             return header
         raise UserError(f"{self.path} has columns this harness does not write: "
                         f"start a new run instead of resuming this one")
@@ -428,6 +434,8 @@ def read_results(path: Path | str) -> ResultsFile:
     version = _file_version(records, header, path)
     if "schema_version" not in header:
         records = [{**r, "schema_version": "1"} for r in records]
+    if "host" not in header:
+        records = [{**r, "host": LOCAL_HOST} for r in records]
     return ResultsFile(path, version, records, tuple(bad))
 
 
@@ -437,6 +445,7 @@ def empty_frame() -> pd.DataFrame:
 
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=list(COLUMNS))
+    frame["host"] = frame["host"].replace({"": None}).fillna(LOCAL_HOST)
     for col in STR_COLUMNS:
         frame[col] = frame[col].fillna("").astype(str)
     if frame["schema_version"].isna().any():

@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 from .accel import Accel
 from .config import BenchConfig
+from .errors import HostLost
+from .hostexec import LOCAL, Executor
 from .matrix import Point
 from .results import failed_row
 from .results_writer import ResultsWriter
@@ -36,6 +38,10 @@ class Run:
     notices: list[str] = field(default_factory=list)
     command_lines: dict[str, str] = field(default_factory=dict)  # per variant, one boot's
     boot_seconds: dict[str, float] = field(default_factory=dict)  # launch → SSH ready, per boot
+    #: where this Run's points run: LOCAL, or (hostrun.prepare_host) a remote host whose
+    #: binaries, disks and accel the fields above then hold
+    host: Executor = LOCAL
+    host_facts: dict[str, dict] = field(default_factory=dict)  # per remote host, for the manifest
 
     @property
     def run_id(self) -> str:
@@ -48,6 +54,31 @@ class Run:
 
     def relative(self, path: Path) -> str:
         return str(Path(path).relative_to(self.run_dir))
+
+    def host_path(self, local: Path) -> Path:
+        """Where a file of the run directory is written on the host running the point."""
+        return Path(self.host.path(local, self.run_dir))
+
+    def collect(self, *local: Path) -> None:
+        """Bring files written on the host back into the run directory (no-op here)."""
+        for path in local:
+            self.host.collect(self.host_path(path), path)
+
+    def collect_vm_logs(self, console_log: Path) -> None:
+        """A boot's console log and QEMU's own log (vm.VMSpec.stderr_log) back here."""
+        self.collect(console_log, console_log.with_name(console_log.name + ".stderr"))
+
+
+def is_host_lost(run: Run, exc: BaseException) -> bool:
+    """The error means the run's host is gone (not that the point failed)."""
+    return isinstance(exc, HostLost) or not run.host.alive()
+
+
+def host_lost(run: Run, exc: BaseException) -> HostLost:
+    """exc as a HostLost naming the run's host (the scheduler moves its points elsewhere)."""
+    if isinstance(exc, HostLost):
+        return exc
+    return HostLost(f"host {run.host.label}: connection lost ({exc})")
 
 
 def fail_points(run: Run, points: Iterable[Point], error: str, log_file: Path) -> None:

@@ -38,8 +38,9 @@ from scipy import stats as scipy_stats
 from .config import parse_size
 from .results import HOST_VARIANT
 
-WORKLOAD_KEYS = ["guest", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
-GROUP_KEYS = ["guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
+#: A median or a ratio never pools two hosts: `host` (results schema 3) is a key.
+WORKLOAD_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
+GROUP_KEYS = ["host", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
 NOISY_CV = 0.10
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
@@ -229,8 +230,8 @@ def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def host_ceiling(df: pd.DataFrame) -> pd.DataFrame:
-    """Median IOPS of the host-fio rows per (disk, rw, bs, iodepth, numjobs)."""
-    keys = ["disk", "rw", "bs", "iodepth", "numjobs"]
+    """Median IOPS of the host-fio rows per (host, disk, rw, bs, iodepth, numjobs)."""
+    keys = ["host", "disk", "rw", "bs", "iodepth", "numjobs"]
     host = ok_rows(df)
     host = host[host["variant"] == HOST_VARIANT]
     if host.empty:

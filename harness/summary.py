@@ -4,10 +4,10 @@
 stats.host_ceiling); report.md renders it as tables and `summary_document` as JSON
 for scripts and dashboards, so the two cannot disagree.
 
-summary.json (schema_version 2):
+summary.json (schema_version 3; 3 added `host` to each workload entry):
   schema_version, run_id, baseline, accel, source_schema_versions (of results.csv
   and manifest.json, null when there is none), malformed_rows (line and reason each),
-  ci ({confidence, method, resamples, seed}), and `workloads`: one entry per guest ×
+  ci ({confidence, method, resamples, seed}), and `workloads`: one entry per host × guest ×
   accel × disk × rw × bs × iodepth × numjobs with `host_fio_iops_median` and
   `variants`: per variant n_ok, n_failed, iops {median, min, max, cv},
   lat_p99_us {median, min, max}, lat_p50_us_median, lat_p999_us_median,
@@ -66,7 +66,7 @@ class RunNumbers:
 
     def _ceiling_for(self, key: dict[str, Any]) -> float | None:
         hit = self.ceiling
-        for name in ("disk", "rw", "bs", "iodepth", "numjobs"):
+        for name in ("host", "disk", "rw", "bs", "iodepth", "numjobs"):
             hit = hit[hit[name] == key[name]]
         return float(hit["host_iops_median"].iloc[0]) if len(hit) else None
 

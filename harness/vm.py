@@ -28,7 +28,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +38,7 @@ from .accel import Accel
 from .config import VariantSpec
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
-from .proc import Process
+from .hostexec import LOCAL, Executor
 from .util import tail
 
 log = logging.getLogger("harness.vm")
@@ -67,6 +67,7 @@ class VMSpec:
     disk: Path | None = None  # the virtio-blk test disk
     variant: VariantSpec | None = None  # how the test disk is attached (aio, iothread, props)
     ssh_port: int | None = None  # a user-mode NIC forwarding 127.0.0.1:port to :22
+    qmp_port: int | None = None  # QMP on 127.0.0.1:port (a remote host) instead of qmp_socket
     debug_exit: bool = False  # isa-debug-exit, so that a guest can power off with a status
     no_reboot: bool = False
     extra: tuple[str, ...] = field(default_factory=tuple)
@@ -175,6 +176,8 @@ def display_args() -> list[str]:
 
 def qmp_args(spec: VMSpec) -> list[str]:
     server = "server,nowait" if spec.legacy else "server=on,wait=off"
+    if spec.qmp_port is not None:  # on a remote host, reached through an SSH forward
+        return ["-qmp", f"tcp:127.0.0.1:{spec.qmp_port},{server}"]
     return ["-qmp", f"unix:{qmp_path(spec)},{server}"]
 
 
@@ -215,7 +218,8 @@ class QMP:
         return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
 
     def connect(self, timeout: float) -> None:
-        self._run(self.client.connect(str(self.path)), timeout)
+        address = self.path if isinstance(self.path, tuple) else str(self.path)
+        self._run(self.client.connect(address), timeout)
 
     def cmd(self, name: str, timeout: float | None = None, **args):
         return self._run(self.client.execute(name, args or None), timeout or self.timeout)
@@ -241,14 +245,23 @@ class QemuExited(InfraError):
 
 
 class VM:
-    """One running QEMU.  `with VM(spec) as vm:` launches and always cleans up."""
+    """One running QEMU.  `with VM(spec) as vm:` launches and always cleans up.
 
-    def __init__(self, spec: VMSpec, connect_timeout: float = 30.0) -> None:
+    host: where QEMU runs (hostexec.LOCAL, or a remote.SSHHost); the spec's
+    paths are paths there.
+    """
+
+    def __init__(self, spec: VMSpec, connect_timeout: float = 30.0,
+                 host: Executor = LOCAL) -> None:
+        if not host.is_local and spec.qmp_port is None:
+            spec = replace(spec, qmp_port=host.free_port())  # its unix socket is out of reach
         self.spec = spec
+        self.host = host
         self.argv = qemu_argv(spec)
         self.connect_timeout = connect_timeout
-        self.process = Process(self.argv, spec.stderr_log)
+        self.process = host.spawn(self.argv, spec.stderr_log)
         self.qmp: QMP | None = None
+        self._forward = None
         self.started_at = 0.0
         self._next_stop_check = 0.0
 
@@ -262,9 +275,9 @@ class VM:
     def launch(self) -> None:
         """Start QEMU paused, connect QMP, let the guest run."""
         spec = self.spec
-        spec.console_log.parent.mkdir(parents=True, exist_ok=True)
-        spec.console_log.write_bytes(b"")
-        qmp_path(spec).unlink(missing_ok=True)
+        self.host.mkdir(spec.console_log.parent)
+        self.host.write_bytes(spec.console_log, b"")
+        self.host.unlink(qmp_path(spec))
         self.process.start()
         self.started_at = time.monotonic()
         try:
@@ -277,10 +290,11 @@ class VM:
     def _connect_qmp(self) -> None:
         deadline = time.monotonic() + self.connect_timeout
         last: object = "socket not created"
+        address = self._qmp_address()
         while True:
             self.check_alive("before QMP answered")
-            if qmp_path(self.spec).exists():
-                qmp = QMP(qmp_path(self.spec))
+            if isinstance(address, tuple) or self.host.exists(address):
+                qmp = QMP(address)
                 try:
                     qmp.connect(timeout=max(1.0, deadline - time.monotonic()))
                     self.qmp = qmp
@@ -292,6 +306,14 @@ class VM:
                 raise InfraError(f"QEMU's QMP did not answer within {self.connect_timeout:.0f} s "
                                  f"({last}; log: {self.spec.stderr_log})")
             time.sleep(0.05)
+
+    def _qmp_address(self) -> Path | tuple[str, int]:
+        """The unix socket here, or (on a host) a local forward to its QMP port."""
+        if self.spec.qmp_port is None:
+            return qmp_path(self.spec)
+        if self._forward is None:
+            self._forward = self.host.forward(self.spec.qmp_port)
+        return ("127.0.0.1", self._forward.port)
 
     # ------------------------------------------------------------ watching
 
@@ -314,10 +336,7 @@ class VM:
                                      f"(log: {self.spec.stderr_log})")
 
     def console(self) -> str:
-        try:
-            return self.spec.console_log.read_bytes().decode(errors="replace")
-        except OSError:
-            return ""
+        return self.host.read_bytes(self.spec.console_log).decode(errors="replace")
 
     def wait_until(self, done: Callable[[str], bool], timeout: float, what: str,
                    poll_s: float = 0.05) -> str:
@@ -386,7 +405,7 @@ class VM:
 
     def shutdown(self, timeout: float = 20.0) -> int | None:
         """QMP quit, wait `timeout`, then SIGTERM and SIGKILL; always reaps.  The exit status."""
-        if self.process.popen is None:
+        if not self.process.started:
             return None
         try:
             self.quit()
@@ -402,7 +421,11 @@ class VM:
         """SIGKILL of the whole group (error paths); reaps."""
         self._close_qmp()
         self.process.kill()
-        qmp_path(self.spec).unlink(missing_ok=True)
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
+        if self.spec.qmp_port is None:
+            self.host.unlink(qmp_path(self.spec))
 
     def _close_qmp(self) -> None:
         if self.qmp is not None:
@@ -420,7 +443,7 @@ class VM:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process.popen is not None else None
+        return self.process.pid if self.process.started else None
 
     @property
     def returncode(self) -> int | None:

@@ -177,7 +177,7 @@ def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env,
     from harness.vm import QemuExited
 
     class DeadVM:
-        def __init__(self, spec):
+        def __init__(self, spec, **_where):
             self.spec = spec
 
         def __enter__(self):
@@ -317,3 +317,12 @@ def test_auto_accel_probes_with_the_micro_guest(tmp_path, env, monkeypatch, kvm,
     started = time.monotonic()
     again, _ = accelprobe.choose_accel("auto", str(FAKE), False)
     assert again == accel and time.monotonic() - started < 2  # the day's verdict, cached
+
+
+def test_a_traced_guest_on_remote_hosts_is_refused_before_anything_runs(tmp_path, env):
+    path = write_config(tmp_path, guests=[{"kind": "microguest", "wait": "poll", "trace": True}],
+                        hosts=[{"host": "127.0.0.1", "port": 9}])
+    with pytest.raises(UserError, match="trace: true runs on this machine only"):
+        bench.run_bench(path)
+    assert not Path(env["HARNESS_RESULTS"]).exists() or not any(
+        Path(env["HARNESS_RESULTS"]).iterdir())

@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import InfraError, UserError
 from harness.matrix import Point, Workload
-from harness.results import (COLUMNS, SCHEMA_VERSION, V1_COLUMNS, ResultsStore, failed_row,
+from harness.results import (COLUMNS, SCHEMA_VERSION, V1_COLUMNS, V2_COLUMNS, ResultsStore, failed_row,
                              load_results, parse_fio_output, read_results, row_from_fio, row_key,
                              split_fio_output)
 
@@ -185,7 +185,8 @@ def test_rows_carry_the_schema_version(tmp_path):
     store.append(parse(HOST_DIR / "randread-4k-qd4-j1.json"))
     assert (tmp_path / "results.csv").read_text().splitlines()[0].endswith(",schema_version")
     results = read_results(tmp_path)
-    assert results.schema_version == SCHEMA_VERSION == 2 and list(results.frame["schema_version"]) == [2]
+    assert results.schema_version == SCHEMA_VERSION == 3 and list(results.frame["schema_version"]) == [3]
+    assert list(results.frame["host"]) == ["local"]
 
 
 def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path, caplog):
@@ -201,7 +202,7 @@ def test_malformed_rows_are_counted_with_their_line_numbers(tmp_path, caplog):
     results = read_results(tmp_path)
     assert len(results.frame) == 2
     assert [(b.line, b.reason) for b in results.bad_lines] == [
-        (3, "4 fields, the header has 24"), (4, "rep 'one' is not an integer"),
+        (3, "4 fields, the header has 25"), (4, "rep 'one' is not an integer"),
         (5, "iops 'lots' is not a number")]
     with caplog.at_level("WARNING", logger="harness.results"):
         assert len(load_results(tmp_path)) == 2
@@ -223,6 +224,17 @@ def test_a_v1_file_is_read_and_resumed_in_its_own_layout(tmp_path):
     assert list(results.frame["rep"]) == [1, 2] and list(results.frame["schema_version"]) == [1, 1]
 
 
+def test_a_v2_file_reads_with_host_local_and_schema_version_last(tmp_path):
+    ok = {**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 2}
+    lines = [",".join(V2_COLUMNS), ",".join("" if isinstance(ok[c], float) and math.isnan(ok[c])
+                                            else str(ok[c]) for c in V2_COLUMNS)]
+    (tmp_path / "results.csv").write_text("\n".join(lines) + "\n")
+    results = read_results(tmp_path)
+    assert results.schema_version == 2 and not results.bad_lines
+    assert list(results.frame["host"]) == ["local"]
+    assert COLUMNS[-1] == "schema_version" and COLUMNS[-2] == "host"
+
+
 def test_committed_reference_runs_load_without_loss():
     for run in sorted((Path(__file__).resolve().parent.parent / "results").glob("*/results.csv")):
         results = read_results(run)
@@ -232,8 +244,8 @@ def test_committed_reference_runs_load_without_loss():
 
 def test_a_newer_file_or_a_foreign_csv_is_refused(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append({**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 3})
-    with pytest.raises(UserError, match="schema_version 3, newer than this harness reads"):
+    store.append({**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 4})
+    with pytest.raises(UserError, match="schema_version 4, newer than this harness reads"):
         read_results(tmp_path)
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="not a harness results.csv"):

@@ -10,6 +10,7 @@ from dataclasses import replace
 from ..accel import Accel
 from ..config import VariantSpec
 from ..matrix import Workload
+from ..hostexec import LOCAL, Executor
 from ..vm import VM, QemuExited
 from .cmdline import DEFAULT_MEMORY_MB, guest_cmdline, microguest_spec
 from .elf import build_microguest
@@ -25,7 +26,7 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                          timeout: float, *, memory_mb: int = DEFAULT_MEMORY_MB,
                          verify: bool = False, seed: int = 1, warmup: int = 0,
                          kernel: str | os.PathLike | None = None,
-                         legacy: bool | None = None,
+                         legacy: bool | None = None, host: Executor = LOCAL,
                          extra: tuple[str, ...] = ()) -> MicroResult:
     """Boot the micro-guest for one point and return its parsed result.
 
@@ -33,8 +34,9 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     BEGIN and END marks divided by the wall time between them, sampled when
     the console shows them (polled every 5 ms, so use runs of a second or more;
     a run that ends within one poll gets NaN).  InfraError (naming the log) when
-    no result line appears before the timeout or QEMU dies first.  extra: more
-    QEMU arguments (the trace flavour's -trace).
+    no result line appears before the timeout or QEMU dies first.  host: where QEMU
+    runs (console_log and the paths are paths there).  extra: more QEMU arguments
+    (the trace flavour's -trace).
     """
     cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
     spec = microguest_spec(binary, accel, disk_path, variant, cmdline, console_log,
@@ -43,7 +45,7 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     if extra:
         spec = replace(spec, extra=spec.extra + tuple(extra))
     marks: dict[str, tuple[float, float | None]] = {}
-    with VM(spec) as vm:
+    with VM(spec, host=host) as vm:
         def reported(text: str) -> bool:
             now = time.monotonic()
             if "begin" not in marks and BEGIN_MARK in text:

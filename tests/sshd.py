@@ -1,0 +1,137 @@
+"""A real OpenSSH server on 127.0.0.1 for the remote-host tests.
+
+Its own port, host key, config and a client key made for the test; it runs as
+the current user with `-D -e` (in the foreground, logging to its stderr),
+UsePAM no and StrictModes no.  `path` sets PATH for the sessions (SetEnv),
+so a test can make a host without fio.  stop() ends the listener and the
+per-connection processes it forked: a host lost mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def sshd_missing() -> str | None:
+    """Why no test sshd can run here, or None."""
+    if not Path(SSHD).exists():
+        return "sshd not installed (scripts/install.sh installs openssh-server)"
+    if not shutil.which("ssh-keygen"):
+        return "ssh-keygen not installed (openssh-client)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class TestSSHD:
+    root: Path
+    port: int
+    client_key: Path
+    process: subprocess.Popen | None = None
+    path: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def host_yaml(self, workdir: Path, name: str | None = None) -> dict:
+        """This server as an entry of a config's hosts:."""
+        entry = {"host": "127.0.0.1", "port": self.port, "identity": str(self.client_key),
+                 "workdir": str(workdir), "accel": "tcg"}
+        return {**entry, "name": name} if name else entry
+
+    def start(self) -> "TestSSHD":
+        config = self.root / "sshd_config"
+        lines = [f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.root / 'host_key'}",
+                 f"AuthorizedKeysFile {self.root / 'authorized_keys'}",
+                 f"PidFile {self.root / 'sshd.pid'}", "UsePAM no", "StrictModes no",
+                 "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                 "PubkeyAuthentication yes", "PermitRootLogin prohibit-password",
+                 "AllowTcpForwarding local", "X11Forwarding no", "PrintMotd no",
+                 "Subsystem sftp internal-sftp", "MaxSessions 64", "LogLevel ERROR"]
+        if self.path:
+            lines.append(f"SetEnv PATH={self.path}")
+        config.write_text("\n".join(lines) + "\n")
+        if os.geteuid() == 0:
+            # sshd started as root insists on its (empty) privilege separation directory
+            Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        log = open(self.root / "sshd.log", "ab")
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"test sshd exited: {(self.root / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("test sshd did not listen within 15 s")
+
+    def stop(self) -> None:
+        """SIGKILL the listener and every process of its session (its connections)."""
+        if self.process is None:
+            return
+        # the per-connection sshd processes, found before their parent goes; the
+        # sessions' own programs are left alone: they see their connection close
+        connections = [pid for pid in _children(self.process.pid) if _comm(pid) == "sshd"]
+        for pid in [self.process.pid, *connections]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait()
+        self.process = None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    """The descendants of pid (from /proc), so that open connections die with it too."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def make_sshd(root: Path, path: str | None = None) -> TestSSHD:
+    """Keys and config for a server on a free port (not started)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("host_key", "client_key"):
+        if not (root / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)],
+                           check=True, stdin=subprocess.DEVNULL)
+    shutil.copy(root / "client_key.pub", root / "authorized_keys")
+    return TestSSHD(root, free_port(), root / "client_key", path=path)
