@@ -32,7 +32,7 @@ class MicroRunner:
         self.spec = spec
         self.say = say
         self.kernel = kernel
-        self.description = f"bare-metal micro-guest ({spec.wait}), {kernel.name}"
+        self.description = f"bare-metal micro-guest ({spec.wait}, kick {spec.kick}), {kernel.name}"
 
     def run_session(self, session: Session, advance: Advance) -> None:
         """Each point is its own boot; an InfraError fails that point only."""
@@ -47,7 +47,7 @@ class MicroRunner:
                     self.run.config.workloads.requests, self.spec.wait, log_file,
                     self.run.config.timeouts.point_s, memory_mb=self.spec.memory_mb,
                     kernel=self.kernel, warmup=max(1, self.run.config.workloads.requests // 10),
-                    legacy=self.run.legacy[point.variant])
+                    legacy=self.run.legacy[point.variant], kick=self.spec.kick)
             except InfraError as exc:
                 self.say(f"{point.key}: failed: {exc}")
                 row = micro_row(self.run.run_id, point, self.run.accel, None,
@@ -64,7 +64,8 @@ class MicroRunner:
     def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:
         if variant in self.run.command_lines:
             return
-        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait)
+        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait,
+                                kick=self.spec.kick)
         spec = microguest_spec(self.run.binaries[variant], self.run.accel, self.run.disks[disk],
                                self.run.config.variant(variant), cmdline, log_file,
                                kernel=self.kernel, memory_mb=self.spec.memory_mb,

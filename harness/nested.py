@@ -515,11 +515,12 @@ class Attempts:
 def run_micro_point(l1: L1, variant: VariantSpec, workload: Workload, requests: int, wait: str,
                     console_log: Path, *, verify: bool = False, warmup: int = 0, seed: int = 1,
                     memory_mb: int = 128, watchdog_s: float = MICRO_WATCHDOG_S,
-                    l2_args: tuple[str, ...] = ()) -> MicroResult:
+                    l2_args: tuple[str, ...] = (), kick: str = "honour") -> MicroResult:
     """One micro-guest run in L2 under L1's KVM; L2Hang when the watchdog fires.
 
     l2_args: more options for the 2012 QEMU (e.g. -no-kvm-irqchip)."""
-    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
+    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup,
+                            kick=kick)
     l1.start_l2(l2_micro_argv(variant, cmdline, memory_mb, l2_args))
     started = time.monotonic()
     state, status = l1.wait_l2(watchdog_s, RESULT_PREFIX.strip())

@@ -25,7 +25,7 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                          timeout: float, *, memory_mb: int = DEFAULT_MEMORY_MB,
                          verify: bool = False, seed: int = 1, warmup: int = 0,
                          kernel: str | os.PathLike | None = None,
-                         legacy: bool | None = None) -> MicroResult:
+                         legacy: bool | None = None, kick: str = "honour") -> MicroResult:
     """Boot the micro-guest for one point and return its parsed result.
 
     Host CPU is QEMU's process CPU time (all threads) between the guest's
@@ -34,7 +34,8 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     a run that ends within one poll gets NaN).  InfraError (naming the log) when
     no result line appears before the timeout or QEMU dies first.
     """
-    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
+    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup,
+                            kick=kick)
     spec = microguest_spec(binary, accel, disk_path, variant, cmdline, console_log,
                            kernel=kernel or build_microguest(), memory_mb=memory_mb,
                            legacy=legacy)
