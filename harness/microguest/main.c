@@ -474,6 +474,7 @@ static void print_result(const struct phase_stats *st, const struct phase_stats 
     out_key_u64("host_features", dev.host_features);
     out_key_u64("notifies", dev.notifies);
     out_key_u64("irqs", irq_count);
+    out_key_u64("missed_irqs", dev.missed_irqs);
     out_key_u64("unexpected_irqs", unexpected_irqs);
     out_key_u64("tsc_hz", tsc_hz);
     out_key_u64("elapsed_ns", elapsed_ns);

@@ -174,6 +174,8 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
         }
     }
     for (;;) {
+        uint32_t irqs, ticks;
+
         irq_disable();
         vdev_set_used_event(d);
         if (vdev_used_idx(d) != d->last_used) {
@@ -183,7 +185,16 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
         if (t0 > deadline) {
             return 0;
         }
+        irqs = irq_count;
+        ticks = timer_ticks;
         safe_halt();
+        irq_disable();
         d->halted_cycles += rdtsc() - t0;
+        /* Woken by the timer alone, with a completion waiting: the device
+         * did not interrupt for it (only the 10 Hz timer bounds the wait) */
+        if (irq_count == irqs && timer_ticks != ticks &&
+            vdev_used_idx(d) != d->last_used) {
+            d->missed_irqs++;
+        }
     }
 }

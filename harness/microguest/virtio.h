@@ -103,6 +103,7 @@ struct vdev {
     uint64_t capacity;              /* 512-byte sectors */
     uint32_t notifies;
     uint64_t halted_cycles;         /* time spent in hlt waiting for interrupts */
+    uint32_t missed_irqs;           /* timer wakeups that found a completion */
 };
 
 #define VRING_MEM_BYTES (64 * 1024)
