@@ -20,13 +20,15 @@ from .hosts import HostSpec
 BuildName = Literal["baseline", "dataplane", "poll"]  # our builds (build.VARIANT_LAYERS)
 AccelName = Literal["kvm", "tcg", "kvm-nested"]  # what a run uses and its rows record (accel.ACCELS)
 AccelChoice = Literal["auto", AccelName]  # what a config or --accel may ask for
-WaitMode = Literal["poll", "irq", "intx"]  # how the micro-guest waits for completions
+WaitMode = Literal["poll", "irq", "intx", "poll-irq-on"]  # how the micro-guest waits for completions
+KickMode = Literal["honour", "every"]  # when the micro-guest notifies the device
 RwMode = Literal["randread", "randwrite", "read", "write", "randrw"]
 AioMode = Literal["native", "io_uring", "threads"]
 GuestKind = Literal["fio", "microguest", "custom"]
 BUILT_VARIANTS: tuple[str, ...] = get_args(BuildName)
 ACCEL_CHOICES: tuple[str, ...] = get_args(AccelChoice)
 WAIT_MODES: tuple[str, ...] = get_args(WaitMode)
+KICK_MODES: tuple[str, ...] = get_args(KickMode)
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
 
 
@@ -111,6 +113,8 @@ class GuestSpec(_Spec):
     ssh_key: Path | None = None
     # micro-guest: how it waits for completions
     wait: WaitMode = "poll"
+    # micro-guest: kick once per batch honouring NO_NOTIFY/EVENT_IDX, or on every request
+    kick: KickMode = "honour"
     # repetitions for this guest (default: the run's); cheap guests can afford more
     repetitions: int | None = Field(default=None, ge=1, le=100)
     # also run each point on the variant's trace flavour and keep its trace (trace_runner.py)
@@ -121,7 +125,9 @@ class GuestSpec(_Spec):
         """The guest column of result rows: the name, else the kind (+ wait mode for the micro-guest)."""
         if self.name:
             return self.name
-        return f"microguest-{self.wait}" if self.kind == "microguest" else self.kind
+        if self.kind != "microguest":
+            return self.kind
+        return f"microguest-{self.wait}" + ("-kick-every" if self.kick == "every" else "")
 
     @model_validator(mode="after")
     def _custom_needs(self):

@@ -33,8 +33,9 @@ class MicroRunner:
         self.spec = spec
         self.say = say
         self.kernel = kernel
-        self.description = f"bare-metal micro-guest ({spec.wait}), {kernel.name}"
-        self.tracer = Tracer(run, say, kernel, spec.wait, spec.memory_mb) if spec.trace else None
+        self.description = f"bare-metal micro-guest ({spec.wait}, kick {spec.kick}), {kernel.name}"
+        self.tracer = Tracer(run, say, kernel, spec.wait, spec.memory_mb,
+                             spec.kick) if spec.trace else None
 
     def run_session(self, session: Session, advance: Advance) -> None:
         """Each point is its own boot; an InfraError fails that point only."""
@@ -50,7 +51,8 @@ class MicroRunner:
                     self.run.host_path(log_file), self.run.config.timeouts.point_s,
                     memory_mb=self.spec.memory_mb, kernel=self.kernel,
                     warmup=max(1, self.run.config.workloads.requests // 10),
-                    legacy=self.run.legacy[point.variant], host=self.run.host)
+                    legacy=self.run.legacy[point.variant], host=self.run.host,
+                    kick=self.spec.kick)
                 self.run.collect_vm_logs(log_file)
             except InfraError as exc:
                 if is_host_lost(self.run, exc):  # the scheduler moves it to another host
@@ -73,7 +75,8 @@ class MicroRunner:
     def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:
         if variant in self.run.command_lines:
             return
-        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait)
+        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait,
+                                kick=self.spec.kick)
         spec = microguest_spec(self.run.binaries[variant], self.run.accel, self.run.disks[disk],
                                self.run.config.variant(variant), cmdline, log_file,
                                kernel=self.kernel, memory_mb=self.spec.memory_mb,

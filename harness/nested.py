@@ -484,12 +484,14 @@ class Attempts:
 def run_micro_point(l1: L1, variant: VariantSpec, workload: Workload, requests: int, wait: str,
                     console_log: Path, *, verify: bool = False, warmup: int = 0, seed: int = 1,
                     memory_mb: int = 128, watchdog_s: float = MICRO_WATCHDOG_S,
-                    l2_args: tuple[str, ...] = (), guest_args: str = "") -> MicroResult:
+                    l2_args: tuple[str, ...] = (), guest_args: str = "",
+                    kick: str = "honour") -> MicroResult:
     """One micro-guest run in L2 under L1's KVM; L2Hang when the watchdog fires.
 
     l2_args: more options for the 2012 QEMU (e.g. -no-kvm-irqchip); guest_args:
     more of the micro-guest's own (e.g. mode=msix-churn churn=4)."""
-    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
+    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup,
+                            kick=kick)
     if guest_args:
         cmdline = f"{cmdline} {guest_args}"
     l1.start_l2(l2_micro_argv(variant, cmdline, memory_mb, l2_args))

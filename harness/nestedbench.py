@@ -87,7 +87,8 @@ class NestedMicroRunner(_NestedRunner):
             with _l1(self.run, self.image, session.key, session.disk) as l1:
                 self.run.boot_seconds[f"{session.key}.l1"] = round(l1.boot_seconds, 2)
                 cmdline = guest_cmdline(session.points[0].workload,
-                                        self.run.config.workloads.requests, self.spec.wait)
+                                        self.run.config.workloads.requests, self.spec.wait,
+                                        kick=self.spec.kick)
                 self.record_command_line(l1, session.variant, nested.l2_micro_argv(
                     self.run.config.variant(session.variant), cmdline, self.spec.memory_mb))
                 while remaining:
@@ -109,7 +110,7 @@ class NestedMicroRunner(_NestedRunner):
             result = nested.run_micro_with_watchdog(
                 l1, config.variant(point.variant), point.workload, config.workloads.requests,
                 self.spec.wait, log_file, attempts, memory_mb=self.spec.memory_mb,
-                warmup=max(1, config.workloads.requests // 10),
+                warmup=max(1, config.workloads.requests // 10), kick=self.spec.kick,
                 watchdog_s=min(float(config.timeouts.point_s), nested.MICRO_WATCHDOG_S))
             # the console of the attempt that reported (a retry has its own file)
             line = find_line(Path(result.log).read_text(errors="replace"), RESULT_PREFIX)

@@ -74,11 +74,13 @@ def _is_built(name: str) -> bool:
 class Tracer:
     """Runs the traced twin of each point of one micro-guest."""
 
-    def __init__(self, run: Run, say: Say, kernel: Path, wait: str, memory_mb: int):
+    def __init__(self, run: Run, say: Say, kernel: Path, wait: str, memory_mb: int,
+                 kick: str = "honour"):
         self.run = run
         self.say = say
         self.kernel = kernel
         self.wait = wait
+        self.kick = kick
         self.memory_mb = memory_mb
         self.dir = run.run_dir / TRACES_DIR
 
@@ -127,7 +129,8 @@ class Tracer:
                 binary, self.run.accel, self.run.disks[point.disk], config.variant(point.variant),
                 point.workload, config.workloads.requests, self.wait, log_file,
                 config.timeouts.point_s, memory_mb=self.memory_mb, kernel=self.kernel,
-                warmup=warmup, legacy=self.run.legacy[point.variant], extra=extra)
+                warmup=warmup, legacy=self.run.legacy[point.variant], extra=extra,
+                kick=self.kick)
             if not raw.exists():
                 raise InfraError(f"the trace flavour wrote no trace file (log: {log_file})")
             with open(raw, "rb") as src, gzip.open(self.dir / f"{point.key}.trace.gz", "wb",

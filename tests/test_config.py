@@ -117,6 +117,26 @@ def test_two_microguest_wait_modes_in_one_run():
     assert plan(named)[0].guest == "linux"
 
 
+def test_microguest_wait_and_kick_modes_are_guests_of_their_own():
+    config = parse_config(MINIMAL + "guests: [{kind: microguest, wait: poll-irq-on}, "
+                          "{kind: microguest, wait: poll-irq-on, kick: every}]")
+    assert [g.id for g in config.guests] == ["microguest-poll-irq-on",
+                                             "microguest-poll-irq-on-kick-every"]
+    assert [g.kick for g in config.guests] == ["honour", "every"]
+    assert {p.guest for p in plan(config)} == {g.id for g in config.guests}
+    with pytest.raises(UserError, match=r"guests\.0\.kick"):
+        parse_config(MINIMAL + "guests: [{kind: microguest, kick: sometimes}]", "c.yaml")
+
+
+def test_micro_configs_cover_every_wait_and_kick_mode():
+    from harness.config import KICK_MODES
+    wanted = {(w, k) for w in ("poll", "irq", "poll-irq-on") for k in KICK_MODES}
+    for name in ("micro.yaml", "micro-irq.yaml"):
+        config = load_config(Path(__file__).parent.parent / "configs" / name)
+        assert {(g.wait, g.kick) for g in config.guests} == wanted, name
+        assert {"qemu-mainloop", "qemu-iothread"} <= {v.name for v in config.variants}
+
+
 def test_run_manifest_is_portable(monkeypatch, tmp_path):
     from harness.manifest_writer import portable
 

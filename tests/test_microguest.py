@@ -88,6 +88,11 @@ def test_guest_cmdline():
         mg.guest_cmdline(Workload("randread", "4k", 1, 2), 10)
     with pytest.raises(UserError, match="wait"):
         mg.guest_cmdline(Workload("randread", "4k", 1, 1), 10, "sleep")
+    assert "kick=honour" in line
+    line = mg.guest_cmdline(Workload("randread", "4k", 1, 1), 10, "poll-irq-on", kick="every")
+    assert "wait=poll-irq-on" in line and "kick=every" in line
+    with pytest.raises(UserError, match="kick"):
+        mg.guest_cmdline(Workload("randread", "4k", 1, 1), 10, kick="never")
 
 
 def test_argv_system_variant_with_iothread():
@@ -216,6 +221,29 @@ def test_randread(kernel, disk, tmp_path, qd, wait):
     row = mg.micro_row("t", Point("microguest", "system", "disk", Workload("randread", "4k", qd, 1), 1),
                        "tcg", result, started_at="t")
     assert row["status"] == "ok" and row["iops"] > 0
+
+
+@pytest.mark.e2e
+@needs_qemu
+@pytest.mark.parametrize("wait, kick", [("poll", "every"), ("irq", "every"),
+                                        ("poll-irq-on", "honour"), ("poll-irq-on", "every")])
+def test_wait_and_kick_modes(kernel, disk, tmp_path, wait, kick):
+    """QEMU 7.2 offers EVENT_IDX: kick=honour negotiates it, kick=every does not and
+    notifies once per request; poll-irq-on takes no interrupt (it never reads the ISR)."""
+    n, qd = 1000, 8
+    result = mg.run_microguest_point(SYSTEM_QEMU, "tcg", disk, SYSTEM,
+                                     Workload("randread", "4k", qd, 1), n, wait,
+                                     tmp_path / "console.log", timeout=120, kernel=kernel,
+                                     kick=kick)
+    _check_run(result, n)
+    raw = result.raw
+    assert raw["wait"] == wait and raw["kick"] == kick
+    assert raw["event_idx"] == (kick == "honour")
+    if kick == "every":
+        assert raw["notifies"] == n
+    assert (raw["irqs"] > 0) == (wait == "irq")
+    assert raw["unexpected_irqs"] == 0
+    assert result.guest_cpu_pct == 100.0 or wait == "irq"
 
 
 @pytest.mark.e2e

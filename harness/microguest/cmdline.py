@@ -3,7 +3,7 @@
 Guest command line, all optional::
 
     rw=randread|randwrite|read|write|randrw  bs=4096  qd=16  n=20000  warmup=0
-    seq=0|1  rwmix=50  wait=poll|irq|intx  verify=0|1  seed=1
+    seq=0|1  rwmix=50  wait=poll|irq|intx|poll-irq-on  kick=honour|every  verify=0|1  seed=1
     mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1  idle=hlt|spin
 """
 
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from ..accel import Accel, accel_named
-from ..config import WAIT_MODES, VariantSpec, parse_size
+from ..config import KICK_MODES, WAIT_MODES, VariantSpec, parse_size
 from ..errors import UserError
 from ..matrix import Workload
 from ..qemuinfo import qemu_info
@@ -26,16 +26,18 @@ DEFAULT_MEMORY_MB = 128
 
 def guest_cmdline(workload: Workload, requests: int, wait: str = "poll", *,
                   verify: bool = False, seed: int = 1, warmup: int = 0,
-                  timeout_ms: int = 10000) -> str:
+                  timeout_ms: int = 10000, kick: str = "honour") -> str:
     """The micro-guest's -append string for one benchmark point."""
     if wait not in WAIT_MODES:
         raise UserError(f"micro-guest wait mode {wait!r}: use one of {', '.join(WAIT_MODES)}")
+    if kick not in KICK_MODES:
+        raise UserError(f"micro-guest kick mode {kick!r}: use one of {', '.join(KICK_MODES)}")
     if workload.numjobs != 1:
         raise UserError(f"micro-guest: numjobs={workload.numjobs}; the legacy virtio-blk device "
                         "has one queue, so the micro-guest runs numjobs 1 only")
     bs = parse_size(workload.bs)
     return (f"rw={workload.rw} bs={bs} qd={workload.iodepth} n={requests} warmup={warmup} "
-            f"wait={wait} verify={int(verify)} seed={seed} timeout_ms={timeout_ms}")
+            f"wait={wait} kick={kick} verify={int(verify)} seed={seed} timeout_ms={timeout_ms}")
 
 
 def hostile_cmdline(case: str, wait_timeout_ms: int = 1000, halt: bool = True) -> str:

@@ -16,6 +16,7 @@ struct mg_config {
     int rwmix;              /* randrw: percent reads */
     enum wait_mode wait;
     const char *wait_name;
+    enum kick_mode kick;
     int verify;
     uint32_t seed;
     int hostile;

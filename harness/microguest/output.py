@@ -57,7 +57,7 @@ class MicroResult:
     @property
     def guest_cpu_pct(self) -> float:
         """Share of the run the vCPU was not halted (100 when polling)."""
-        if self.wait == "poll":
+        if self.wait in ("poll", "poll-irq-on"):
             return 100.0
         if self.elapsed_ns <= 0:
             return math.nan

@@ -27,7 +27,7 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                          verify: bool = False, seed: int = 1, warmup: int = 0,
                          kernel: str | os.PathLike | None = None,
                          legacy: bool | None = None, host: Executor = LOCAL,
-                         extra: tuple[str, ...] = ()) -> MicroResult:
+                         extra: tuple[str, ...] = (), kick: str = "honour") -> MicroResult:
     """Boot the micro-guest for one point and return its parsed result.
 
     Host CPU is QEMU's process CPU time (all threads) between the guest's
@@ -38,7 +38,8 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     runs (console_log and the paths are paths there).  extra: more QEMU arguments
     (the trace flavour's -trace).
     """
-    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup)
+    cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup,
+                            kick=kick)
     spec = microguest_spec(binary, accel, disk_path, variant, cmdline, console_log,
                            kernel=kernel or build_microguest(), memory_mb=memory_mb,
                            legacy=legacy)

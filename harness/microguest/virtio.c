@@ -96,6 +96,11 @@ const char *vdev_init(struct vdev *d, uintptr_t ring_mem, enum wait_mode wait)
     outb(io + VIRTIO_PCI_STATUS, VIRTIO_S_ACK | VIRTIO_S_DRIVER);
     d->host_features = inl(io + VIRTIO_PCI_HOST_FEATURES);
     d->guest_features = d->host_features & (1u << VIRTIO_RING_F_INDIRECT_DESC);
+    if (d->want_event_idx) {
+        d->guest_features |= d->host_features & (1u << VIRTIO_RING_F_EVENT_IDX);
+    }
+    d->event_idx = !!(d->guest_features & (1u << VIRTIO_RING_F_EVENT_IDX));
+    d->wait = wait;
     outl(io + VIRTIO_PCI_GUEST_FEATURES, d->guest_features);
 
     if (wait == WAIT_IRQ && !d->msix) {
@@ -124,10 +129,12 @@ const char *vdev_init(struct vdev *d, uintptr_t ring_mem, enum wait_mode wait)
     d->avail = (struct vring_avail *)(ring_mem + 16 * d->qsize);
     d->used = (volatile struct vring_used *)used;
     d->avail_idx = 0;
+    d->kicked_idx = 0;
     d->last_used = 0;
     if (wait == WAIT_POLL) {
         d->avail->flags = VRING_AVAIL_F_NO_INTERRUPT;
     }
+    vdev_set_used_event(d);
     outl(io + VIRTIO_PCI_QUEUE_PFN, ring_mem >> 12);
     if (d->msix) {
         outw(io + VIRTIO_MSI_QUEUE_VECTOR, wait == WAIT_IRQ ? 0 : VIRTIO_NO_VECTOR);
@@ -155,7 +162,7 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
 {
     uint64_t t0;
 
-    if (wait == WAIT_POLL) {
+    if (wait == WAIT_POLL || wait == WAIT_POLL_IRQ_ON) {
         for (;;) {
             if (vdev_used_idx(d) != d->last_used) {
                 return 1;
@@ -167,7 +174,10 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
         }
     }
     for (;;) {
+        uint32_t irqs, ticks;
+
         irq_disable();
+        vdev_set_used_event(d);
         if (vdev_used_idx(d) != d->last_used) {
             return 1;
         }
@@ -175,7 +185,16 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
         if (t0 > deadline) {
             return 0;
         }
+        irqs = irq_count;
+        ticks = timer_ticks;
         safe_halt();
+        irq_disable();
         d->halted_cycles += rdtsc() - t0;
+        /* Woken by the timer alone, with a completion waiting: the device
+         * did not interrupt for it (only the 10 Hz timer bounds the wait) */
+        if (irq_count == irqs && timer_ticks != ticks &&
+            vdev_used_idx(d) != d->last_used) {
+            d->missed_irqs++;
+        }
     }
 }

@@ -25,6 +25,7 @@
 #define VIRTIO_S_FAILED             0x80
 
 #define VIRTIO_RING_F_INDIRECT_DESC 28
+#define VIRTIO_RING_F_EVENT_IDX     29
 
 #define VRING_DESC_F_NEXT           1
 #define VRING_DESC_F_WRITE          2
@@ -70,6 +71,12 @@ enum wait_mode {
     WAIT_POLL,
     WAIT_IRQ,       /* MSI-X to the LAPIC */
     WAIT_INTX,      /* legacy INTx through the 8259 */
+    WAIT_POLL_IRQ_ON, /* polls, interrupts left on (INTx, ISR never read) */
+};
+
+enum kick_mode {
+    KICK_HONOUR,    /* once per batch, unless NO_NOTIFY / avail_event say no */
+    KICK_EVERY,     /* after every request, whatever the device asked */
 };
 
 struct vdev {
@@ -84,13 +91,19 @@ struct vdev {
     volatile struct vring_used *used;
     uintptr_t ring_mem;
     uint16_t avail_idx;             /* driver's shadow of avail->idx */
+    uint16_t kicked_idx;            /* avail index at the last publish */
     uint16_t last_used;
+    int want_event_idx;             /* set before vdev_init: offer EVENT_IDX */
+    int event_idx;                  /* VIRTIO_RING_F_EVENT_IDX negotiated */
+    enum kick_mode kick;
+    enum wait_mode wait;
     int msix;
     uintptr_t msix_table;           /* MSI-X table (memory BAR) */
     int intx_line;
     uint64_t capacity;              /* 512-byte sectors */
     uint32_t notifies;
     uint64_t halted_cycles;         /* time spent in hlt waiting for interrupts */
+    uint32_t missed_irqs;           /* timer wakeups that found a completion */
 };
 
 #define VRING_MEM_BYTES (64 * 1024)
@@ -112,16 +125,64 @@ static inline void vdev_add(struct vdev *d, uint16_t head)
     d->avail_idx++;
 }
 
-/* Publish the avail index and notify unless the device asked not to. */
+/* EVENT_IDX: the driver's used_event and the device's avail_event words */
+static inline volatile uint16_t *vdev_used_event(struct vdev *d)
+{
+    return (volatile uint16_t *)&d->avail->ring[d->qsize];
+}
+
+static inline volatile uint16_t *vdev_avail_event(struct vdev *d)
+{
+    return (volatile uint16_t *)&d->used->ring[d->qsize];
+}
+
+/* virtio 0.9.5 2.4.3.1: crossing event on the way from old to new? */
+static inline int vring_need_event(uint16_t event, uint16_t new_idx, uint16_t old)
+{
+    return (uint16_t)(new_idx - event - 1) < (uint16_t)(new_idx - old);
+}
+
+/*
+ * Publish the avail index and notify unless the device asked not to
+ * (VRING_USED_F_NO_NOTIFY, or with EVENT_IDX its avail_event); with
+ * KICK_EVERY notify whatever it asked.
+ */
 static inline void vdev_kick(struct vdev *d)
 {
+    uint16_t old = d->kicked_idx;
+    int kick;
+
     barrier();
     *(volatile uint16_t *)&d->avail->idx = d->avail_idx;
+    d->kicked_idx = d->avail_idx;
     mb();
-    if (!(d->used->flags & VRING_USED_F_NO_NOTIFY)) {
+    if (d->kick == KICK_EVERY) {
+        kick = 1;
+    } else if (d->event_idx) {
+        kick = vring_need_event(*vdev_avail_event(d), d->avail_idx, old);
+    } else {
+        kick = !(d->used->flags & VRING_USED_F_NO_NOTIFY);
+    }
+    if (kick) {
         outw(d->io + VIRTIO_PCI_QUEUE_NOTIFY, 0);
         d->notifies++;
     }
+}
+
+/*
+ * With EVENT_IDX, tell the device which used index to interrupt at: the
+ * next one when the guest wants interrupts, none in reach when it polls
+ * with interrupts suppressed (the used index never runs 0x8000 ahead of
+ * what the guest has reaped).
+ */
+static inline void vdev_set_used_event(struct vdev *d)
+{
+    if (!d->event_idx) {
+        return;
+    }
+    *vdev_used_event(d) = d->wait == WAIT_POLL ? (uint16_t)(d->last_used + 0x8000)
+                                               : d->last_used;
+    mb();
 }
 
 static inline uint16_t vdev_used_idx(struct vdev *d)
