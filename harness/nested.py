@@ -46,6 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from . import guest as fioguest
 from . import proc
@@ -66,6 +67,7 @@ from .util import Say, quiet, tail
 from .vm import VM, VMSpec, free_port, linux_spec, opt_value, qemu_argv
 
 log = logging.getLogger("harness.nested")
+T = TypeVar("T")
 
 ACCEL = KVM_NESTED.name
 L1_FORMAT = 1  # bump when the layout of the L1 archive changes
@@ -80,10 +82,22 @@ L2_QMP_PORT = 4444              # in L1: the 2012 QEMU's QMP on TCP
 L2_DISK = "/dev/vda"            # in L1: the test image
 MICRO_WATCHDOG_S = 60.0         # an L2 micro-guest run that has not ended by then is hung
 MICRO_RETRIES = 2               # hung runs retried per point (each one counted)
+L1_FREEZES = "/tmp/l1-freezes"  # in L1: one line per gap in its one-second heartbeat
+L1_FREEZE_S = 5                 # a heartbeat gap this long (L1's own clock) is a freeze
+L1_ANSWER_S = 30.0              # an L1 that does not run `true` within this has stalled
 
 
 class L1Unusable(InfraError):
     """L1 booted but has no /dev/kvm (kvm-amd did not load): nothing to run."""
+
+
+class L1Stalled(InfraError):
+    """L1 stopped answering SSH: a command in it timed out or its connection dropped.
+
+    Seen at random (about one L2 run in ten here, every variant): L1's timer
+    and device interrupts arrive late or not at all while its vCPU runs L2
+    under L0's emulated SVM, and L1's network can stay dead afterwards.  The
+    cure is a new L1 (L1.restart) and the point run again."""
 
 
 class L2Hang(InfraError):
@@ -243,15 +257,21 @@ def l1_spec(binary: str, image: L1Image, disk_path: Path, ports: L1Ports, consol
     """The L0 VM that boots L1 (pure): accel KVM_NESTED's machine accel and cpu.
 
     L0's cache is writeback: L1 sees a block device it can open O_DIRECT, and
-    the image file may sit on a tmpfs.  The NIC forwards three ports.
+    the image file may sit on a tmpfs.  The NIC forwards three ports.  Both
+    devices run without EVENT_IDX: L1 loses an interrupt now and then while
+    it runs L2 (L1Stalled), and with EVENT_IDX a device that has notified
+    once does not notify again until the ring index comes round, so one lost
+    interrupt would end L1's network for good; without it, the next packet
+    or completion notifies again.
     """
     fwd = (f"hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
            f"hostfwd=tcp:127.0.0.1:{ports.l2_ssh}-:{L2_SSH_PORT},"
            f"hostfwd=tcp:127.0.0.1:{ports.l2_qmp}-:{L2_QMP_PORT}")
     extra = ("-drive", f"if=none,id=disk0,file={opt_value(disk_path)},format=raw,"
                        "cache=writeback,aio=threads",
-             "-device", "virtio-blk-pci,drive=disk0",
-             "-netdev", f"user,id=n0,{fwd}", "-device", "virtio-net-pci,netdev=n0,romfile=")
+             "-device", "virtio-blk-pci,drive=disk0,event_idx=off",
+             "-netdev", f"user,id=n0,{fwd}",
+             "-device", "virtio-net-pci,netdev=n0,romfile=,event_idx=off")
     return VMSpec(binary=binary, accel=KVM_NESTED, memory_mb=memory_mb, vcpus=vcpus,
                   console_log=Path(console_log), qmp_socket=Path(qmp_socket), legacy=False,
                   kernel=image.kernel, initrd=image.initrd,
@@ -275,6 +295,7 @@ class L1:
         self.vm = VM(self.spec)
         self.conn = None
         self.boot_seconds = float("nan")
+        self.restarts = 0
 
     def __enter__(self) -> "L1":
         self.boot()
@@ -305,6 +326,40 @@ class L1:
             self.conn = None
         self.vm.kill()
 
+    def restart(self) -> float:
+        """A new L1 from the same image and disk, after L1Stalled; seconds to SSH.
+
+        The stalled L1's console is kept beside the new one (…console.log.stalledN)."""
+        self.close()
+        self.restarts += 1
+        if self.console_log.exists():
+            self.console_log.replace(self.console_log.with_name(
+                f"{self.console_log.name}.stalled{self.restarts}"))
+        log.warning("L1 stopped answering: booting a new L1 (restart %d)", self.restarts)
+        self.vm = VM(self.spec)
+        return self.boot()
+
+    def ensure_up(self) -> None:
+        """Boot L1 again if an earlier command found it stalled."""
+        if self.conn is None:
+            self.restart()
+
+    def answers(self) -> bool:
+        """Whether L1 still runs a command over SSH (False: it has stalled)."""
+        if self.conn is None:
+            return False
+        try:
+            self.sh("true", timeout=L1_ANSWER_S)
+        except InfraError:
+            return False
+        return True
+
+    def freezes_during_l2(self) -> list[str]:
+        """L1's heartbeat gaps since the last l2-start: "UPTIME_S GAP_S" each."""
+        out = self.sh(f"tail -n +$(( $(cat {L2_DIR}/freezes.at-start) + 1 )) {L1_FREEZES}",
+                      check=False)
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     # -------------------------------------------------------------- commands in L1
 
     def sh(self, command: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -325,8 +380,8 @@ class L1:
                 self.conn.close()
                 self.conn = None
                 self.vm.check_alive()
-                raise InfraError(f"L1 stopped answering ({type(exc).__name__}): {command[:200]}; "
-                                 f"L1 console: {self.console_log}") from exc
+                raise L1Stalled(f"L1 stopped answering ({type(exc).__name__}): {command[:200]}; "
+                                f"L1 console: {self.console_log}") from exc
             if result.exited != -1:
                 break
             log.warning("command in L1 ended without an exit status; new SSH connection, "
@@ -533,17 +588,79 @@ def _hang(l1: L1, console_log: Path, console: str, watchdog_s: float) -> L2Hang:
 def run_micro_with_watchdog(l1: L1, variant: VariantSpec, workload: Workload, requests: int,
                             wait: str, console_log: Path, attempts: Attempts,
                             retries: int = MICRO_RETRIES, **kwargs) -> MicroResult:
-    """run_micro_point, retried after a hang (each hang recorded in attempts)."""
+    """run_micro_point, run again after each disturbance the run cannot be trusted through.
+
+    Three are caught, each recorded in attempts with a file that describes it:
+    an L2 hang (the watchdog), an L1 that stopped answering (a new L1 is
+    booted), and a failed result from a run during which L1 itself froze
+    (its heartbeat shows the gap: the data plane's thread in L1 did not run,
+    so a completion timeout says nothing about the variant).  A result that
+    fails without an L1 freeze is returned as it is."""
     for attempt in range(retries + 1):
         log_file = console_log if attempt == 0 else \
             console_log.with_name(f"{console_log.name}.retry{attempt}")
         try:
-            return run_micro_point(l1, variant, workload, requests, wait, log_file, **kwargs)
+            result = run_micro_point(l1, variant, workload, requests, wait, log_file, **kwargs)
         except L2Hang as exc:
             attempts.hangs.append(str(log_file) + ".hang.txt")
-            if attempt == retries:
-                raise InfraError(f"{exc} (hung {attempt + 1} times; no result kept)") from exc
-            log.warning("L2 hang, retrying (%d of %d): %s", attempt + 1, retries, exc)
+            problem: InfraError = exc
+        except L1Stalled as exc:
+            attempts.hangs.append(_note(log_file, "l1-stall", f"{exc}\n"))
+            problem = exc
+            l1.restart()
+        else:
+            freezes = [] if result.ok else l1.freezes_during_l2()
+            if not freezes:
+                return result
+            attempts.hangs.append(_note(log_file, "l1-freeze", _freeze_text(result, freezes)))
+            problem = InfraError(f"L1 froze during the run ({'; '.join(freezes)}, uptime and "
+                                 f"seconds), and the guest reported {result.error or 'a failure'}")
+        if attempt == retries:
+            raise InfraError(f"{problem} ({attempt + 1} disturbed runs; no result kept)") \
+                from problem
+        log.warning("run disturbed, once more (%d of %d): %s", attempt + 1, retries, problem)
+    raise AssertionError("unreachable")
+
+
+def _note(log_file: Path, kind: str, text: str) -> str:
+    """A file beside the console log that says what disturbed the run; its path."""
+    path = log_file.with_name(f"{log_file.name}.{kind}.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def _freeze_text(result: MicroResult, freezes: list[str]) -> str:
+    lines = [f"L1 heartbeat gaps during the run (L1 uptime s, gap s; a beat a second): "
+             f"{'; '.join(freezes)}", f"the guest's result: {result.error} ({result.raw})"]
+    return "\n".join(lines) + "\n"
+
+
+def retry_after_l1_stall(l1: L1, run: Callable[[], T], attempts: Attempts, log_file: Path,
+                         retries: int = MICRO_RETRIES) -> T:
+    """run(), and again on a new L1 when it failed because L1 stopped answering.
+
+    Any failure of run() is checked against L1 itself: if L1 still runs a
+    command, the failure is run()'s own and is raised as it is.  Each stall
+    is noted beside log_file (…l1-stall.txt, …l1-stall2.txt)."""
+    for attempt in range(retries + 1):
+        try:
+            return run()
+        except Exception as exc:  # noqa: BLE001 - classified below, else re-raised
+            if isinstance(exc, L1Stalled) or l1.conn is None:
+                stalled = True
+            elif isinstance(exc, (AssertionError, UserError)):
+                stalled = False
+            else:
+                stalled = not l1.answers()
+            if not stalled or attempt == retries:
+                raise
+            kind = "l1-stall" if attempt == 0 else f"l1-stall{attempt + 1}"
+            attempts.hangs.append(_note(log_file, kind, f"L1 stopped answering: "
+                                                        f"{type(exc).__name__}: {exc}\n"))
+            log.warning("%s: L1 stopped answering; a new L1, once more (%d of %d)",
+                        log_file.name, attempt + 1, retries)
+            l1.restart()
     raise AssertionError("unreachable")
 
 
@@ -634,11 +751,16 @@ else
     echo "{L1_KVM} missing: $(dmesg | grep -iE 'kvm|svm' | tail -n 3 | tr '\\n' ' ')"
 fi
 echo 1 > /proc/sys/kernel/printk
+# a beat a second; a gap of {L1_FREEZE_S} s or more on L1's own clock means L1 did not run
+: > {L1_FREEZES}
+(while :; do sleep 1; cut -d' ' -f1 /proc/uptime; done |
+    awk 'p && $1 - p >= {L1_FREEZE_S} {{ printf "%.1f %.1f\\n", $1, $1 - p; fflush() }} {{ p = $1 }}' \\
+    >> {L1_FREEZES}) </dev/null >/dev/null 2>&1 &
 echo "{L1_READY} $(cut -d' ' -f1 /proc/uptime)"
 while true; do sleep 3600; done
 """
 
-L2_START = """#!/bin/sh
+L2_START = f"""#!/bin/sh
 # l2-start DIR ARGV...: run a QEMU in the background; DIR/rc gets its exit status.
 dir=$1; shift
 if [ -e "$dir/qemu.pid" ] && [ ! -e "$dir/rc" ]; then      # a previous one still runs
@@ -646,6 +768,7 @@ if [ -e "$dir/qemu.pid" ] && [ ! -e "$dir/rc" ]; then      # a previous one stil
     n=0; while [ ! -e "$dir/rc" ] && [ $n -lt 100 ]; do usleep 100000; n=$((n+1)); done
 fi
 rm -rf "$dir"; mkdir -p "$dir"
+wc -l < {L1_FREEZES} > "$dir/freezes.at-start"     # L1.freezes_during_l2 counts from here
 setsid sh -c '"$@" >"$0/stderr" 2>&1; echo $? >"$0/rc.tmp"; mv "$0/rc.tmp" "$0/rc"' \\
     "$dir" "$@" </dev/null >/dev/null 2>&1 &
 """

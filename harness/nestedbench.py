@@ -5,7 +5,8 @@ results.csv rows as any other accelerator with accel = "kvm-nested".  An L2
 micro-guest run that hangs (see README, "accel: kvm-nested") is caught by a
 watchdog, diagnosed, retried up to nested.MICRO_RETRIES times, and every hang
 is written to watchdog.csv and counted on the point's row, so that a hang never
-passes as a data-plane result.
+passes as a data-plane result.  So is a run during which L1 stopped answering
+(a new L1 is booted) or froze (L1's heartbeat shows the gap).
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class NestedMicroRunner(_NestedRunner):
             outcome = "ok after retry" if attempts.retries else "ok"
             if attempts.retries and row["status"] == "ok":
                 row["error"] = (f"note: ok on attempt {attempts.retries + 1}; "
-                                f"{attempts.retries} L2 hang(s) caught by the watchdog "
-                                f"({WATCHDOG_CSV})")
+                                f"{attempts.retries} disturbed run(s) caught by the watchdog "
+                                f"(L2 hang, L1 stalled or frozen: {WATCHDOG_CSV})")
         if attempts.retries:
             record_hangs(self.run, point, attempts, outcome)
         self.run.writer.append(row)
@@ -211,8 +212,11 @@ def run_hostile(run: Run, say: Say, advance: Advance) -> None:
         with _l1(run, image, f"hostile.{variant.name}", disk) as l1:
             for case in cases:
                 log_file = run.log_path(f"hostile.{case}.{variant.name}.console.log")
-                result = nested.run_hostile_case(l1, variant, case, run.disks[disk], log_file,
-                                                 timeout=run.config.timeouts.point_s)
+                result = nested.retry_after_l1_stall(
+                    l1, lambda: nested.run_hostile_case(l1, variant, case, run.disks[disk],
+                                                        log_file,
+                                                        timeout=run.config.timeouts.point_s),
+                    nested.Attempts(), log_file)
                 say(f"hostile {case} on {variant.name} (kvm-nested): "
                     f"{record_hostile(run, result, log_file)}")
                 advance(f"hostile {case} {variant.name}")
