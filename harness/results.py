@@ -11,12 +11,20 @@ whichever carries percentiles.  For mixed workloads (randrw, rw) the latencies
 are the READ side's: fio reports percentiles per direction and they cannot be
 merged exactly from the summary.  IOPS and bandwidth are read + write.
 
-Schema: every row carries `schema_version` (SCHEMA_VERSION, now 3), always the
+Schema: every row carries `schema_version` (SCHEMA_VERSION, now 4), always the
 last column.  Version 3 added `host`: where the point ran (hosts.LOCAL_HOST,
-"local", for this machine; a remote host's label otherwise).  Files written
-before (version 2 has no `host`, version 1 not even `schema_version`: the
-committed reference runs) are read the same way, their rows' host "local"; a
-file newer than this harness is refused.  Rows that do
+"local", for this machine; a remote host's label otherwise).  Version 4 added
+what makes a number trustworthy (TRUST_COLUMNS): `foreign_cpu_pct`, the host
+CPU used during the point by processes that are not the run's own (percent of
+one core; hostload.py), `disturbed` (1 when that exceeded the run's threshold),
+`bound` ("guest" when the guest's CPU was saturated, so the point measures the
+emulated guest, not the I/O path), and the host CPU µs per I/O of the process
+under test — in all (`cpu_us_per_io`) and per thread kind (vCPU, main loop,
+I/O thread: the data-plane thread or an iothread, other; threads.py).  Files
+written before (version 3 has no trust columns, version 2 no `host`, version 1
+not even `schema_version`: the committed reference runs) are read the same
+way, their rows' host "local", `disturbed` 0 and the rest empty; a file newer
+than this harness is refused.  Rows that do
 not parse are never dropped silently: `read_results` returns them with their
 line numbers and `load_results` logs one warning line naming them.
 
@@ -45,18 +53,28 @@ from .matrix import Point, Workload
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # of results.csv (a column) and manifest.json (a top-level key)
+SCHEMA_VERSION = 4  # of results.csv (a column) and manifest.json (a top-level key)
 
+#: Host CPU µs per I/O, in all and per thread kind (threads.THREAD_KINDS).
+CPU_PER_IO_COLUMNS = ("cpu_us_per_io", "cpu_us_per_io_vcpu", "cpu_us_per_io_main",
+                      "cpu_us_per_io_iothread", "cpu_us_per_io_other")
+#: Added in schema 4 (see the module docstring).
+TRUST_COLUMNS = ("foreign_cpu_pct", "disturbed", "bound") + CPU_PER_IO_COLUMNS
 COLUMNS = (
     "run_id", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs", "rep",
     "status", "iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
-    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "host", "schema_version",
+    "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "host",
+    *TRUST_COLUMNS, "schema_version",
 )
-V2_COLUMNS = tuple(c for c in COLUMNS if c != "host")  # results.csv before host existed
+V3_COLUMNS = tuple(c for c in COLUMNS if c not in TRUST_COLUMNS)  # before the trust columns
+V2_COLUMNS = tuple(c for c in V3_COLUMNS if c != "host")  # results.csv before host existed
 V1_COLUMNS = V2_COLUMNS[:-1]  # results.csv before schema_version existed
-INT_COLUMNS = ("iodepth", "numjobs", "rep", "schema_version")
+INT_COLUMNS = ("iodepth", "numjobs", "rep", "disturbed", "schema_version")
 FLOAT_COLUMNS = ("iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
-                 "guest_cpu_pct", "host_cpu_pct", "runtime_s")
+                 "guest_cpu_pct", "host_cpu_pct", "runtime_s", "foreign_cpu_pct",
+                 *CPU_PER_IO_COLUMNS)
+#: `bound` when the guest's own CPU was saturated (stats.GUEST_BOUND_PCT).
+GUEST_BOUND = "guest"
 STR_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
 HOST_VARIANT = "host-fio"  # rows measuring fio on the host against the same image: the ceiling
 PERCENTILES = {"lat_p50_us": "50.000000", "lat_p99_us": "99.000000", "lat_p999_us": "99.900000"}
@@ -77,7 +95,8 @@ def row_key(row: dict[str, Any]) -> str:
 
 def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, workload: Workload,
             rep: int, log: str, started_at: str, status: str = "ok", error: str = "",
-            host: str = LOCAL_HOST, **metrics: float | None) -> dict[str, Any]:
+            host: str = LOCAL_HOST, disturbed: bool = False, bound: str = "",
+            **metrics: float | None) -> dict[str, Any]:
     """A complete row; metrics not given (or None) are NaN.  Unknown metric names are a bug."""
     unknown = set(metrics) - set(FLOAT_COLUMNS)
     if unknown:
@@ -87,7 +106,7 @@ def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, wor
         "rw": workload.rw, "bs": workload.bs, "iodepth": int(workload.iodepth),
         "numjobs": int(workload.numjobs), "rep": int(rep), "status": status,
         "error": error, "log": log, "started_at": started_at, "host": host,
-        "schema_version": SCHEMA_VERSION,
+        "disturbed": int(bool(disturbed)), "bound": bound, "schema_version": SCHEMA_VERSION,
     }
     for name in FLOAT_COLUMNS:
         value = metrics.get(name)
@@ -286,7 +305,7 @@ class ResultsStore:
     def _file_columns(self) -> tuple[str, ...]:
         with open(self.path, encoding="utf-8", newline="") as handle:
             header = tuple(next(csv.reader(handle), ()))
-        if header in (COLUMNS, V2_COLUMNS, V1_COLUMNS):
+        if header in (COLUMNS, V3_COLUMNS, V2_COLUMNS, V1_COLUMNS):
             return header
         raise UserError(f"{self.path} has columns this harness does not write: "
                         f"start a new run instead of resuming this one")
@@ -369,7 +388,7 @@ def _record_problem(record: dict[str, str]) -> str | None:
         if name in record and not value.lstrip("-").isdigit():
             return f"{name} {value!r} is not an integer"
     for name in FLOAT_COLUMNS:
-        value = record[name].strip()
+        value = record.get(name, "").strip()
         if value:
             try:
                 float(value)
@@ -446,8 +465,9 @@ def empty_frame() -> pd.DataFrame:
 def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.reindex(columns=list(COLUMNS))
     frame["host"] = frame["host"].replace({"": None}).fillna(LOCAL_HOST)
+    frame["disturbed"] = frame["disturbed"].replace({"": None}).fillna(0)
     for col in STR_COLUMNS:
-        frame[col] = frame[col].fillna("").astype(str)
+        frame[col] = frame[col].astype(object).where(frame[col].notna(), "").astype(str)
     if frame["schema_version"].isna().any():
         frame["schema_version"] = frame["schema_version"].fillna(SCHEMA_VERSION)
     for col in INT_COLUMNS:

@@ -4,7 +4,7 @@
 stats.host_ceiling); report.md renders it as tables and `summary_document` as JSON
 for scripts and dashboards, so the two cannot disagree.
 
-summary.json (schema_version 3; 3 added `host` to each workload entry):
+summary.json (schema_version 4; 3 added `host` to each workload entry, 4 the trust columns):
   schema_version, run_id, baseline, accel, source_schema_versions (of results.csv
   and manifest.json, null when there is none), malformed_rows (line and reason each),
   ci ({confidence, method, resamples, seed}), and `workloads`: one entry per host × guest ×

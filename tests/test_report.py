@@ -12,6 +12,7 @@ import pytest
 from harness import plots
 from harness.errors import UserError
 from harness.matrix import Workload
+from harness.results import COLUMNS
 from harness.published import compare_with_published, load_published
 from harness.report import write_report as _write_report
 from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
@@ -201,8 +202,8 @@ def test_summary_json_holds_the_numbers_of_the_report(tmp_path):
     report = _write_report(make_run(tmp_path, manifest=MANIFEST), "baseline", summary_json=True)
     assert report.summary_json == tmp_path / "summary.json"
     document = json.loads(report.summary_json.read_text())
-    assert document["schema_version"] == 3 and document["run_id"] == "r1"
-    assert document["source_schema_versions"] == {"results_csv": 3, "manifest_json": 1}
+    assert document["schema_version"] == 4 and document["run_id"] == "r1"
+    assert document["source_schema_versions"] == {"results_csv": 4, "manifest_json": 1}
     assert document["malformed_rows"] == []
     qd16 = next(w for w in document["workloads"] if w["iodepth"] == 16)
     assert (qd16["guest"], qd16["rw"], qd16["bs"], qd16["numjobs"]) == ("fio", "randread", "4k", 1)
@@ -240,7 +241,7 @@ def test_malformed_rows_are_named_in_the_report(tmp_path):
     text = write_report(run, "baseline").read_text()
     facts = text.split("## Run facts")[1].split("## Summary")[0]
     assert f"| malformed rows in results.csv | **1 left out of every table** (line {line}: " \
-        "6 fields, the header has 25) |" in facts
+        f"6 fields, the header has {len(COLUMNS)}) |" in facts
 
 
 def _plot_frames(with_host: bool = True):
@@ -297,7 +298,7 @@ def test_cli_report_json_warns_about_malformed_rows(tmp_path):
         handle.write("r1,fio,baseline\n")
     result = CliRunner().invoke(app, ["report", str(run), "--json"])
     assert result.exit_code == 0, result.output
-    assert f"1 malformed row(s) left out (line {line}: 3 fields, the header has 25)" in result.output
+    assert f"1 malformed row(s) left out (line {line}: 3 fields, the header has {len(COLUMNS)})" in result.output
     assert f"summary: {run / 'summary.json'}" in result.output
     document = json.loads((run / "summary.json").read_text())
-    assert document["malformed_rows"] == [{"line": line, "reason": "3 fields, the header has 25"}]
+    assert document["malformed_rows"] == [{"line": line, "reason": f"3 fields, the header has {len(COLUMNS)}"}]
