@@ -39,6 +39,7 @@ from .config import VariantSpec
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
 from .hostexec import LOCAL, Executor
+from . import threads
 from .util import tail
 
 log = logging.getLogger("harness.vm")
@@ -115,7 +116,8 @@ def qemu_argv(spec: VMSpec, paused: bool = True) -> list[str]:
     """
     return [spec.binary, *machine_args(spec.accel), *memory_args(spec), *boot_args(spec),
             *disk_args(spec), *nic_args(spec), *serial_args(spec), *display_args(),
-            *qmp_args(spec), *exit_args(spec), *spec.extra, *(["-S"] if paused else [])]
+            *qmp_args(spec), *exit_args(spec), *thread_name_args(spec), *spec.extra,
+            *(["-S"] if paused else [])]
 
 
 def machine_args(accel: Accel) -> list[str]:
@@ -186,6 +188,12 @@ def exit_args(spec: VMSpec) -> list[str]:
     if spec.debug_exit and not spec.legacy:  # the 2012 tree has no isa-debug-exit
         argv += ["-device", DEBUG_EXIT]
     return argv
+
+
+def thread_name_args(spec: VMSpec) -> list[str]:
+    """Named threads (`CPU 0/TCG`, `IO io0`), so threads.py can tell them apart; the
+    2012 tree has no debug-threads (its data-plane thread names itself)."""
+    return [] if spec.legacy else ["-name", "debug-threads=on"]
 
 
 def qmp_path(spec: VMSpec) -> Path:
@@ -264,6 +272,7 @@ class VM:
         self._forward = None
         self.started_at = 0.0
         self._next_stop_check = 0.0
+        self.vcpu_threads: tuple[int, ...] = ()  # host thread ids of the vCPUs (QMP)
 
     def __enter__(self) -> "VM":
         self.launch()
@@ -282,6 +291,7 @@ class VM:
         self.started_at = time.monotonic()
         try:
             self._connect_qmp()
+            self.vcpu_threads = self._query_vcpu_threads()
             self.qmp_cmd("cont")
         except BaseException:
             self.kill()
@@ -306,6 +316,15 @@ class VM:
                 raise InfraError(f"QEMU's QMP did not answer within {self.connect_timeout:.0f} s "
                                  f"({last}; log: {self.spec.stderr_log})")
             time.sleep(0.05)
+
+    def _query_vcpu_threads(self) -> tuple[int, ...]:
+        """The vCPUs' thread ids, asked while paused; () if QEMU cannot say (names remain)."""
+        try:
+            return threads.parse_vcpu_threads(self.qmp_cmd(threads.vcpu_query(self.spec.legacy)))
+        except InfraError as exc:
+            self.check_alive("after a vCPU query")
+            log.debug("vCPU thread ids unknown: %s", exc)
+            return ()
 
     def _qmp_address(self) -> Path | tuple[str, int]:
         """The unix socket here, or (on a host) a local forward to its QMP port."""
@@ -440,6 +459,14 @@ class VM:
         if seconds is None:
             raise InfraError(f"cannot read the CPU time of QEMU (log: {self.spec.stderr_log})")
         return seconds
+
+    def thread_sample(self) -> threads.Sample | None:
+        """QEMU's CPU time per thread now (threads.split of two gives the kinds)."""
+        return threads.sample_on(self.host, self.pid)
+
+    def cpu_split(self, before: threads.Sample | None,
+                  after: threads.Sample | None) -> threads.CpuSplit:
+        return threads.split(before, after, self.vcpu_threads)
 
     @property
     def pid(self) -> int | None:

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from ..errors import InfraError
 from ..matrix import Point
 from ..results import failed_row, new_row
+from ..threads import CpuSplit
 from ..util import one_line
 
 RESULT_PREFIX = "MICROGUEST-RESULT "
@@ -47,6 +48,7 @@ class MicroResult:
     # filled in by run.run_microguest_point
     host_cpu_pct: float = math.nan
     wall_s: float = math.nan
+    cpu: CpuSplit = field(default_factory=CpuSplit.unknown)  # per thread kind, BEGIN to END
     exit_status: int | None = None
     log: str = ""
 
@@ -128,7 +130,9 @@ def micro_row(run_id: str, point: Point, accel: str, result: MicroResult | None,
     """One results.csv row for a micro-guest point (result None: the point failed).
 
     guest_cpu_pct: 100 when polling, else the share of the run the vCPU was not
-    halted; host_cpu_pct: QEMU's CPU time over the run (see run.run_microguest_point).
+    halted; host_cpu_pct: QEMU's CPU time over the run (see run.run_microguest_point);
+    cpu_us_per_io*: QEMU's CPU seconds per wall second between the marks, per thread
+    kind, divided by the guest's IOPS.
     """
     common = dict(run_id=run_id, guest=point.guest, variant=point.variant, accel=str(accel),
                   disk=point.disk, workload=point.workload, rep=point.rep,
@@ -148,6 +152,7 @@ def micro_row(run_id: str, point: Point, accel: str, result: MicroResult | None,
         lat_p99_us=result.p99_ns / 1000, lat_p999_us=result.p999_ns / 1000,
         guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=result.host_cpu_pct,
         runtime_s=result.elapsed_ns / 1e9,
+        **result.cpu.per_io_us(result.wall_s, result.iops),
     )
 
 

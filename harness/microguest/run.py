@@ -11,6 +11,7 @@ from ..accel import Accel
 from ..config import VariantSpec
 from ..matrix import Workload
 from ..hostexec import LOCAL, Executor
+from ..threads import CpuSplit
 from ..vm import VM, QemuExited
 from .cmdline import DEFAULT_MEMORY_MB, guest_cmdline, microguest_spec
 from .elf import build_microguest
@@ -33,7 +34,9 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     Host CPU is QEMU's process CPU time (all threads) between the guest's
     BEGIN and END marks divided by the wall time between them, sampled when
     the console shows them (polled every 5 ms, so use runs of a second or more;
-    a run that ends within one poll gets NaN).  InfraError (naming the log) when
+    a run that ends within one poll gets NaN).  At the same marks QEMU's threads
+    are sampled: `cpu` is the CPU seconds per thread kind between them (threads.py),
+    which micro_row turns into CPU µs per I/O.  InfraError (naming the log) when
     no result line appears before the timeout or QEMU dies first.  host: where QEMU
     runs (console_log and the paths are paths there).  extra: more QEMU arguments
     (the trace flavour's -trace).
@@ -46,13 +49,16 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     if extra:
         spec = replace(spec, extra=spec.extra + tuple(extra))
     marks: dict[str, tuple[float, float | None]] = {}
+    samples: dict = {}
     with VM(spec, host=host) as vm:
         def reported(text: str) -> bool:
             now = time.monotonic()
             if "begin" not in marks and BEGIN_MARK in text:
                 marks["begin"] = (now, vm.process.cpu_seconds())
+                samples["begin"] = vm.thread_sample()
             if "end" not in marks and (END_MARK in text or RESULT_PREFIX in text):
                 marks["end"] = (now, vm.process.cpu_seconds())
+                samples["end"] = vm.thread_sample()
             return RESULT_PREFIX in text and text.rstrip("\x00").endswith("\n")
 
         try:
@@ -64,8 +70,12 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                 raise
         if status is None:
             status = vm.shutdown()
+        cpu = vm.cpu_split(samples.get("begin"), samples.get("end")) \
+            if "begin" in marks and "end" in marks and marks["end"][0] > marks["begin"][0] \
+            else CpuSplit.unknown()
     result = parse_result(text)
-    return replace(result, **_cpu_share(marks), exit_status=status, log=str(spec.console_log))
+    return replace(result, **_cpu_share(marks), cpu=cpu, exit_status=status,
+                   log=str(spec.console_log))
 
 
 def _cpu_share(marks: dict[str, tuple[float, float | None]]) -> dict[str, float]:

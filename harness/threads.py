@@ -1,0 +1,279 @@
+"""Where a QEMU process spends its host CPU: per-thread CPU time, by kind of thread.
+
+A sample (`sample(pid)`) is the process's CPU time from /proc/PID/stat
+(utime + stime: every thread, those that already exited included) and each
+live thread's from /proc/PID/task/TID/stat, with the thread's name (its comm,
+the same text as /proc/PID/task/TID/comm; 15 characters at most).  Two
+samples give the CPU seconds of each kind of thread between them (`split`):
+
+* ``vcpu``     — the guest's vCPU threads: the thread ids QMP reports
+  (`query-cpus` on the 2012 tree, `query-cpus-fast` today: `vcpu_thread_ids`),
+  or by name on a QEMU started with ``-name debug-threads=on``
+  (``CPU 0/TCG``, ``CPU 0/KVM``).  Under single-threaded TCG one thread runs
+  every vCPU; on the 2012 tree under TCG that is its TCG thread.
+* ``main``     — the main loop: the thread whose id is the process id (unless
+  QMP says it runs a vCPU, then it counts as ``vcpu``).
+* ``iothread`` — the thread that serves the disk outside the main loop: the
+  2012 data plane's thread when it is named ``dataplane``, or a modern
+  ``-object iothread`` (named ``IO <id>``; not ``IO mon_iothread``, QMP's own).
+* ``other``    — everything else (thread-pool workers, call_rcu, a data-plane
+  thread without a name) and the remainder below.
+
+Threads come and go between samples: a thread present only in the second
+sample counts from zero; a thread present only in the first has exited and
+its time cannot be split (the kernel folds it into the process's total).  The
+total from /proc/PID/stat is the authority: ``other`` is the total minus the
+three named kinds, so it absorbs the time of exited threads and the skew of
+reading the files one after another (a few clock ticks; never below zero).
+`CpuSplit.threads_s` keeps the plain sum of the live threads' deltas, so a
+test can check how much was left to the remainder.
+
+Resolution: clock ticks (1/100 s), so windows of a second or more.  On a
+remote host (hostexec.Executor not local) the same files are read with one
+``cat`` over the executor per sample.  Locally each thread's run-queue wait
+(/proc/.../schedstat) is read too: `thread_loads` gives a thread's demand (CPU
+used plus time spent waiting for a CPU), which says "wants a whole core" on a
+host too busy to give it one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+THREAD_KINDS = ("vcpu", "main", "iothread", "other")
+#: The name the series gives its data-plane thread (qemu_thread_create + prctl).
+DATAPLANE_THREAD = "dataplane"
+#: Modern QEMU's monitor thread is an iothread too, but it serves QMP, not the disk.
+MONITOR_IOTHREAD = "IO mon_iothread"
+_VCPU_SUFFIXES = ("/TCG", "/KVM", "/HVF", "/WHPX")
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    tid: int
+    name: str
+    seconds: float  # utime + stime
+    waited_s: float = math.nan  # runnable but not running (schedstat's run_delay); NaN unknown
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of a process's CPU time, in all and per live thread."""
+
+    pid: int
+    total_s: float
+    threads: tuple[ThreadTime, ...] = ()
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """CPU seconds between two samples: in all, per kind, and the live threads' sum."""
+
+    total_s: float
+    kinds: Mapping[str, float] = field(default_factory=dict)
+    threads_s: float = math.nan
+
+    @classmethod
+    def unknown(cls) -> "CpuSplit":
+        return cls(math.nan, {kind: math.nan for kind in THREAD_KINDS})
+
+    def per_io_us(self, wall_s: float, iops: float) -> dict[str, float]:
+        """results' CPU-per-I/O columns: CPU seconds per wall second ÷ I/Os per second, in µs.
+
+        A rate over a rate, so the CPU window and the window the IOPS were measured
+        in need not be the same length (fio's ramp, the console's poll interval).
+        """
+        return cpu_per_io(self.total_s, wall_s, iops, self.kinds)
+
+
+def cpu_per_io(cpu_s: float, wall_s: float, iops: float,
+               kinds: Mapping[str, float] | None = None) -> dict[str, float]:
+    """{cpu_us_per_io, cpu_us_per_io_<kind>...}: µs of host CPU per I/O (NaN if unknown)."""
+    def per_io(seconds: float) -> float:
+        if not (_finite(seconds) and _finite(wall_s) and _finite(iops)) or wall_s <= 0 or iops <= 0:
+            return math.nan
+        return seconds / wall_s / iops * 1e6
+
+    out = {"cpu_us_per_io": per_io(cpu_s)}
+    if kinds is not None:
+        out.update({f"cpu_us_per_io_{kind}": per_io(kinds.get(kind, math.nan))
+                    for kind in THREAD_KINDS})
+    return out
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def parse_stat(line: str) -> tuple[int, str, int]:
+    """(id, comm, utime + stime in ticks) of one /proc/.../stat line.
+
+    comm is between the first '(' and the last ')': it may hold spaces and
+    parentheses ("CPU 0/TCG").
+    """
+    head, _, rest = line.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    fields = rest.split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15
+    return int(pid_text), comm, int(fields[11]) + int(fields[12])
+
+
+def parse_sample(pid: int, process_stat: str, task_stats: Iterable[str], ticks: int,
+                 waits: Mapping[int, float] | None = None) -> Sample:
+    """A Sample from the text of /proc/PID/stat and of each /proc/PID/task/*/stat;
+    waits: run-queue seconds per thread id (parse_schedstat), where known."""
+    _, _, total = parse_stat(process_stat)
+    threads = []
+    for line in task_stats:
+        if line.strip():
+            tid, name, used = parse_stat(line)
+            threads.append(ThreadTime(tid, name, used / ticks,
+                                      (waits or {}).get(tid, math.nan)))
+    return Sample(pid, total / ticks, tuple(sorted(threads, key=lambda t: t.tid)))
+
+
+def parse_schedstat(text: str) -> float:
+    """Seconds spent runnable but waiting for a CPU, from /proc/.../schedstat
+    ("<on-CPU ns> <run-queue ns> <timeslices>")."""
+    return int(text.split()[1]) / 1e9
+
+
+def _ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def sample(pid: int, proc_root: str | os.PathLike = "/proc") -> Sample | None:
+    """Read the process and its threads now; None when the process is gone.
+
+    A thread that exits while the directory is being read is left out.
+    """
+    root = Path(proc_root) / str(pid)
+    try:
+        process_stat = (root / "stat").read_text()
+        tids = os.listdir(root / "task")
+    except OSError:
+        return None
+    lines, waits = [], {}
+    for tid in tids:
+        try:
+            lines.append((root / "task" / tid / "stat").read_text())
+        except OSError:
+            continue  # exited between listdir and read
+        try:
+            waits[int(tid)] = parse_schedstat((root / "task" / tid / "schedstat").read_text())
+        except (OSError, ValueError, IndexError):
+            pass  # a kernel without schedstat: waits stay unknown
+    return parse_sample(pid, process_stat, lines, _ticks(), waits)
+
+
+_REMOTE_SCRIPT = "getconf CLK_TCK; cat /proc/{pid}/stat; cat /proc/{pid}/task/*/stat 2>/dev/null"
+
+
+def sample_on(host, pid: int | None) -> Sample | None:
+    """sample() on the executor's machine (hostexec.Executor); None if it cannot be read."""
+    if pid is None:
+        return None
+    if getattr(host, "is_local", True):
+        return sample(pid)
+    result = host.run(["sh", "-c", _REMOTE_SCRIPT.format(pid=int(pid))], check=False,
+                      timeout=30, what="read QEMU's thread CPU times")
+    lines = result.output.strip().splitlines()
+    if result.returncode != 0 or len(lines) < 2 or not lines[0].strip().isdigit():
+        return None
+    try:
+        return parse_sample(pid, lines[1], lines[2:], int(lines[0]))
+    except (ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def classify(tid: int, name: str, pid: int, vcpu_tids: Iterable[int] = ()) -> str:
+    """The kind (THREAD_KINDS) of one thread; see the module docstring."""
+    if tid in set(vcpu_tids) or (name.startswith("CPU ") and name.endswith(_VCPU_SUFFIXES)):
+        return "vcpu"
+    if tid == pid:
+        return "main"
+    if name == DATAPLANE_THREAD or (name.startswith("IO ") and name != MONITOR_IOTHREAD):
+        return "iothread"
+    return "other"
+
+
+def split(before: Sample | None, after: Sample | None,
+          vcpu_tids: Iterable[int] = ()) -> CpuSplit:
+    """CPU seconds between two samples of one process, per kind (module docstring)."""
+    if before is None or after is None or before.pid != after.pid:
+        return CpuSplit.unknown()
+    vcpus = frozenset(vcpu_tids)
+    start = {t.tid: t.seconds for t in before.threads}
+    kinds = {kind: 0.0 for kind in THREAD_KINDS}
+    live = 0.0
+    for thread in after.threads:
+        delta = max(0.0, thread.seconds - start.get(thread.tid, 0.0))
+        live += delta
+        kinds[classify(thread.tid, thread.name, after.pid, vcpus)] += delta
+    total = max(0.0, after.total_s - before.total_s)
+    named = kinds["vcpu"] + kinds["main"] + kinds["iothread"]
+    kinds["other"] = max(0.0, total - named)
+    return CpuSplit(total, kinds, live)
+
+
+def has_thread(sample_: Sample | None, name: str) -> bool:
+    return sample_ is not None and any(t.name == name for t in sample_.threads)
+
+
+@dataclass(frozen=True)
+class ThreadLoad:
+    """One thread over a window, in cores: what it used and what it wanted.
+
+    `demand` adds the time it sat runnable waiting for a CPU: on a busy host a
+    thread that spins shows a demand near 1 even when it got less.
+    """
+
+    tid: int
+    name: str
+    kind: str
+    cores: float
+    demand: float
+
+
+def thread_loads(before: Sample, after: Sample, wall_s: float,
+                 vcpu_tids: Iterable[int] = ()) -> list[ThreadLoad]:
+    """Each thread alive in `after`: its CPU (and demand) over the window, in cores."""
+    vcpus = frozenset(vcpu_tids)
+    start = {t.tid: t for t in before.threads}
+    loads = []
+    for thread in after.threads:
+        first = start.get(thread.tid)
+        used = thread.seconds - (first.seconds if first else 0.0)
+        waited = thread.waited_s - (first.waited_s if first else 0.0)
+        loads.append(ThreadLoad(thread.tid, thread.name,
+                                classify(thread.tid, thread.name, after.pid, vcpus),
+                                used / wall_s, (used + waited) / wall_s))
+    return loads
+
+
+# --------------------------------------------------------------------------- QMP
+
+
+def parse_vcpu_threads(answer) -> tuple[int, ...]:
+    """Thread ids from a query-cpus (`thread_id`) or query-cpus-fast (`thread-id`) answer."""
+    tids = []
+    for cpu in answer or ():
+        value = cpu.get("thread-id", cpu.get("thread_id")) if isinstance(cpu, dict) else None
+        if isinstance(value, int) and value > 0:
+            tids.append(value)
+    return tuple(tids)
+
+
+def vcpu_query(legacy: bool) -> str:
+    """The QMP command that names the vCPU threads in this dialect (qemuinfo.QemuInfo.legacy)."""
+    return "query-cpus" if legacy else "query-cpus-fast"
