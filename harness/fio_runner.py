@@ -1,4 +1,10 @@
-"""Sessions with a Linux guest: one boot, one SSH connection, several fio runs."""
+"""Sessions with a Linux guest: one boot, one SSH connection, several fio runs.
+
+Each point's row carries QEMU's host CPU over the fio command (host_cpu_pct),
+its CPU µs per I/O split by thread kind (threads.py; the CPU rate over the
+command, ramp included, divided by fio's IOPS) and `bound` "guest" when the
+guest's own CPU was saturated (stats.GUEST_BOUND_PCT of its vCPUs).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import shlex
 import time
 from pathlib import Path
 
+from . import stats
 from .config import GuestSpec
 from .errors import InfraError
 from .fio_jobs import GuestStalled, open_connection, run_fio
@@ -97,14 +104,20 @@ class FioRunner:
     def _point(self, vm: VM, connection, point: Point) -> None:
         config = self.run.config
         started_at = now_iso()
+        threads_before = vm.thread_sample()
         cpu_before, wall_before = vm.host_cpu_seconds(), time.monotonic()
         result = run_fio(connection, point.workload, config.workloads.runtime_s,
                          config.workloads.ramp_s, config.timeouts.point_s, self.image.device)
-        host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        wall = time.monotonic() - wall_before
+        host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / wall
+        split = vm.cpu_split(threads_before, vm.thread_sample())
         raw = self.run.writer.save_raw(point.key, result.json_text)
         row = row_from_fio(
             result.data, run_id=self.run.run_id, guest=point.guest, variant=point.variant,
             accel=self.run.accel.name, disk=point.disk, workload=point.workload, rep=point.rep,
             guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=host_cpu,
-            log=self.run.relative(raw), started_at=started_at)
+            log=self.run.relative(raw), started_at=started_at,
+            bound=stats.guest_bound(result.guest_cpu_pct))
+        # QEMU's CPU rate over the whole fio command (ramp included) ÷ fio's IOPS
+        row.update(split.per_io_us(wall, row["iops"]))
         self.run.writer.append(row)

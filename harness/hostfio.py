@@ -1,7 +1,8 @@
 """fio on the host against the test images: the reference a guest is measured beside.
 
 Rows have guest "host", variant results.HOST_VARIANT and accel "host";
-host_cpu_pct is fio's usr+sys.
+host_cpu_pct is fio's usr+sys, cpu_us_per_io that divided by fio's IOPS (fio's
+own CPU per I/O; no thread split, the other CPU-per-I/O columns stay empty).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import InfraError, UserError
 from .matrix import Point, Workload, workloads
 from .hostexec import LOCAL, Executor
 from .results import HOST_VARIANT, parse_fio_output, row_from_fio
+from .threads import cpu_per_io
 from .runstate import Advance, Run, fail_points, host_lost, is_host_lost
 from .util import Say, now_iso
 
@@ -46,10 +48,13 @@ def host_fio_ceiling(disk_path: str | os.PathLike, workload: Workload, runtime_s
     fio_json = parse_fio_output(result.output)
     jobs = fio_json.get("jobs") or [{}]
     cpu = sum(float(j.get("usr_cpu", 0.0)) + float(j.get("sys_cpu", 0.0)) for j in jobs)
-    return row_from_fio(fio_json, run_id=run_id, guest="host", variant=HOST_VARIANT,
-                        accel="host", disk=disk or disk_path.name, workload=workload, rep=rep,
-                        guest_cpu_pct=None, host_cpu_pct=cpu, log=str(log_file or ""),
-                        started_at=started)
+    row = row_from_fio(fio_json, run_id=run_id, guest="host", variant=HOST_VARIANT,
+                       accel="host", disk=disk or disk_path.name, workload=workload, rep=rep,
+                       guest_cpu_pct=None, host_cpu_pct=cpu, log=str(log_file or ""),
+                       started_at=started)
+    # fio's usr+sys (% of one CPU over its runtime) ÷ its IOPS: no threads to split
+    row["cpu_us_per_io"] = cpu_per_io(cpu / 100.0, 1.0, row["iops"])["cpu_us_per_io"]
+    return row
 
 
 def host_points(run: Run) -> list[Point]:

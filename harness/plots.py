@@ -132,7 +132,7 @@ def _order(colors: dict) -> list[str]:
     return list(colors) + [HOST_VARIANT]
 
 
-# --- the three plots of a run ------------------------------------------------------------------
+# --- the plots of a run ------------------------------------------------------------------
 
 def _errorbar(ax, rows: pd.DataFrame, column: str, low: str, high: str, x, **style) -> None:
     err = np.nan_to_num([rows[column] - rows[low], rows[high] - rows[column]])
@@ -257,6 +257,59 @@ def speedup_figure(ratios: pd.DataFrame, colors: dict, title: str, baseline: str
         ax.set_title(_panel_title(key), fontsize=9)
         ax.set_ylabel(f"IOPS / {baseline} (95% CI; log)")
     return _finish(fig, axes, f"Speed-up over {baseline} — {title}")
+
+
+def plot_efficiency(summary: pd.DataFrame, base: Path, colors: dict, title: str) -> list[Path]:
+    fig = efficiency_figure(summary, colors, title)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def efficiency_figure(summary: pd.DataFrame, colors: dict, title: str):
+    """Median IOPS against median host CPU µs per I/O, one line per variant through its
+    iodepths (each point labelled with its iodepth), log-log; host fio (its own CPU) in
+    black; guest-bound points hollow.  Up and to the left is better: more I/O for less CPU."""
+    has_cpu = summary[np.isfinite(summary["cpu_us_per_io_median"].astype(float))
+                      & (summary["iops_median"] > 0)]
+    panels = _guest_panels(has_cpu)
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    bound_seen = False
+    for ax, (key, frame) in zip(axes, panels):
+        for variant, rows in frame.groupby("variant"):
+            rows = rows.sort_values("iodepth")
+            color = colors.get(variant)
+            ax.plot(rows["cpu_us_per_io_median"], rows["iops_median"], marker="o", color=color,
+                    label=variant)
+            bound = rows[rows["guest_bound"].astype(bool)]
+            if len(bound):
+                bound_seen = True
+                ax.plot(bound["cpu_us_per_io_median"], bound["iops_median"], linestyle="none",
+                        marker="o", markersize=9, markerfacecolor="white", color=color)
+            _label_depths(ax, rows)
+        host = _host_rows(has_cpu, key)
+        if len(host):
+            host = host.sort_values("iodepth")
+            ax.plot(host["cpu_us_per_io_median"], host["iops_median"], marker="x",
+                    linestyle="--", color=HOST_COLOR, label=HOST_LABEL)
+            _label_depths(ax, host)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_si))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        _log_y(ax)
+        ax.set_xlabel("host CPU µs per I/O (median; log)")
+        ax.set_ylabel("IOPS (median; log)")
+        ax.set_title(_panel_title(key), fontsize=9)
+    extra = [Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
+                    color="gray", label="guest-bound")] if bound_seen else []
+    return _finish(fig, axes, f"Efficiency: IOPS vs CPU per I/O — {title} "
+                              f"(up and to the left is better)", extra)
+
+
+def _label_depths(ax, rows: pd.DataFrame) -> None:
+    for row in rows.itertuples(index=False):
+        ax.annotate(f"QD{row.iodepth}", (row.cpu_us_per_io_median, row.iops_median),
+                    textcoords="offset points", xytext=(4, 3), fontsize=7, color="dimgray")
 
 
 # --- ours beside the published figures ----------------------------------------------------------

@@ -128,10 +128,24 @@ def _facts_section(facts: dict[str, str]) -> str:
     return "## Run facts\n\n" + md_table(["fact", "value"], rows)
 
 
-def _workload_heading(key: dict) -> str:
+def _workload_heading(key: dict, guest_bound: bool = False) -> str:
     return (f"### {key['rw']} {key['bs']}, iodepth {key['iodepth']}, {key['numjobs']} job(s) — "
             f"{key['guest']} guest, disk {key['disk']}, {accel_title(key['accel'])}"
-            + (f", on host {key['host']}" if key.get("host", LOCAL_HOST) != LOCAL_HOST else ""))
+            + (f", on host {key['host']}" if key.get("host", LOCAL_HOST) != LOCAL_HOST else "")
+            + (" — *guest-bound*" if guest_bound else ""))
+
+
+def cpu_text(item) -> str:
+    """Host CPU µs per I/O: the total, then (vCPU / main / I/O thread / other)."""
+    total = item.cpu_us_per_io_median
+    if total is None or not np.isfinite(total):
+        return "–"
+    kinds = [item.cpu_us_per_io_vcpu_median, item.cpu_us_per_io_main_median,
+             item.cpu_us_per_io_iothread_median, item.cpu_us_per_io_other_median]
+    digits = 1 if total < 100 else 0
+    if not any(np.isfinite(k) for k in kinds):
+        return _num(total, digits)
+    return f"{_num(total, digits)} ({' / '.join(_num(k, digits) for k in kinds)})"
 
 
 def _summary_rows(workload, baseline: str) -> list[list]:
@@ -139,13 +153,19 @@ def _summary_rows(workload, baseline: str) -> list[list]:
     for item in workload.variants.itertuples(index=False):
         ratio = workload.ratios.get(item.variant)
         text = "1 (baseline)" if item.variant == baseline else _ratio_text(ratio)
-        flag = "noisy" if item.noisy else ("all failed" if item.n_ok == 0 else "")
+        if workload.guest_bound and item.variant != baseline and ratio is not None:
+            text += " — guest-bound, not the data plane's effect"
+        flags = ["noisy"] if item.noisy else (["all failed"] if item.n_ok == 0 else [])
+        if item.guest_bound:
+            flags.append(f"guest-bound ({item.n_guest_bound} of {item.n_ok})")
         iops = "–" if item.n_ok == 0 else \
             f"{_num(item.iops_median)} ({_num(item.iops_min)}–{_num(item.iops_max)})"
-        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, flag,
-                     f"{item.n_ok} ok, {item.n_failed} failed"])
+        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, cpu_text(item),
+                     ", ".join(flags), f"{item.n_ok} ok, {item.n_failed} failed"])
     if workload.host_iops is not None:
-        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–", "", "host"])
+        cpu = workload.host_cpu_us_per_io
+        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–",
+                     "–" if cpu is None else f"{_num(cpu, 1)} (fio)", "", "host"])
     return rows
 
 
@@ -155,13 +175,21 @@ def _summary_section(numbers: RunNumbers) -> str:
              f"Median IOPS over repetitions (min–max), median p99 latency, and the ratio of "
              f"median IOPS to **{baseline}** with a 95% bootstrap (BCa) CI. *noisy*: the IOPS "
              f"coefficient of variation exceeds {stats.NOISY_CV:.0%}. The same numbers are in "
-             f"`summary.json` (`harness report RUN --json`)."]
+             f"`summary.json` (`harness report RUN --json`).",
+             "*Host CPU µs per I/O*: the median CPU time of the QEMU process per I/O, then split "
+             "by thread (vCPU / main loop / I/O thread: the data-plane thread or an iothread / "
+             "other; `threads.py`); for the host-fio ceiling, fio's own usr+sys. Lower is "
+             "cheaper: the price beside the speed. *guest-bound*: most of a variant's points "
+             f"had the guest's own CPU at {stats.GUEST_BOUND_PCT:.0f}% of its vCPUs or more, "
+             "so the point measures the emulated guest, not the I/O path; a workload with such "
+             "a variant has its ratios marked, and they are not the data plane's effect."]
     if len(numbers.ratios):
         parts.append(_precision_line(numbers.ratios))
     headers = ["variant", "IOPS median (min–max)", "p99 µs", f"ratio to {baseline} [95% CI]",
-               "flag", "reps"]
+               "host CPU µs per I/O (vCPU / main / I/O thread / other)", "flag", "reps"]
     for workload in numbers.workloads():
-        parts += [_workload_heading(workload.key), md_table(headers, _summary_rows(workload, baseline))]
+        parts += [_workload_heading(workload.key, workload.guest_bound),
+                  md_table(headers, _summary_rows(workload, baseline))]
     return "\n\n".join(parts)
 
 
@@ -275,7 +303,8 @@ def _draw(numbers: RunNumbers, plots_dir: Path, title: str) -> list[Path]:
     return (plots.plot_iops(ok_summary, plots_dir / "iops_vs_iodepth", colors, title)
             + plots.plot_latency(ok_summary, plots_dir / "latency_percentiles", colors, title)
             + plots.plot_speedup(numbers.ratios, plots_dir / "speedup", colors, title,
-                                 numbers.baseline))
+                                 numbers.baseline)
+            + plots.plot_efficiency(ok_summary, plots_dir / "efficiency", colors, title))
 
 
 def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False) -> Report:

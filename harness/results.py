@@ -236,17 +236,19 @@ def fio_metrics(fio_json: dict, rw: str) -> dict[str, float]:
 
 def row_from_fio(fio_json: dict, *, run_id: str, guest: str, variant: str, accel: str, disk: str,
                  workload: Workload | None, rep: int, guest_cpu_pct: float | None,
-                 host_cpu_pct: float | None, log: str, started_at: str) -> dict[str, Any]:
+                 host_cpu_pct: float | None, log: str, started_at: str, bound: str = "",
+                 **extra: float | None) -> dict[str, Any]:
     """One ok row from fio --output-format=json (fio 3.x, group_reporting or not).
 
     The workload is taken from the options inside the JSON; `workload` (the
     point's plan) fills options fio left out and is checked against the rest.
+    extra: more measured columns (the CPU µs per I/O).
     """
     ran = workload_from_fio(fio_json, workload)
     metrics = fio_metrics(fio_json, ran.rw)
     return new_row(run_id=run_id, guest=guest, variant=variant, accel=accel, disk=disk,
-                   workload=ran, rep=rep, log=log, started_at=started_at,
-                   guest_cpu_pct=guest_cpu_pct, host_cpu_pct=host_cpu_pct, **metrics)
+                   workload=ran, rep=rep, log=log, started_at=started_at, bound=bound,
+                   guest_cpu_pct=guest_cpu_pct, host_cpu_pct=host_cpu_pct, **metrics, **extra)
 
 
 # --- the store --------------------------------------------------------------------------

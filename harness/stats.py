@@ -36,16 +36,26 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from .config import parse_size
-from .results import HOST_VARIANT
+from .results import CPU_PER_IO_COLUMNS, GUEST_BOUND, HOST_VARIANT
 
 #: A median or a ratio never pools two hosts: `host` (results schema 3) is a key.
 WORKLOAD_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
 GROUP_KEYS = ["host", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
 NOISY_CV = 0.10
+#: A point whose guest CPU (guest_cpu_pct: busy share of all its vCPUs) is at least this
+#: is guest-bound (results.GUEST_BOUND): it measures the emulated guest, not the I/O path.
+GUEST_BOUND_PCT = 90.0
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 SEED = 0
 _LATENCIES = ("lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us")
+
+
+def guest_bound(guest_cpu_pct: float | None) -> str:
+    """The `bound` column of a point whose guest reported its CPU: GUEST_BOUND or ""."""
+    if guest_cpu_pct is None or not np.isfinite(guest_cpu_pct):
+        return ""
+    return GUEST_BOUND if guest_cpu_pct >= GUEST_BOUND_PCT else ""
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -64,7 +74,8 @@ def cv(values: np.ndarray | pd.Series) -> float:
 SUMMARY_COLUMNS = ["n_ok", "iops_median", "iops_min", "iops_max", "iops_q1", "iops_q3", "iops_iqr",
                    "iops_cv", "bw_mib_s_median", "lat_mean_us_median", "lat_p50_us_median",
                    "lat_p99_us_median", "lat_p999_us_median", "lat_p99_us_min", "lat_p99_us_max",
-                   "guest_cpu_pct_median", "host_cpu_pct_median"]
+                   "guest_cpu_pct_median", "host_cpu_pct_median",
+                   *(f"{c}_median" for c in CPU_PER_IO_COLUMNS), "n_guest_bound", "guest_bound"]
 
 
 def _spread(group: pd.DataFrame) -> pd.Series:
@@ -78,7 +89,16 @@ def _spread(group: pd.DataFrame) -> pd.Series:
     out["lat_p99_us_min"], out["lat_p99_us_max"] = group["lat_p99_us"].min(), group["lat_p99_us"].max()
     out["guest_cpu_pct_median"] = group["guest_cpu_pct"].median()
     out["host_cpu_pct_median"] = group["host_cpu_pct"].median()
+    for col in CPU_PER_IO_COLUMNS:
+        out[f"{col}_median"] = group[col].median()
+    out["n_guest_bound"] = int((group["bound"] == GUEST_BOUND).sum())
+    out["guest_bound"] = is_guest_bound(out["n_guest_bound"], len(iops))
     return pd.Series(out)
+
+
+def is_guest_bound(n_bound: int, n_ok: int) -> bool:
+    """A group is guest-bound when more than half of its ok repetitions are."""
+    return bool(n_ok and 2 * n_bound > n_ok)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -87,6 +107,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     Medians and spread of the ok repetitions; n_failed counts failed ones, and a
     point whose repetitions all failed still appears (with NaN numbers).
     `noisy` is True where the IOPS coefficient of variation exceeds 10%.
+    The CPU-per-I/O medians (`cpu_us_per_io_median` and per thread kind) are of the
+    ok repetitions; `guest_bound` when most of them are guest-bound (GUEST_BOUND_PCT).
     """
     records = []
     for key, group in df.groupby(GROUP_KEYS, sort=False):
@@ -95,6 +117,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         records.append({**dict(zip(GROUP_KEYS, key)), **spread, "n_failed": n_failed})
     out = pd.DataFrame(records, columns=GROUP_KEYS + SUMMARY_COLUMNS + ["n_failed"])
     out["n_ok"] = out["n_ok"].fillna(0).astype(int)
+    out["n_guest_bound"] = out["n_guest_bound"].fillna(0).astype(int)
+    out["guest_bound"] = out["guest_bound"].fillna(False).astype(bool)
     out["noisy"] = out["iops_cv"] > NOISY_CV
     return out.sort_values(GROUP_KEYS, key=_sort_key).reset_index(drop=True)
 
@@ -193,6 +217,10 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     return q_values
 
 
+def _bound(rows: pd.DataFrame) -> bool:
+    return is_guest_bound(int((rows["bound"] == GUEST_BOUND).sum()), int(rows["iops"].notna().sum()))
+
+
 def _one_ratio(variant: pd.DataFrame, base: pd.DataFrame) -> dict:
     iops = ratio_ci(variant["iops"], base["iops"])
     p99 = ratio_ci(variant["lat_p99_us"], base["lat_p99_us"])
@@ -200,13 +228,16 @@ def _one_ratio(variant: pd.DataFrame, base: pd.DataFrame) -> dict:
             "iops_median": variant["iops"].median(), "base_iops_median": base["iops"].median(),
             "ratio": iops.ratio, "ci_low": iops.low, "ci_high": iops.high, "ci_method": iops.method,
             "p99_ratio": p99.ratio, "p99_ci_low": p99.low, "p99_ci_high": p99.high,
-            "cv": cv(variant["iops"]), "base_cv": cv(base["iops"])}
+            "cv": cv(variant["iops"]), "base_cv": cv(base["iops"]),
+            "guest_bound": _bound(variant) or _bound(base)}
 
 
 def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Each variant against `baseline` on the same workload (same guest, accel, disk, rw, bs,
     iodepth, numjobs): IOPS ratio of medians with 95% CI, and the p99-latency ratio
-    (variant/baseline, so < 1 is better).  `noisy` if either side's CV exceeds 10%.
+    (variant/baseline, so < 1 is better).  `noisy` if either side's CV exceeds 10%;
+    `guest_bound` if either side is (summarize): then the ratio measures the emulated
+    guest, not the I/O path, and is never the data plane's effect.
     The host-fio ceiling rows are not a variant and are left out.
     """
     good = ok_rows(df)
@@ -223,19 +254,23 @@ def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
             records.append({**record, **_one_ratio(rows, base)})
     columns = WORKLOAD_KEYS + ["variant", "baseline", "n", "n_base", "iops_median",
                                "base_iops_median", "ratio", "ci_low", "ci_high", "ci_method", "p99_ratio",
-                               "p99_ci_low", "p99_ci_high", "cv", "base_cv"]
+                               "p99_ci_low", "p99_ci_high", "cv", "base_cv", "guest_bound"]
     out = pd.DataFrame(records, columns=columns)
     out["noisy"] = (out["cv"] > NOISY_CV) | (out["base_cv"] > NOISY_CV)
     return out
 
 
 def host_ceiling(df: pd.DataFrame) -> pd.DataFrame:
-    """Median IOPS of the host-fio rows per (host, disk, rw, bs, iodepth, numjobs)."""
+    """Median IOPS (and fio's CPU µs per I/O) of the host-fio rows per
+    (host, disk, rw, bs, iodepth, numjobs)."""
     keys = ["host", "disk", "rw", "bs", "iodepth", "numjobs"]
     host = ok_rows(df)
     host = host[host["variant"] == HOST_VARIANT]
     if host.empty:
-        return pd.DataFrame(columns=keys + ["host_iops_median", "host_n"])
-    grouped = host.groupby(keys)["iops"]
-    return pd.concat([grouped.median().rename("host_iops_median"),
-                      grouped.count().rename("host_n")], axis=1).reset_index()
+        return pd.DataFrame(columns=keys + ["host_iops_median", "host_n",
+                                            "host_cpu_us_per_io_median"])
+    grouped = host.groupby(keys)
+    return pd.concat([grouped["iops"].median().rename("host_iops_median"),
+                      grouped["iops"].count().rename("host_n"),
+                      grouped["cpu_us_per_io"].median().rename("host_cpu_us_per_io_median")],
+                     axis=1).reset_index()

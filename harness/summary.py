@@ -15,6 +15,12 @@ summary.json (schema_version 4; 3 added `host` to each workload entry, 4 the tru
   itself), p99_ratio (value, ci_low, ci_high) and flags {baseline, noisy,
   all_failed, faster, slower, ci_within_10pct} — faster/slower: the 95% CI of the
   IOPS ratio lies wholly above/below 1.  Numbers that do not exist are null.
+  CPU price (schema 4): per variant `cpu_us_per_io` {total, vcpu, main, iothread,
+  other} (medians of host CPU µs per I/O of the QEMU process, threads.py),
+  guest_cpu_pct_median, n_guest_bound and flags.guest_bound (its points, or the
+  baseline's, are guest-bound: the ratio measures the guest, not the data plane);
+  per workload `guest_bound` (any variant is) and host_fio_cpu_us_per_io_median;
+  top-level `guest_bound_pct`, the threshold (stats.GUEST_BOUND_PCT).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .results import HOST_VARIANT, SCHEMA_VERSION, BadLine
+from .results import CPU_PER_IO_COLUMNS, HOST_VARIANT, SCHEMA_VERSION, BadLine
 
 PRECISION = 0.10  # the ±10% that the configs aim their repetitions at
 
@@ -40,6 +46,12 @@ class WorkloadNumbers:
     variants: pd.DataFrame       # rows of stats.summarize
     ratios: dict[str, Any]       # variant → row of stats.ratios (itertuples)
     host_iops: float | None
+    host_cpu_us_per_io: float | None = None  # host fio's own CPU per I/O
+
+    @property
+    def guest_bound(self) -> bool:
+        """Some variant's points are guest-bound: no ratio here is the data plane's effect."""
+        return bool(self.variants["guest_bound"].any()) if len(self.variants) else False
 
 
 @dataclass(frozen=True)
@@ -62,13 +74,16 @@ class RunNumbers:
             these = self.ratios[(self.ratios[stats.WORKLOAD_KEYS]
                                  == pd.Series(wanted)).all(axis=1)]
             yield WorkloadNumbers(wanted, frame, {r.variant: r for r in these.itertuples(index=False)},
-                                  self._ceiling_for(wanted))
+                                  *self._ceiling_for(wanted))
 
-    def _ceiling_for(self, key: dict[str, Any]) -> float | None:
+    def _ceiling_for(self, key: dict[str, Any]) -> tuple[float | None, float | None]:
         hit = self.ceiling
         for name in ("host", "disk", "rw", "bs", "iodepth", "numjobs"):
             hit = hit[hit[name] == key[name]]
-        return float(hit["host_iops_median"].iloc[0]) if len(hit) else None
+        if not len(hit):
+            return None, None
+        return (float(hit["host_iops_median"].iloc[0]),
+                float(hit["host_cpu_us_per_io_median"].iloc[0]))
 
 
 def ci_half_width(ratio, low, high):
@@ -84,6 +99,7 @@ def flags(item, ratio, baseline: str) -> dict[str, bool]:
             "all_failed": int(item.n_ok) == 0,
             "faster": bool(has_ci and ratio.ci_low > 1.0),
             "slower": bool(has_ci and ratio.ci_high < 1.0),
+            "guest_bound": bool(item.guest_bound or (ratio is not None and ratio.guest_bound)),
             "ci_within_10pct": bool(has_ci and ci_half_width(ratio.ratio, ratio.ci_low,
                                                                ratio.ci_high) <= PRECISION)}
 
@@ -95,6 +111,12 @@ def _number(value) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
+def cpu_entry(item) -> dict[str, float | None]:
+    """Median host CPU µs per I/O of one variant: in all and per thread kind."""
+    return {("total" if col == "cpu_us_per_io" else col.removeprefix("cpu_us_per_io_")):
+            _number(getattr(item, f"{col}_median")) for col in CPU_PER_IO_COLUMNS}
+
+
 def _variant_entry(item, ratio, baseline: str) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "variant": item.variant, "n_ok": int(item.n_ok), "n_failed": int(item.n_failed),
@@ -104,6 +126,8 @@ def _variant_entry(item, ratio, baseline: str) -> dict[str, Any]:
                        "min": _number(item.lat_p99_us_min), "max": _number(item.lat_p99_us_max)},
         "lat_p50_us_median": _number(item.lat_p50_us_median),
         "lat_p999_us_median": _number(item.lat_p999_us_median),
+        "cpu_us_per_io": cpu_entry(item), "guest_cpu_pct_median": _number(item.guest_cpu_pct_median),
+        "n_guest_bound": int(item.n_guest_bound),
         "ratio": None, "p99_ratio": None, "flags": flags(item, ratio, baseline)}
     if ratio is not None:
         entry["ratio"] = {"value": _number(ratio.ratio), "ci_low": _number(ratio.ci_low),
@@ -125,11 +149,13 @@ def summary_document(numbers: RunNumbers, run_id: str, accel: str,
         variants = [_variant_entry(item, workload.ratios.get(item.variant), numbers.baseline)
                     for item in workload.variants.itertuples(index=False)]
         workloads.append({**key, "host_fio_iops_median": _number(workload.host_iops),
-                          "variants": variants})
+                          "host_fio_cpu_us_per_io_median": _number(workload.host_cpu_us_per_io),
+                          "guest_bound": workload.guest_bound, "variants": variants})
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "baseline": numbers.baseline,
             "accel": accel,
             "ci": {"confidence": stats.CONFIDENCE, "method": "bootstrap BCa, ratio of medians",
                    "resamples": stats.RESAMPLES, "seed": stats.SEED},
+            "guest_bound_pct": stats.GUEST_BOUND_PCT,
             "source_schema_versions": sources or {},
             "malformed_rows": [{"line": b.line, "reason": b.reason} for b in bad_lines],
             "workloads": workloads}
