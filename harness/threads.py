@@ -76,10 +76,19 @@ class CpuSplit:
     total_s: float
     kinds: Mapping[str, float] = field(default_factory=dict)
     threads_s: float = math.nan
+    # the two samples and the vCPU ids behind it, for per-thread detail (thread_loads)
+    samples: tuple["Sample", "Sample"] | None = field(default=None, compare=False, repr=False)
+    vcpu_tids: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def unknown(cls) -> "CpuSplit":
         return cls(math.nan, {kind: math.nan for kind in THREAD_KINDS})
+
+    def loads(self, wall_s: float) -> list["ThreadLoad"]:
+        """Each live thread's CPU and demand over the window, in cores ([] if unknown)."""
+        if self.samples is None or not _finite(wall_s) or wall_s <= 0:
+            return []
+        return thread_loads(*self.samples, wall_s, self.vcpu_tids)
 
     def per_io_us(self, wall_s: float, iops: float) -> dict[str, float]:
         """results' CPU-per-I/O columns: CPU seconds per wall second ÷ I/Os per second, in µs.
@@ -223,7 +232,7 @@ def split(before: Sample | None, after: Sample | None,
     total = max(0.0, after.total_s - before.total_s)
     named = kinds["vcpu"] + kinds["main"] + kinds["iothread"]
     kinds["other"] = max(0.0, total - named)
-    return CpuSplit(total, kinds, live)
+    return CpuSplit(total, kinds, live, (before, after), vcpus)
 
 
 def has_thread(sample_: Sample | None, name: str) -> bool:
