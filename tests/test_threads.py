@@ -366,3 +366,53 @@ def test_interrupt_guest_on_dataplane_leaves_the_data_plane_mostly_idle(kernel, 
     candidates = named or [x for x in loads if x.kind == "other"]
     assert candidates, _describe(result)
     assert max(x.cores for x in candidates) < 0.5, _describe(result)
+
+
+# ---- a fio-guest point, QEMU and the guest faked ----------------------------------------------
+
+class _FakeVM:
+    """What fio_runner._point asks of a VM: CPU time, thread samples over 2 s of wall."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def host_cpu_seconds(self) -> float:
+        self.calls += 1
+        return 10.0 if self.calls == 1 else 13.0
+
+    def thread_sample(self):
+        return object()
+
+    def cpu_split(self, before, after):
+        return threads.CpuSplit(3.0, {"vcpu": 2.0, "main": 0.5, "iothread": 0.0, "other": 0.5})
+
+
+@pytest.mark.parametrize("guest_cpu, bound", [(97.5, GUEST_BOUND), (30.0, "")])
+def test_fio_guest_point_fills_cpu_per_io_and_bound(monkeypatch, tmp_path, guest_cpu, bound):
+    from types import SimpleNamespace
+
+    from harness import fio_runner
+    from harness.fio_jobs import FioRun
+
+    text = (DATA / "fio" / "randread-4k-qd4-j2.json").read_text()
+    data = json.loads(text)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(fio_runner.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(fio_runner, "run_fio",
+                        lambda *a, **k: FioRun(text, data, guest_cpu, 2.0))
+    rows = []
+    run = SimpleNamespace(
+        run_id="r", accel=SimpleNamespace(name="tcg"), relative=str,
+        config=SimpleNamespace(workloads=SimpleNamespace(runtime_s=3, ramp_s=1),
+                               timeouts=SimpleNamespace(point_s=60)),
+        writer=SimpleNamespace(save_raw=lambda key, text: tmp_path / key, append=rows.append))
+    runner = fio_runner.FioRunner.__new__(fio_runner.FioRunner)
+    runner.run, runner.image = run, SimpleNamespace(device="/dev/vda")
+    runner._point(_FakeVM(), None, Point("fio", "dataplane", "ram",
+                                         Workload("randread", "4k", 4, 2), 1))
+    (row,) = rows
+    assert row["host_cpu_pct"] == pytest.approx(150.0)
+    # 1.5 cores of QEMU ÷ fio's IOPS, in µs; the vCPU threads' 1 core likewise
+    assert row["cpu_us_per_io"] == pytest.approx(1.5 / row["iops"] * 1e6)
+    assert row["cpu_us_per_io_vcpu"] == pytest.approx(1.0 / row["iops"] * 1e6)
+    assert row["bound"] == bound
