@@ -210,6 +210,10 @@ class AdaptiveRepetitions(_Spec):
         return self
 
 
+#: Time a fio point needs beyond ramp + runtime (start-up, the JSON back over SSH).
+POINT_MARGIN_S = 30
+
+
 class BenchConfig(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -268,6 +272,7 @@ class BenchConfig(_Spec):
             raise ValueError(f"baseline: {self.baseline!r} is not one of the variants {names}")
         if self.accel == "kvm-nested":
             check_kvm_nested(self.variants, self.guests)
+        self._fits_in_point_timeout()
         disk_names = [d.name for d in self.disks]
         if len(set(disk_names)) != len(disk_names):
             raise ValueError(f"disks: names must be unique, got {disk_names}")
@@ -289,6 +294,18 @@ class BenchConfig(_Spec):
         """The ±precision adaptive repetitions aim at, or None."""
         reps = self.repetitions
         return reps.target if isinstance(reps, AdaptiveRepetitions) else None
+
+    def _fits_in_point_timeout(self) -> None:
+        """A fio run that cannot end within timeouts.point_s would fail every point."""
+        if all(g.kind == "microguest" for g in self.guests):
+            return
+        needed = self.workloads.runtime_s + self.workloads.ramp_s + POINT_MARGIN_S
+        if needed > self.timeouts.point_s:
+            raise ValueError(
+                f"workloads.runtime_s ({self.workloads.runtime_s}) + ramp_s "
+                f"({self.workloads.ramp_s}) do not fit in timeouts.point_s "
+                f"({self.timeouts.point_s}): every fio point would time out; set "
+                f"timeouts.point_s to at least {needed}")
 
     def guest(self, guest_id: str) -> GuestSpec:
         for guest in self.guests:
