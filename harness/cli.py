@@ -150,6 +150,8 @@ def bench(
                                         "(repeatable; replaces the config's hosts:). Each host "
                                         "is checked, sent what it lacks, and runs one point at "
                                         "a time; rows name their host."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the config, print the plan "
+                                 "(points, boots, estimated time) and run nothing."),
 ):
     """Boot guests under each variant, run the matrix, write results and the report.
 
@@ -164,6 +166,14 @@ def bench(
     from rich import progress as rich_progress
 
     from .bench import run_bench
+
+    if dry_run:
+        from .config import load_config
+        from .estimate import plan_lines
+
+        for line in plan_lines(load_config(config)):
+            out.print(line, highlight=False, soft_wrap=True)
+        return
 
     bar = None
     if console.is_terminal:

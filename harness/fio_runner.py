@@ -106,11 +106,13 @@ class FioRunner:
         started_at = now_iso()
         threads_before = vm.thread_sample()
         cpu_before, wall_before = vm.host_cpu_seconds(), time.monotonic()
+        watch = self.run.watch.start()
         result = run_fio(connection, point.workload, config.workloads.runtime_s,
                          config.workloads.ramp_s, config.timeouts.point_s, self.image.device)
         wall = time.monotonic() - wall_before
         host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / wall
         split = vm.cpu_split(threads_before, vm.thread_sample())
+        self.run.watch.stop(watch)
         raw = self.run.writer.save_raw(point.key, result.json_text)
         row = row_from_fio(
             result.data, run_id=self.run.run_id, guest=point.guest, variant=point.variant,
@@ -120,4 +122,4 @@ class FioRunner:
             bound=stats.guest_bound(result.guest_cpu_pct))
         # QEMU's CPU rate over the whole fio command (ramp included) ÷ fio's IOPS
         row.update(split.per_io_us(wall, row["iops"]))
-        self.run.writer.append(row)
+        self.run.writer.append({**row, **watch.columns()})

@@ -400,9 +400,11 @@ def test_fio_guest_point_fills_cpu_per_io_and_bound(monkeypatch, tmp_path, guest
     monkeypatch.setattr(fio_runner.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(fio_runner, "run_fio",
                         lambda *a, **k: FioRun(text, data, guest_cpu, 2.0))
+    from harness.hostload import PointWatch
+
     rows = []
     run = SimpleNamespace(
-        run_id="r", accel=SimpleNamespace(name="tcg"), relative=str,
+        run_id="r", watch=PointWatch(10.0, enabled=False), accel=SimpleNamespace(name="tcg"), relative=str,
         config=SimpleNamespace(workloads=SimpleNamespace(runtime_s=3, ramp_s=1),
                                timeouts=SimpleNamespace(point_s=60)),
         writer=SimpleNamespace(save_raw=lambda key, text: tmp_path / key, append=rows.append))
