@@ -329,10 +329,11 @@ def _describe(result) -> str:
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_thread_split_adds_up_to_the_process_total(kernel, tmp_path):
-    result = _point("poll", "poll", 15000, kernel, tmp_path)
+    result = _point("poll", "poll", 30000, kernel, tmp_path)
     split = result.cpu
-    assert result.wall_s > 0.5, "the run was too short to measure in clock ticks"
-    assert split.total_s > 0.2, _describe(result)
+    # clock ticks of 10 ms, each thread rounded on its own: 5% needs half a second of CPU
+    assert split.total_s >= 0.5, f"too little CPU to judge in clock ticks: {_describe(result)}"
+
     assert split.threads_s == pytest.approx(split.total_s, rel=0.05), _describe(result)
     assert sum(split.kinds.values()) == pytest.approx(split.total_s, rel=1e-9)
 
