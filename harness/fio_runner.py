@@ -111,7 +111,7 @@ class FioRunner:
                          config.workloads.ramp_s, config.timeouts.point_s, self.image.device)
         wall = time.monotonic() - wall_before
         host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / wall
-        split = vm.cpu_split(threads_before, vm.thread_sample())
+        split = vm.cpu_split(threads_before, vm.thread_sample(), wall)
         self.run.watch.stop(watch)
         raw = self.run.writer.save_raw(point.key, result.json_text)
         row = row_from_fio(

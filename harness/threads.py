@@ -21,10 +21,14 @@ samples give the CPU seconds of each kind of thread between them (`split`):
 
 Threads come and go between samples: a thread present only in the second
 sample counts from zero; a thread present only in the first has exited and
-its time cannot be split (the kernel folds it into the process's total).  The
-total from /proc/PID/stat is the authority: ``other`` is the total minus the
-three named kinds, so it absorbs the time of exited threads and the skew of
-reading the files one after another (a few clock ticks; never below zero).
+its own time after the first sample cannot be read (the kernel folds it into
+the process's total).  The total from /proc/PID/stat is the authority: the
+remainder (the total minus the live threads' sum) goes to the kind of the
+exited threads when they were all of one kind (the vCPU thread of a guest
+that powers off as the END sample is taken), else to ``other``: then
+``other`` is the total minus the three named kinds, absorbing the exited
+threads and the skew of reading the files one after another (a few clock
+ticks; never below zero).
 `CpuSplit.threads_s` keeps the plain sum of the live threads' deltas, so a
 test can check how much was left to the remainder.
 
@@ -79,6 +83,7 @@ class CpuSplit:
     # the two samples and the vCPU ids behind it, for per-thread detail (thread_loads)
     samples: tuple["Sample", "Sample"] | None = field(default=None, compare=False, repr=False)
     vcpu_tids: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
+    wall_s: float = math.nan  # the window between the two samples, where the caller knows it
 
     @classmethod
     def unknown(cls) -> "CpuSplit":
@@ -217,8 +222,9 @@ def classify(tid: int, name: str, pid: int, vcpu_tids: Iterable[int] = ()) -> st
 
 
 def split(before: Sample | None, after: Sample | None,
-          vcpu_tids: Iterable[int] = ()) -> CpuSplit:
-    """CPU seconds between two samples of one process, per kind (module docstring)."""
+          vcpu_tids: Iterable[int] = (), wall_s: float = math.nan) -> CpuSplit:
+    """CPU seconds between two samples of one process, per kind (module docstring);
+    wall_s: the time between them, kept with the split."""
     if before is None or after is None or before.pid != after.pid:
         return CpuSplit.unknown()
     vcpus = frozenset(vcpu_tids)
@@ -230,9 +236,25 @@ def split(before: Sample | None, after: Sample | None,
         live += delta
         kinds[classify(thread.tid, thread.name, after.pid, vcpus)] += delta
     total = max(0.0, after.total_s - before.total_s)
-    named = kinds["vcpu"] + kinds["main"] + kinds["iothread"]
-    kinds["other"] = max(0.0, total - named)
-    return CpuSplit(total, kinds, live, (before, after), vcpus)
+    remainder = total - live
+    alive = {t.tid for t in after.threads}
+    exited = {classify(t.tid, t.name, before.pid, vcpus)
+              for t in before.threads if t.tid not in alive}
+    if remainder > 0 and len(exited) == 1 and exited != {"other"}:
+        # only threads of one kind exited (a vCPU thread as QEMU powers off): theirs
+        kinds[exited.pop()] += remainder
+    else:
+        named = kinds["vcpu"] + kinds["main"] + kinds["iothread"]
+        kinds["other"] = max(0.0, total - named)
+    return CpuSplit(total, kinds, live, (before, after), vcpus, wall_s)
+
+
+def exited(before: Sample | None, after: Sample | None) -> bool:
+    """Some thread of `before` is gone in `after` (QEMU powering off, say)."""
+    if before is None or after is None:
+        return False
+    alive = {t.tid for t in after.threads}
+    return any(t.tid not in alive for t in before.threads)
 
 
 def has_thread(sample_: Sample | None, name: str) -> bool:

@@ -464,9 +464,9 @@ class VM:
         """QEMU's CPU time per thread now (threads.split of two gives the kinds)."""
         return threads.sample_on(self.host, self.pid)
 
-    def cpu_split(self, before: threads.Sample | None,
-                  after: threads.Sample | None) -> threads.CpuSplit:
-        return threads.split(before, after, self.vcpu_threads)
+    def cpu_split(self, before: threads.Sample | None, after: threads.Sample | None,
+                  wall_s: float = float("nan")) -> threads.CpuSplit:
+        return threads.split(before, after, self.vcpu_threads, wall_s)
 
     @property
     def pid(self) -> int | None:

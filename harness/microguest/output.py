@@ -152,7 +152,7 @@ def micro_row(run_id: str, point: Point, accel: str, result: MicroResult | None,
         lat_p99_us=result.p99_ns / 1000, lat_p999_us=result.p999_ns / 1000,
         guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=result.host_cpu_pct,
         runtime_s=result.elapsed_ns / 1e9,
-        **result.cpu.per_io_us(result.wall_s, result.iops),
+        **result.cpu.per_io_us(result.cpu.wall_s, result.iops),
     )
 
 

@@ -11,7 +11,7 @@ from ..accel import Accel
 from ..config import VariantSpec
 from ..matrix import Workload
 from ..hostexec import LOCAL, Executor
-from ..threads import CpuSplit
+from ..threads import CpuSplit, Sample, exited
 from ..vm import VM, QemuExited
 from .cmdline import DEFAULT_MEMORY_MB, guest_cmdline, microguest_spec
 from .elf import build_microguest
@@ -49,16 +49,18 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     if extra:
         spec = replace(spec, extra=spec.extra + tuple(extra))
     marks: dict[str, tuple[float, float | None]] = {}
-    samples: dict = {}
+    samples: dict[str, tuple[float, Sample | None]] = {}
     with VM(spec, host=host) as vm:
         def reported(text: str) -> bool:
             now = time.monotonic()
             if "begin" not in marks and BEGIN_MARK in text:
                 marks["begin"] = (now, vm.process.cpu_seconds())
-                samples["begin"] = vm.thread_sample()
+                samples["begin"] = (now, vm.thread_sample())
+            elif "begin" in marks and "end" not in marks and host.is_local:
+                samples["last"] = (now, vm.thread_sample())  # in case END comes too late
             if "end" not in marks and (END_MARK in text or RESULT_PREFIX in text):
                 marks["end"] = (now, vm.process.cpu_seconds())
-                samples["end"] = vm.thread_sample()
+                samples["end"] = (now, vm.thread_sample())
             return RESULT_PREFIX in text and text.rstrip("\x00").endswith("\n")
 
         try:
@@ -70,12 +72,26 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                 raise
         if status is None:
             status = vm.shutdown()
-        cpu = vm.cpu_split(samples.get("begin"), samples.get("end")) \
-            if "begin" in marks and "end" in marks and marks["end"][0] > marks["begin"][0] \
-            else CpuSplit.unknown()
+        cpu = _thread_split(vm, samples)
     result = parse_result(text)
     return replace(result, **_cpu_share(marks), cpu=cpu, exit_status=status,
                    log=str(spec.console_log))
+
+
+def _thread_split(vm: VM, samples: dict[str, tuple[float, Sample | None]]) -> CpuSplit:
+    """QEMU's CPU per thread kind from BEGIN to END.  When the guest powered off before
+    the END sample (its threads already gone, their time unsplittable), the last sample
+    before END, at most one console poll earlier, closes the window instead."""
+    begin, end = samples.get("begin"), samples.get("end")
+    if begin is None or end is None:
+        return CpuSplit.unknown()
+    last = samples.get("last")
+    if exited(begin[1], end[1]) and last is not None and last[0] > begin[0] \
+            and not exited(begin[1], last[1]):
+        end = last
+    if end[0] <= begin[0]:
+        return CpuSplit.unknown()
+    return vm.cpu_split(begin[1], end[1], end[0] - begin[0])
 
 
 def _cpu_share(marks: dict[str, tuple[float, float | None]]) -> dict[str, float]:
