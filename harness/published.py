@@ -20,8 +20,8 @@ import yaml
 from .config import parse_size
 from .errors import UserError
 from .paths import PROJECT_ROOT
-from .results import HOST_VARIANT
-from .stats import host_ceiling, ok_rows, ratio_ci, summarize
+from .results import GUEST_BOUND, HOST_VARIANT
+from .stats import host_ceiling, is_guest_bound, ok_rows, ratio_ci, summarize
 
 DEFAULT_PATH = PROJECT_ROOT / "configs" / "published.yaml"
 RATIO_KINDS = ("dataplane/baseline", "ownaio/blocklayer", "batched/blocklayer", "qemu/host")
@@ -161,6 +161,16 @@ def _verdict(figure: Published, ours: dict) -> str:
     return "ours lower" if high < figure.ratio else "ours higher"
 
 
+def _bound_verdict(verdict: str, rows: pd.DataFrame, base: pd.DataFrame | None) -> str:
+    """A ratio whose side is guest-bound (stats.GUEST_BOUND_PCT) is the emulated guest's,
+    never the data plane's effect: the verdict says so first."""
+    sides = [rows] + ([base] if base is not None else [])
+    if any(is_guest_bound(int((side["bound"] == GUEST_BOUND).sum()), len(side))
+           for side in sides if len(side)):
+        return f"guest-bound, not the data plane's effect ({verdict})"
+    return verdict
+
+
 def _pairs(figure: Published, mine: pd.DataFrame, host: pd.DataFrame, baseline: str,
            workload: tuple) -> list[tuple[str, str, pd.DataFrame | None]]:
     """(variant, denominator name, denominator rows) for the ratio of ours that matches."""
@@ -199,7 +209,8 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
                             "our_variant": f"{variant}/{denominator}" if denominator else variant,
                             "our_workload": _label(workload),
                             "our_accel": ", ".join(sorted(set(rows["accel"]))) or "none",
-                            **ours, "verdict": _verdict(figure, ours)})
+                            **ours, "verdict": _bound_verdict(_verdict(figure, ours), rows,
+                                                              base)})
     return records
 
 

@@ -306,6 +306,20 @@ def test_report_shows_price_and_guest_bound_and_draws_efficiency(tmp_path):
     assert doc["workloads"][0]["variants"][0]["cpu_us_per_io"]["vcpu"] > 0
 
 
+def test_published_comparison_never_gives_a_guest_bound_ratio_as_the_data_planes():
+    from harness.published import compare_with_published
+
+    bound = compare_with_published(load_frame(_rows({"baseline": 97.0, "dataplane": 98.0},
+                                                    {"baseline": 3500.0, "dataplane": 2700.0})),
+                                   "baseline")
+    ratios = bound.ratios[bound.ratios["kind"] != "absolute"]
+    assert len(ratios) and ratios["verdict"].str.startswith("guest-bound").all()
+    free = compare_with_published(load_frame(_rows({"baseline": 40.0, "dataplane": 50.0},
+                                                   {"baseline": 3500.0, "dataplane": 2700.0})),
+                                  "baseline")
+    assert not free.ratios["verdict"].str.startswith("guest-bound").any()
+
+
 # ---- real QEMU threads (integration) -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
