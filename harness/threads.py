@@ -7,7 +7,8 @@ the same text as /proc/PID/task/TID/comm; 15 characters at most).  Two
 samples give the CPU seconds of each kind of thread between them (`split`):
 
 * ``vcpu``     — the guest's vCPU threads: the thread ids QMP reports
-  (`query-cpus` on the 2012 tree, `query-cpus-fast` today: `vcpu_thread_ids`),
+  (`query-cpus` on the 2012 tree, `query-cpus-fast` today: `vcpu_query`,
+  `parse_vcpu_threads`; vm.VM asks once at launch, while the guest is paused),
   or by name on a QEMU started with ``-name debug-threads=on``
   (``CPU 0/TCG``, ``CPU 0/KVM``).  Under single-threaded TCG one thread runs
   every vCPU; on the 2012 tree under TCG that is its TCG thread.
@@ -31,6 +32,10 @@ threads and the skew of reading the files one after another (a few clock
 ticks; never below zero).
 `CpuSplit.threads_s` keeps the plain sum of the live threads' deltas, so a
 test can check how much was left to the remainder.
+
+CPU µs per I/O (`cpu_per_io`, results' cpu_us_per_io* columns) is the CPU
+seconds per wall second of the window divided by the I/Os per second the
+benchmark reports: a rate over a rate, so the two windows need not coincide.
 
 Resolution: clock ticks (1/100 s), so windows of a second or more.  On a
 remote host (hostexec.Executor not local) the same files are read with one
