@@ -278,6 +278,14 @@ def _draw(numbers: RunNumbers, plots_dir: Path, title: str) -> list[Path]:
                                  numbers.baseline))
 
 
+def _check_baseline(df: pd.DataFrame, baseline: str) -> None:
+    """A baseline the run does not have would turn every ratio into n/a: refuse it."""
+    variants = sorted(set(df["variant"]) - {HOST_VARIANT})
+    if variants and baseline not in variants:
+        raise UserError(f"baseline {baseline!r} is not a variant of this run; "
+                        f"give --baseline one of: {', '.join(variants)}")
+
+
 def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False) -> Report:
     """Write run_dir/report.md and run_dir/plots/*.png|svg, and with summary_json also
     run_dir/summary.json."""
@@ -286,6 +294,7 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
         raise UserError(f"{run_dir} has no results.csv: nothing to report")
     results = read_results(run_dir)
     df = results.frame
+    _check_baseline(df, baseline)
     manifest = read_manifest(run_dir)
     facts = run_facts(manifest, df, results)
     numbers = RunNumbers.of(df, baseline)
