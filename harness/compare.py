@@ -47,7 +47,7 @@ import pandas as pd
 
 from . import stats
 from .errors import UserError
-from .results import read_results
+from .results import HOST_VARIANT, read_results
 from .stats import CONFIDENCE, cv, ok_rows, ratio_ci
 
 MATCH_KEYS = list(stats.GROUP_KEYS)   # host, guest, variant, accel, disk, rw, bs, iodepth, numjobs
@@ -170,6 +170,11 @@ def fmt_percent(fraction: float) -> str:
     return f"{fraction * 100:.3g}%"
 
 
+def fmt_level(confidence: float) -> str:
+    """95%, 97.5%, 99.95%: enough digits that an adjusted level is not rounded to 100%."""
+    return f"{confidence * 100:.4g}%"
+
+
 def _notes(record: dict, ci: stats.RatioCI, first: str, tolerance: float) -> list[str]:
     notes = []
     if not ci.has_interval:
@@ -179,7 +184,7 @@ def _notes(record: dict, ci: stats.RatioCI, first: str, tolerance: float) -> lis
                      else "no interval")
     if first in ("regressed", "improved") and record["verdict"] == "inconclusive":
         notes.append(f"outside ±{fmt_percent(tolerance)} at {CONFIDENCE:.0%}, not at the adjusted "
-                     f"{ci.confidence:.1%}")
+                     f"{fmt_level(ci.confidence)}")
     if record["disturbed_a"] or record["disturbed_b"]:
         notes.append(f"disturbed repetitions: {record['disturbed_a']} of {record['n_a']} in A, "
                      f"{record['disturbed_b']} of {record['n_b']} in B")
@@ -243,7 +248,7 @@ def _where(row) -> str:
 
 def _cells(row) -> list[str]:
     level = "" if row.confidence == CONFIDENCE or not np.isfinite(row.ci_low) \
-        else f" ({row.confidence:.1%})"
+        else f" ({fmt_level(row.confidence)})"
     return [row.guest, row.variant, row.disk, f"{row.rw} {row.bs} qd{row.iodepth} j{row.numjobs}",
             _where(row), f"{row.n_a}/{row.n_b}", f"{row.median_a:,.0f}", f"{row.median_b:,.0f}",
             _fmt_ratio(row) + level, _fmt_verdict(row.verdict), row.note]
@@ -260,16 +265,30 @@ def method_text(comparison: Comparison) -> str:
             f"tolerance ±{fmt_percent(tol)}")
     if comparison.selected:
         text += (f"; the {comparison.selected} of {comparison.tested} intervals that cleared the "
-                 f"band are shown at {comparison.adjusted_confidence:.1%} (false-coverage-rate "
+                 f"band are shown at {fmt_level(comparison.adjusted_confidence)} (false-coverage-rate "
                  f"adjusted, Benjamini-Yekutieli)")
     return text
+
+
+def host_note(comparison: Comparison) -> str | None:
+    """fio on the host (the ceiling rows) moved too: the machine changed, not only QEMU."""
+    host = comparison.table[comparison.table["variant"] == HOST_VARIANT]
+    moved = host[host["verdict"].isin(["regressed", "improved"])]
+    if moved.empty:
+        return None
+    return (f"fio on the host itself {'/'.join(sorted(set(moved['verdict'])))} on "
+            f"{len(moved)} of {len(host)} workloads (B/A {moved['ratio'].min():.2f}–"
+            f"{moved['ratio'].max():.2f}): the machine changed between the runs, so the "
+            "guests' verdicts measure the machine as well as QEMU.")
 
 
 def summary_line(comparison: Comparison) -> str:
     counts = comparison.counts()
     verdicts = ", ".join(f"{n} {v}" for v, n in counts.items())
-    return (f"{len(comparison.table)} matched workloads, B = {comparison.name_b} against "
+    line = (f"{len(comparison.table)} matched workloads, B = {comparison.name_b} against "
             f"A = {comparison.name_a}: {verdicts} ({method_text(comparison)}).")
+    note = host_note(comparison)
+    return line + (f" Note: {note}" if note else "")
 
 
 def render_markdown(comparison: Comparison) -> str:
@@ -310,14 +329,15 @@ def json_document(comparison: Comparison) -> dict[str, Any]:
                                        "(Benjamini & Yekutieli 2005) for the selected workloads",
                        "tested": comparison.tested, "selected": comparison.selected,
                        "adjusted_confidence": comparison.adjusted_confidence},
-            "counts": comparison.counts(), "warnings": list(comparison.warnings),
+            "counts": comparison.counts(), "host_note": host_note(comparison),
+            "warnings": list(comparison.warnings),
             "workloads": workloads}
 
 
 def _line(kind: str, row) -> str:
     return (f"{kind}: {row.guest} {row.variant} {row.disk} {row.rw} {row.bs} qd{row.iodepth} "
             f"j{row.numjobs} on {row.host} {row.accel}: {row.median_a:,.0f} → {row.median_b:,.0f} "
-            f"IOPS, B/A {_fmt_ratio(row)} at {row.confidence:.1%}")
+            f"IOPS, B/A {_fmt_ratio(row)} at {fmt_level(row.confidence)}")
 
 
 def regression_lines(comparison: Comparison) -> list[str]:

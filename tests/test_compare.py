@@ -160,7 +160,7 @@ def test_fcr_adjustment_can_take_back_a_marginal_claim():
     comparison = compare_frames(frame_from_rows(a_rows), frame_from_rows(b_rows))
     row = comparison.table[comparison.table["iodepth"] == 1].iloc[0]
     assert row["verdict"] == "inconclusive"
-    assert "not at the adjusted 99.8%" in row["note"]
+    assert "not at the adjusted 99.75%" in row["note"]
     assert comparison.selected == 1 and comparison.regressions.empty
 
 
@@ -348,6 +348,21 @@ def test_markdown_is_labelled_with_the_runs_and_the_method(tmp_path):
     same = compare_runs(a, a)
     assert (same.name_a, same.name_b) == ("ref (A)", "ref (B)")
     assert json_document(same)["counts"]["regressed"] == 0
+
+
+def test_a_slower_machine_is_named_when_host_fio_moved_too():
+    a = frame_from_rows(make_rows("a", 3, 0.01, seed=32)
+                        + [{**r, "variant": "host-fio", "accel": "host", "guest": "host"}
+                           for r in make_rows("a", 3, 0.01, seed=33) if r["variant"] == "baseline"])
+    b = frame_from_rows(make_rows("b", 3, 0.01, seed=34, scale={"baseline": 0.8, "dataplane": 0.8})
+                        + [{**r, "variant": "host-fio", "accel": "host", "guest": "host"}
+                           for r in make_rows("b", 3, 0.01, seed=35, scale={"baseline": 0.8})
+                           if r["variant"] == "baseline"])
+    comparison = compare_frames(a, b)
+    assert comparison.counts()["regressed"] == 12
+    assert "Note: fio on the host itself regressed on 4 of 4 workloads" in render_markdown(comparison)
+    assert json_document(comparison)["host_note"].startswith("fio on the host itself regressed")
+    assert json_document(compare_frames(a, a))["host_note"] is None
 
 
 # --- the issue's own reproduction ------------------------------------------------------------
