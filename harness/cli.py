@@ -228,10 +228,15 @@ def compare(run_a: str = typer.Argument(..., help="The reference run (A)"),
     numjobs) from two runs: the ratio B/A with a Welch t interval on log IOPS and a verdict:
     regressed, improved, unchanged (interval inside ±tolerance) or inconclusive.
 
-    Exit codes: 0 = compared (and no gate tripped); 2 = a run is missing or unreadable, the
-    runs share no workload, or --tolerance is nonsense; 4 = --fail-on-regression and a
-    workload regressed; 5 = --fail-on-inconclusive and a workload is inconclusive (4 wins
-    when both hold)."""
+    Exit codes:
+
+    0 compared, and no gate tripped;
+
+    2 a run is missing or unreadable, the runs share no workload, or --tolerance is nonsense;
+
+    4 --fail-on-regression and a workload regressed;
+
+    5 --fail-on-inconclusive and a workload is inconclusive (4 wins when both hold)."""
     import json
 
     from .bench import find_run
