@@ -28,7 +28,8 @@ from .errors import PointsFailed, UserError
 from .fio_runner import FioRunner, linux_image
 from .guest import GuestImage
 from .hostfio import host_points, run_host_ceiling
-from .hostinfo import ensure_space, prepare_disk
+from .hostinfo import disturbers, ensure_space, prepare_disk
+from .hostload import PointWatch, wait_for_quiet
 from .hostrun import prepare_host
 from .hosts import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
@@ -40,6 +41,8 @@ from .progress import RunProgress
 from .qemuinfo import qemu_info
 from .report import write_report
 from .results_writer import ResultsWriter
+from .rounds import (adaptive_guests, as_sessions, by_round, disturbed_points, round_wanted,
+                     run_off_target)
 from .runstate import Run
 from .scheduler import Scheduler, Unit, units
 from .trace_runner import ensure_trace_builds
@@ -130,7 +133,9 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
     if recorded and recorded != chosen.name:
         raise UserError(f"--resume {run_dir.name}: the run used accel {recorded}, this one "
                         f"would use {chosen.name}; pass --accel {recorded}")
-    run = Run(config, run_dir, chosen, binaries, legacy, {}, ResultsWriter(run_dir))
+    # kvm-nested figures are functional, not timings: its points are not checked
+    run = Run(config, run_dir, chosen, binaries, legacy, {}, ResultsWriter(run_dir),
+              watch=PointWatch(config.host_check.foreign_cpu_pct, enabled=not chosen.inner))
     if notice:
         run.notices.append(notice)
         say(notice)
@@ -226,14 +231,15 @@ def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list
     say(f"run {run.run_id}: {points} points in {len(sessions)} boots, accel={run.accel}"
         + (f", {len(host)} host fio points" if host else "")
         + (f", {len(hostile)} hostile cases" if hostile else ""))
+    if run.watch.enabled:
+        _check_quiet(run, say)
     status = "interrupted"
     try:
         with RunProgress(points + len(host) + len(hostile), say, bar) as progress:
-            if hosted:
-                _run_on_hosts(run, hosted, sessions, host, say, progress.advance)
-            for session in sessions if not hosted else []:
-                runners[session.guest].run_session(session, progress.advance)
-            if host and not hosted:
+            _run_rounds(run, runners, hosted, sessions, say, progress)
+            if host and hosted:
+                _run_on_hosts(run, hosted, [], host, say, progress.advance)
+            elif host:
                 run_host_ceiling(run, say, progress.advance)
             if hostile and run.accel.inner:
                 from .nestedbench import run_hostile as run_hostile_nested
@@ -254,6 +260,89 @@ def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list
     if failed:
         raise PointsFailed(run.run_dir, failed)
     return run.run_dir
+
+
+def _check_quiet(run: Run, say: Say) -> None:
+    """Wait (up to host_check.quiet_wait_s) for a quiet host; note what could disturb it."""
+    spec = run.config.host_check
+    run.host_check.update(threshold_pct=spec.foreign_cpu_pct, disturbers=disturbers(),
+                          reruns=run.host_check.get("reruns", 0))
+    for line in run.host_check["disturbers"]:
+        say(f"host check: {line}")
+    if spec.quiet_wait_s <= 0:
+        run.host_check["quiet_at_start"] = "not checked (host_check.quiet_wait_s: 0)"
+        return
+    check = wait_for_quiet(spec.foreign_cpu_pct, spec.quiet_wait_s)
+    say(check.line(spec.foreign_cpu_pct))
+    run.host_check["quiet_at_start"] = check.line(spec.foreign_cpu_pct)
+    if not check.quiet:
+        run.notices.append(check.line(spec.foreign_cpu_pct))
+
+
+def _run_rounds(run: Run, runners: dict, hosted: list[HostedRun], sessions: list[Session],
+                say: Say, progress: RunProgress) -> None:
+    """Round after round (rounds.py): disturbed points again at the end of their round;
+    with adaptive repetitions, no more rounds once every ratio is precise enough."""
+    config = run.config
+    adaptive = adaptive_guests(config)
+    stopped = False
+    for rep, todo in by_round(sessions):
+        if adaptive and not stopped and rep > config.min_repetitions:
+            wanted, _wide = round_wanted(config, run.run_dir, rep)
+            if not wanted:
+                stopped = True
+                say(f"round {rep}: not needed: every ratio's interval is within "
+                    f"±{config.target:.0%}")
+        if stopped:
+            progress.resize(-sum(len(s.points) for s in todo if s.guest in adaptive))
+            todo = [s for s in todo if s.guest not in adaptive]
+        _run_sessions(run, runners, hosted, todo, say, progress.advance)
+        _rerun_disturbed(run, runners, hosted, rep, say, progress)
+    if adaptive:
+        _record_precision(run, say)
+
+
+def _run_sessions(run: Run, runners: dict, hosted: list[HostedRun], sessions: list[Session],
+                  say: Say, advance) -> None:
+    if hosted:
+        _run_on_hosts(run, hosted, sessions, [], say, advance)
+        return
+    for session in sessions:
+        runners[session.guest].run_session(session, advance)
+
+
+def _rerun_disturbed(run: Run, runners: dict, hosted: list[HostedRun], rep: int, say: Say,
+                     progress: RunProgress) -> None:
+    """Points of round rep that others' load disturbed, again, up to host_check.retries times."""
+    if not run.watch.enabled:
+        return
+    retries = run.config.host_check.retries
+    for attempt in range(1, retries + 1):
+        points = disturbed_points(run.writer.rows(), rep)
+        if not points:
+            return
+        say(f"round {rep}: {len(points)} disturbed point(s) again (attempt {attempt} of "
+            f"{retries}): {', '.join(p.key for p in points[:4])}"
+            + (f" and {len(points) - 4} more" if len(points) > 4 else ""))
+        run.host_check["reruns"] = run.host_check.get("reruns", 0) + len(points)
+        progress.resize(len(points))
+        _run_sessions(run, runners, hosted, as_sessions(points), say, progress.advance)
+    left = disturbed_points(run.writer.rows(), rep)
+    if left:
+        say(f"round {rep}: {len(left)} point(s) still disturbed after {retries} re-run(s); "
+            "their rows are flagged")
+
+
+def _record_precision(run: Run, say: Say) -> None:
+    config = run.config
+    wide = run_off_target(config, run.run_dir)
+    run.host_check["precision"] = {"target": config.target, "off_target": wide}
+    if wide:
+        say(f"repetitions: {len(wide)} ratio(s) still wider than ±{config.target:.0%} after "
+            f"{config.max_repetitions} rounds: {'; '.join(wide[:3])}"
+            + (f" and {len(wide) - 3} more" if len(wide) > 3 else ""))
+    else:
+        say(f"repetitions: every ratio's interval is within ±{config.target:.0%}")
 
 
 def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],

@@ -178,6 +178,38 @@ class TimeoutSpec(_Spec):
     shutdown_s: int = Field(default=20, ge=1)
 
 
+class HostCheckSpec(_Spec):
+    """How quiet the host must be (hostload.py): others' CPU in percent of one core."""
+
+    foreign_cpu_pct: float = Field(default=10.0, gt=0, le=1000,
+                                   description="a point above this is disturbed")
+    retries: int = Field(default=2, ge=0, le=10,
+                         description="re-runs of a disturbed point, at the end of its round")
+    quiet_wait_s: float = Field(default=60.0, ge=0, le=3600,
+                                description="before the run, wait up to this long for quiet")
+
+
+class AdaptiveRepetitions(_Spec):
+    """Rounds until every ratio to the baseline has an interval within ±target (rounds.py)."""
+
+    min: int = Field(ge=2, le=100)
+    max: int = Field(ge=2, le=100)
+    target: float = Field(gt=0, lt=1, description="e.g. 0.05: the interval within ±5% of the ratio")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _percent(cls, value):
+        if isinstance(value, str) and value.strip().endswith("%"):
+            return float(value.strip()[:-1]) / 100
+        return value
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
 class BenchConfig(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -187,8 +219,9 @@ class BenchConfig(_Spec):
     guests: list[GuestSpec] = Field(default_factory=lambda: [GuestSpec()], min_length=1)
     disks: list[DiskSpec]
     workloads: WorkloadSpec = WorkloadSpec()
-    repetitions: int = Field(default=3, ge=1, le=100)
+    repetitions: int | AdaptiveRepetitions = 3
     accel: AccelChoice = "auto"
+    host_check: HostCheckSpec = HostCheckSpec()
     timeouts: TimeoutSpec = TimeoutSpec()
     host_ceiling: bool = Field(default=False, description="also run fio on the host on each image")
     hostile: bool = Field(default=False, description="also run the micro-guest's malformed-request cases")
@@ -203,6 +236,24 @@ class BenchConfig(_Spec):
                 raise ValueError("give either 'guest' or 'guests', not both")
             value = {**value, "guests": [value["guest"]]}
             del value["guest"]
+        return value
+
+    @field_validator("repetitions", mode="before")
+    @classmethod
+    def _repetitions(cls, value):
+        """A number of rounds, or {min, max, target}: one clear message for either."""
+        if isinstance(value, dict):
+            try:
+                return AdaptiveRepetitions.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}"
+                                 if where else first["msg"].removeprefix("Value error, ")) from None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+            raise ValueError(f"{value!r}: give a number of rounds from 1 to 100, or "
+                             "{min: N, max: M, target: 0.05} to add rounds until every ratio's "
+                             "interval is within ±target")
         return value
 
     @model_validator(mode="after")
@@ -221,6 +272,23 @@ class BenchConfig(_Spec):
         if len(set(disk_names)) != len(disk_names):
             raise ValueError(f"disks: names must be unique, got {disk_names}")
         return self
+
+    @property
+    def min_repetitions(self) -> int:
+        """Rounds every run makes (all of them unless repetitions is adaptive)."""
+        reps = self.repetitions
+        return reps.min if isinstance(reps, AdaptiveRepetitions) else reps
+
+    @property
+    def max_repetitions(self) -> int:
+        reps = self.repetitions
+        return reps.max if isinstance(reps, AdaptiveRepetitions) else reps
+
+    @property
+    def target(self) -> float | None:
+        """The ±precision adaptive repetitions aim at, or None."""
+        reps = self.repetitions
+        return reps.target if isinstance(reps, AdaptiveRepetitions) else None
 
     def guest(self, guest_id: str) -> GuestSpec:
         for guest in self.guests:
@@ -260,9 +328,10 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
                              "not under accel kvm-nested")
 
 
-#: Fields a `--resume` may change: how long to wait, the prose, and where points run
-#: (a resumed run may go on on other hosts; each row names its host).
-RESUMABLE_CHANGES = ("description", "timeouts", "hosts")
+#: Fields a `--resume` may change: how long to wait, the prose, where points run
+#: (a resumed run may go on on other hosts; each row names its host), and how quiet
+#: the host must be (each row records its foreign load).
+RESUMABLE_CHANGES = ("description", "timeouts", "hosts", "host_check")
 
 
 def _differing_paths(a, b, where: str) -> list[str]:

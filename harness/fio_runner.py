@@ -98,13 +98,15 @@ class FioRunner:
         config = self.run.config
         started_at = now_iso()
         cpu_before, wall_before = vm.host_cpu_seconds(), time.monotonic()
+        watch = self.run.watch.start()
         result = run_fio(connection, point.workload, config.workloads.runtime_s,
                          config.workloads.ramp_s, config.timeouts.point_s, self.image.device)
         host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
+        self.run.watch.stop(watch)
         raw = self.run.writer.save_raw(point.key, result.json_text)
         row = row_from_fio(
             result.data, run_id=self.run.run_id, guest=point.guest, variant=point.variant,
             accel=self.run.accel.name, disk=point.disk, workload=point.workload, rep=point.rep,
             guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=host_cpu,
             log=self.run.relative(raw), started_at=started_at)
-        self.run.writer.append(row)
+        self.run.writer.append({**row, **watch.columns()})

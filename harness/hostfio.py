@@ -56,7 +56,7 @@ def host_points(run: Run) -> list[Point]:
     """The host-ceiling points of the run not yet finished ok."""
     done = run.writer.done_keys()
     points = [Point("host", HOST_VARIANT, disk.name, workload, rep)
-              for rep in range(1, run.config.repetitions + 1)
+              for rep in range(1, run.config.min_repetitions + 1)
               for disk in run.config.disks for workload in workloads(run.config)]
     return [p for p in points if p.key not in done]
 
@@ -66,13 +66,14 @@ def run_host_ceiling(run: Run, say: Say, advance: Advance,
     """fio on the host against each image, every workload and repetition (or `points`)."""
     for point in host_points(run) if points is None else points:
         log_file = run.log_path(f"{point.key}.fio.json")
+        watch = run.watch.start()
         try:
             row = host_fio_ceiling(run.disks[point.disk], point.workload,
                                    run.config.workloads.runtime_s, run_id=run.run_id,
                                    disk=point.disk, rep=point.rep, log_file=log_file,
                                    host=run.host, size_bytes=_disk_size(run, point.disk))
             row["log"] = run.relative(log_file)
-            run.writer.append(row)
+            run.writer.append({**row, **run.watch.stop(watch).columns()})
         except InfraError as exc:
             if is_host_lost(run, exc):
                 raise host_lost(run, exc) from exc

@@ -87,6 +87,43 @@ def os_release() -> str:
     return platform.system()
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def disturbers(cpu: Path = Path("/sys/devices/system/cpu")) -> list[str]:
+    """What on this host could disturb a benchmark, one line each, where it can be read.
+
+    Like `pyperf system show`: a frequency governor other than `performance`,
+    turbo/boost left on (clock speed then depends on load and temperature),
+    a host that is itself a VM (steal time), and a hint where nothing can be read.
+    """
+    notes = []
+    governors = sorted({g for g in (_read(str(p)) for p in
+                                    cpu.glob("cpu[0-9]*/cpufreq/scaling_governor")) if g})
+    if governors and governors != ["performance"]:
+        notes.append(f"CPU frequency governor {', '.join(governors)} (not 'performance': "
+                     "the clock follows the load; `cpupower frequency-set -g performance`)")
+    if not governors:
+        notes.append("CPU frequency governor: not readable (no cpufreq: a VM, or fixed clock)")
+    if _read(str(cpu / "intel_pstate/no_turbo")) == "0" or _read(str(cpu / "cpufreq/boost")) == "1":
+        notes.append("turbo/boost is on: the clock depends on load and temperature")
+    if _is_virtual_machine():
+        notes.append("this host is a virtual machine: its hypervisor may take CPU (steal time)")
+    return notes
+
+
+def _is_virtual_machine() -> bool:
+    """The CPU flags carry `hypervisor` (x86)."""
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.startswith("flags"):
+            return "hypervisor" in line.split()
+    return False
+
+
 # ---------------------------------------------------------------------- disks
 
 

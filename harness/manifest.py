@@ -62,6 +62,23 @@ class CpuShare(_Model):
     idle_pct: float
 
 
+class Precision(_Model):
+    """Adaptive repetitions: the target and the ratios that did not reach it."""
+
+    target: float
+    off_target: list[str] = Field(default_factory=list)
+
+
+class HostCheck(_Model):
+    """What the host check found (bench._check_quiet, rounds.py); absent before schema 4."""
+
+    threshold_pct: float | None = None
+    quiet_at_start: str = ""
+    disturbers: list[str] = Field(default_factory=list)
+    reruns: int = 0
+    precision: Precision | None = None
+
+
 class DiskFacts(_Model):
     name: str = "disk"
     path: str = "?"
@@ -86,6 +103,7 @@ class Manifest(_Model):
     variants: dict[str, VariantFacts] = Field(default_factory=dict)
     config: ConfigFacts = Field(default_factory=ConfigFacts)
     host_cpu_during_run: CpuShare | None = None
+    host_check: HostCheck | None = None
     started_at: str = ""
     updated_at: str = ""
 

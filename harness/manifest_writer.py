@@ -59,6 +59,8 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "boot_to_ssh_seconds": {**previous.get("boot_to_ssh_seconds", {}), **run.boot_seconds},
         "host_cpu_times_at_start": cpu_start,
         "host_cpu_during_run": cpu_share(cpu_start, cpu_times()),
+        # the quiet check, what could disturb the host, re-runs, adaptive precision
+        "host_check": {**previous.get("host_check", {}), **run.host_check},
         "updated_at": now_iso(),
     }
     manifest.setdefault("started_at", now_iso())

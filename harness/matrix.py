@@ -86,13 +86,13 @@ def skipped(config: BenchConfig) -> list[str]:
 def plan(config: BenchConfig) -> list[Session]:
     """All sessions of a run in execution order (variants interleaved and rotated)."""
     names = [v.name for v in config.variants]
-    most = max([config.repetitions] + [g.repetitions or 0 for g in config.guests])
+    most = max([config.max_repetitions] + [g.repetitions or 0 for g in config.guests])
     sessions = []
     for rep in range(1, most + 1):
         shift = (rep - 1) % len(names)
         order = names[shift:] + names[:shift]
         for guest in config.guests:
-            if rep > (guest.repetitions or config.repetitions):
+            if rep > (guest.repetitions or config.max_repetitions):
                 continue
             runnable = [w for w in workloads(config) if not unsupported(guest, w)]
             for disk in config.disks:

@@ -43,6 +43,7 @@ class MicroRunner:
             log_file = self.run.log_path(f"{point.key}.console.log")
             self._record_command_line(point.variant, point.workload, point.disk, log_file)
             started_at = now_iso()
+            watch = self.run.watch.start()
             try:
                 result = run_microguest_point(
                     self.run.binaries[point.variant], self.run.accel, self.run.disks[point.disk],
@@ -67,7 +68,7 @@ class MicroRunner:
                 raw = self.run.writer.save_raw(point.key, json.dumps(line, indent=1))
                 row = micro_row(self.run.run_id, point, self.run.accel, result,
                                 started_at=started_at, log_path=self.run.relative(raw))
-            self.run.writer.append(row)
+            self.run.writer.append({**row, **self.run.watch.stop(watch).columns()})
             if self.tracer and row["status"] == "ok":
                 self.tracer.trace_point(point)
             advance(point.key)

@@ -37,6 +37,12 @@ class RunProgress:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
+    def resize(self, change: int) -> None:
+        """More work (a disturbed point re-run) or less (rounds an adaptive run no longer needs)."""
+        self.total = max(self.done, self.total + change)
+        if self.bar is not None:
+            self.bar.update(self._task, total=self.total)
+
     def advance(self, label: str) -> None:
         self.done += 1
         if self.bar is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, published, stats, trace_report
+from . import plots, published, stats, trace_report, trust_report
 from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
@@ -332,7 +332,8 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     trace_text, trace_images = trace_report.section(run_dir, df, run_dir / "plots")
     sections = [f"# Benchmark report: {facts['run_id']}",
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
-                _facts_section(facts), _summary_section(numbers),
+                trust_report.banner(df, manifest),
+                _facts_section(facts), trust_report.section(df, manifest), _summary_section(numbers),
                 _plots_section(images), trace_text, _failed_section(df), _hostile_section(run_dir),
                 _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"

@@ -15,6 +15,7 @@ from .accel import Accel
 from .config import BenchConfig
 from .errors import HostLost
 from .hostexec import LOCAL, Executor
+from .hostload import PointWatch
 from .matrix import Point
 from .results import failed_row
 from .results_writer import ResultsWriter
@@ -42,6 +43,10 @@ class Run:
     #: binaries, disks and accel the fields above then hold
     host: Executor = LOCAL
     host_facts: dict[str, dict] = field(default_factory=dict)  # per remote host, for the manifest
+    #: the foreign load around each point (hostload.py); off until bench.prepare sets it
+    watch: PointWatch = field(default_factory=lambda: PointWatch(10.0, enabled=False))
+    #: what the host check found, for the manifest (quiet wait, disturbers, re-runs)
+    host_check: dict = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:

@@ -46,6 +46,12 @@ def commands(conn):
             yield command
 
 
+def _noise() -> float:
+    """FAKE_QEMU_NOISE=0.3: IOPS drawn uniformly within ±30% (a noisy host), else exact."""
+    spread = float(os.environ.get("FAKE_QEMU_NOISE", "0") or 0)
+    return 1.0 + spread * (2.0 * int.from_bytes(os.urandom(4), "big") / 0xFFFFFFFF - 1.0)
+
+
 def guest_output(append, accel):
     """The console text of a run, and whether the guest halts (hostile) or powers off."""
     if accel == "kvm" and os.environ.get("FAKE_QEMU_KVM") == "hang":
@@ -62,7 +68,7 @@ def guest_output(append, accel):
               "bs": int(args.get("bs", 4096)), "qd": int(args.get("qd", 1)), "n": n, "done": n,
               "wait": args.get("wait", "poll"), "errors": 0, "mismatches": 0, "verified": 0,
               "irqs": 0, "tsc_hz": 1000000000, "elapsed_ns": 50_000_000, "halted_ns": 0,
-              "iops": 1000.0 + 10 * int(args.get("qd", 1)),
+              "iops": (1000.0 + 10 * int(args.get("qd", 1))) * _noise(),
               "lat_ns": {"mean": 1000, "min": 500, "max": 5000, "p50": 900, "p99": 3000,
                          "p999": 4000},
               "hist": [[500, 1000, n // 2], [1000, 5000, n - n // 2]]}

@@ -56,6 +56,8 @@ def write_config(tmp_path: Path, **changes) -> Path:
         "repetitions": 2,
         "accel": "tcg",
         "timeouts": {"point_s": 30},
+        # orchestration tests: no waiting for quiet and no re-runs (tests/test_trust.py has those)
+        "host_check": {"quiet_wait_s": 0, "retries": 0},
     }
     config.update(changes)
     path = tmp_path / "fake.yaml"
