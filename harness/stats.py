@@ -7,8 +7,10 @@ Welch–Satterthwaite degrees of freedom, exponentiated.  Why this one:
   * it is honest at the repetitions we run (3–5 a side): the t quantile grows
     as n shrinks (12.7 at df 1, 4.3 at df 2, 2.8 at df 4), so a short run gets
     a wide interval instead of the too-narrow one a bootstrap gives (a BCa or
-    percentile bootstrap of 3 values can only end at observed ratios and
-    covers far less than 95%), and unlike an exact rank test (whose smallest
+    percentile bootstrap of 3 values can only end at observed ratios; with 3
+    log-normal repetitions a side at CV 4% its "95%" interval of the ratio of
+    medians covered the true ratio in 89% of 300 simulated pairs, the Welch
+    interval in 95%: tests/test_stats.py), and unlike an exact rank test (whose smallest
     two-sided p with 3 a side is 0.1) it can still decide when the effect is
     large next to the spread;
   * IOPS are positive and their noise is multiplicative, so on the log scale a
