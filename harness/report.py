@@ -22,7 +22,7 @@ from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
 from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
-from .summary import PRECISION, RunNumbers, ci_half_width, summary_document
+from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
 
 #: accel kvm-nested: one line per point whose L2 run hung at least once (nestedbench.py)
 WATCHDOG_CSV = "watchdog.csv"
@@ -103,15 +103,23 @@ def _num(value, digits: int = 0) -> str:
 
 
 def _ratio_text(row) -> str:
-    return "–" if row is None else _ci_text(row.ratio, row.ci_low, row.ci_high)
+    if row is None:
+        return "–"
+    return _ci_text(row.ratio, row.ci_low, row.ci_high, row.range_low, row.range_high)
 
 
-def _ci_text(ratio: float, low: float, high: float) -> str:
+def _ci_text(ratio: float, low: float, high: float, range_low: float = np.nan,
+             range_high: float = np.nan) -> str:
+    """"1.23 [1.10, 1.38]" with a 95% CI; below 3 repetitions a side no CI is claimed and
+    the min–max of the ratio is shown instead, saying so."""
     if not np.isfinite(ratio):
         return "–"
-    if not np.isfinite(low):
-        return f"{published.fmt_ratio(ratio)} (no CI)"
     fmt = published.fmt_ratio
+    if not np.isfinite(low):
+        if np.isfinite(range_low) and np.isfinite(range_high):
+            return (f"{fmt(ratio)} (min–max {fmt(range_low)}–{fmt(range_high)}; "
+                    f"no CI below {stats.MIN_CI_REPS} repetitions)")
+        return f"{fmt(ratio)} (no CI)"
     return f"{fmt(ratio)} [{fmt(low)}, {fmt(high)}]"
 
 
@@ -142,24 +150,30 @@ def _summary_rows(workload, baseline: str) -> list[list]:
         flag = "noisy" if item.noisy else ("all failed" if item.n_ok == 0 else "")
         iops = "–" if item.n_ok == 0 else \
             f"{_num(item.iops_median)} ({_num(item.iops_min)}–{_num(item.iops_max)})"
-        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, flag,
+        verdict = "–" if item.variant == baseline else (baseline_verdict(ratio) or "–")
+        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, verdict, flag,
                      f"{item.n_ok} ok, {item.n_failed} failed"])
     if workload.host_iops is not None:
-        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–", "", "host"])
+        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–", "–", "",
+                     "host"])
     return rows
 
 
 def _summary_section(numbers: RunNumbers) -> str:
     baseline = numbers.baseline
     parts = ["## Summary per workload",
-             f"Median IOPS over repetitions (min–max), median p99 latency, and the ratio of "
-             f"median IOPS to **{baseline}** with a 95% bootstrap (BCa) CI. *noisy*: the IOPS "
-             f"coefficient of variation exceeds {stats.NOISY_CV:.0%}. The same numbers are in "
-             f"`summary.json` (`harness report RUN --json`)."]
+             f"Median IOPS over repetitions (min–max), median p99 latency, and the IOPS ratio "
+             f"to **{baseline}** (of geometric means) with a 95% Welch t interval on log IOPS; "
+             f"with fewer than {stats.MIN_CI_REPS} repetitions on a side no CI is given, the "
+             f"min–max of the ratio instead. *≥ {baseline}*: **met** when the whole interval "
+             f"is at or above 1, **missed** when it is wholly below, otherwise *undecided* "
+             f"(always without a CI). *noisy*: the IOPS coefficient of variation exceeds "
+             f"{stats.NOISY_CV:.0%}. The same numbers are in `summary.json` "
+             f"(`harness report RUN --json`)."]
     if len(numbers.ratios):
         parts.append(_precision_line(numbers.ratios))
     headers = ["variant", "IOPS median (min–max)", "p99 µs", f"ratio to {baseline} [95% CI]",
-               "flag", "reps"]
+               f"≥ {baseline}", "flag", "reps"]
     for workload in numbers.workloads():
         parts += [_workload_heading(workload.key), md_table(headers, _summary_rows(workload, baseline))]
     return "\n\n".join(parts)
@@ -170,9 +184,26 @@ def _precision_line(ratios: pd.DataFrame) -> str:
     configs aim at; the wide ones need more repetitions or a quieter host."""
     half_width = pd.Series(ci_half_width(ratios["ratio"], ratios["ci_low"], ratios["ci_high"]),
                            index=ratios.index)
-    counts = [f"{guest} {int((half_width[rows.index] <= PRECISION).sum())} of {len(rows)}"
-              for guest, rows in ratios.groupby("guest")]
-    return f"95% CIs within ±{PRECISION:.0%} of the ratio: " + ", ".join(counts) + "."
+    with_ci = ratios["ci_low"].notna() & ratios["ci_high"].notna()
+    counts, none = [], []
+    for guest, rows in ratios.groupby("guest"):
+        have = rows[with_ci[rows.index]]
+        if have.empty:
+            none.append(guest)
+            continue
+        text = f"{guest} {int((half_width[have.index] <= PRECISION).sum())} of {len(have)}"
+        if len(have) < len(rows):
+            text += (f" ({len(rows) - len(have)} more without a CI: fewer than "
+                     f"{stats.MIN_CI_REPS} repetitions)")
+        counts.append(text)
+    parts = []
+    if counts:
+        parts.append(f"95% CIs within ±{PRECISION:.0%} of the ratio: " + ", ".join(counts) + ".")
+    if none:
+        parts.append(f"No CI for {', '.join(none)}: fewer than {stats.MIN_CI_REPS} repetitions "
+                     "a side, so no precision is claimed; the tables show the min–max of each "
+                     "ratio instead.")
+    return " ".join(parts)
 
 
 def _failed_section(df: pd.DataFrame) -> str:
@@ -248,11 +279,14 @@ def _published_section(comparison: published.PublishedComparison, images: list[P
 _METHOD = """## Method
 
 - Each point ran in its own repetitions; variants were interleaved per repetition.
-- Ratios are of medians; the 95% CI is a bootstrap BCa interval over repetitions
-  (scipy.stats.bootstrap, 10,000 resamples, fixed seed). With 3 repetitions it
-  can only end at ratios of observed values. Where BCa is undefined the
-  percentile interval is used; where every repetition is equal the interval has
-  zero width; with one repetition there is none.
+- Ratios are of geometric means of the repetitions; the 95% CI is a Welch t
+  interval on log IOPS (Welch–Satterthwaite degrees of freedom), which stays
+  honest at 3–5 repetitions: the fewer there are, the wider it gets. With fewer
+  than 3 repetitions on a side no CI is claimed and the min–max of the ratio is
+  shown instead; where every repetition is equal the interval has zero width.
+- Verdicts (met, missed) are read from the whole interval, never from a median:
+  met when the interval clears the goal, missed when it is wholly below,
+  otherwise undecided.
 - Latencies are fio completion latencies; for randrw they are the reads'. IOPS of
   randrw are reads + writes."""
 
