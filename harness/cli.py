@@ -217,32 +217,63 @@ def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
 
 
 @app.command()
-def compare(run_a: str = typer.Argument(..., help="The reference run"),
-            run_b: str = typer.Argument(..., help="The run to compare with it"),
-            tolerance: float = typer.Option(0.05, min=0.0, help="Smallest relative change "
-                                            "that may be flagged (0.05 = 5%)"),
+def compare(run_a: str = typer.Argument(..., help="The reference run (A)"),
+            run_b: str = typer.Argument(..., help="The run to compare with it (B)"),
+            tolerance: str = typer.Option("5%", "--tolerance", metavar="FRACTION|PERCENT",
+                                          help="Changes within ±this count as none: a fraction "
+                                               "(0.05) or a percentage (5% or 5)."),
             fail_on_regression: bool = typer.Option(
                 False, "--fail-on-regression",
-                help="Exit 1 when any workload of RUN_B is worse than in RUN_A: fewer IOPS, "
-                     "significant after Benjamini-Hochberg (q <= 0.05) and beyond --tolerance. "
-                     "Each regression is named on stderr. For CI gates and bisecting.")):
-    """The same workloads from two runs: ratio of medians RUN_B / RUN_A with CIs, flagged
-    beyond the noise.  The columns are labelled with the runs' ids.
+                help="Exit 4 when any workload regressed: its whole interval of B/A (false-"
+                     "coverage-rate adjusted) lies below 1 - tolerance. Each is named on stderr. "
+                     "For CI gates and bisecting."),
+            fail_on_inconclusive: bool = typer.Option(
+                False, "--fail-on-inconclusive",
+                help="Exit 5 when any workload is inconclusive (interval too wide, or fewer "
+                     "than 3 repetitions a side), for gates that must decide."),
+            json_output: bool = typer.Option(False, "--json",
+                                             help="Print the verdicts as JSON instead of the "
+                                                  "markdown table.")):
+    """The same workloads (same host, accelerator, guest, variant, disk, rw, bs, iodepth,
+    numjobs) from two runs: the ratio B/A with a Welch t interval on log IOPS and a verdict:
+    regressed, improved, unchanged (interval inside ±tolerance) or inconclusive.
 
-    Exit codes: 0 = compared (and, with --fail-on-regression, no regression);
-    1 = --fail-on-regression and at least one workload regressed; 2 = a run is missing
-    or unreadable."""
+    Exit codes:
+
+    0 compared, and no gate tripped;
+
+    2 a run is missing or unreadable, the runs share no workload, or --tolerance is nonsense;
+
+    4 --fail-on-regression and a workload regressed;
+
+    5 --fail-on-inconclusive and a workload is inconclusive (4 wins when both hold)."""
+    import json
+
     from .bench import find_run
-    from .compare import compare_runs, regression_lines, render_markdown
+    from .compare import (compare_runs, inconclusive_lines, json_document, parse_tolerance,
+                          regression_lines, render_markdown)
+    from .errors import EXIT_INCONCLUSIVE, EXIT_REGRESSION
 
-    comparison = compare_runs(find_run(run_a), find_run(run_b), tolerance=tolerance)
+    fraction = parse_tolerance(tolerance)
+    comparison = compare_runs(find_run(run_a), find_run(run_b), tolerance=fraction)
     for warning in comparison.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
-    typer.echo(render_markdown(comparison))
-    if fail_on_regression and len(comparison.regressions):
+    if json_output:
+        typer.echo(json.dumps(json_document(comparison), indent=2))
+    else:
+        typer.echo(render_markdown(comparison))
+    regressed = fail_on_regression and len(comparison.regressions)
+    undecided = fail_on_inconclusive and len(comparison.inconclusive)
+    if regressed:
         for line in regression_lines(comparison):
             console.print(line, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    if undecided:
+        for line in inconclusive_lines(comparison):
+            console.print(line, highlight=False, soft_wrap=True)
+    if regressed:
+        raise typer.Exit(EXIT_REGRESSION)
+    if undecided:
+        raise typer.Exit(EXIT_INCONCLUSIVE)
 
 
 hosts_app = typer.Typer(no_args_is_help=True, help="Remote hosts: check them before a run.")

@@ -6,6 +6,7 @@ built or booted, with one line naming the field and what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Literal, get_args
@@ -67,6 +68,13 @@ class VariantSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_source(self):
+        if not self.build and not self.binary:
+            close = difflib.get_close_matches(self.name, BUILT_VARIANTS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(
+                f"unknown variant {self.name!r}: {hint}our builds are "
+                f"{', '.join(BUILT_VARIANTS)}; for a QEMU on this system give "
+                f"{{name: {self.name}, binary: qemu-system-x86_64}}")
         if bool(self.build) == bool(self.binary):
             raise ValueError(
                 f"variant {self.name!r}: give exactly one of 'build' "
@@ -211,7 +219,7 @@ class AdaptiveRepetitions(_Spec):
 
 
 #: Time a fio point needs beyond ramp + runtime (start-up, the JSON back over SSH).
-POINT_MARGIN_S = 30
+POINT_MARGIN_S = 10
 
 
 class BenchConfig(_Spec):
@@ -365,12 +373,33 @@ def _differing_paths(a, b, where: str) -> list[str]:
     return [] if a == b else [where or "(top level)"]
 
 
+def _field_names(model: type[BaseModel]) -> set[str]:
+    """Every field name of a spec and of the specs inside it (for did-you-mean)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        names.add(name)
+        for inner in get_args(info.annotation) or (info.annotation,):
+            for candidate in get_args(inner) or (inner,):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    names |= _field_names(candidate)
+    return names
+
+
+def _error_text(error: dict) -> str:
+    """One validation error in words: where, and what to change."""
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        field = str(error["loc"][-1])
+        parent = ".".join(str(p) for p in error["loc"][:-1])
+        close = difflib.get_close_matches(field, sorted(_field_names(BenchConfig)), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{parent + ': ' if parent else ''}unknown field {field!r}{hint}"
+    return f"{where}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def _one_line(exc: ValidationError, origin: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"].removeprefix("Value error, ")
-    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{origin}: {where}: {message}{more}"
+    """Every error of the file, one a line, each naming the file and the field."""
+    return "\n".join(f"{origin}: {_error_text(error)}" for error in exc.errors())
 
 
 def load_config(path: Path | str) -> BenchConfig:

@@ -13,6 +13,8 @@ EXIT_OK = 0
 EXIT_INFRA = 1
 EXIT_USER = 2
 EXIT_POINTS_FAILED = 3
+EXIT_REGRESSION = 4      # harness compare --fail-on-regression: a workload regressed
+EXIT_INCONCLUSIVE = 5    # harness compare --fail-on-inconclusive: a workload could not be judged
 EXIT_INTERRUPTED = 130
 
 #: What `harness --help` and the README say about exit codes.
@@ -20,6 +22,8 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 every point ok; 1 infrastructure failure (a tool or the machine); "
     "2 you must change something (config, command line, patch, missing package); "
     "3 the run finished but points failed (named on stderr, one line each); "
+    "4 `compare --fail-on-regression` found a regression; "
+    "5 `compare --fail-on-inconclusive` found a workload it could not judge (and none regressed); "
     "130 interrupted (finished points are kept)."
 )
 

@@ -155,7 +155,7 @@ def _verdict(figure: Published, ours: dict) -> str:
         return "we have no such measurement"
     low, high = ours["our_ci_low"], ours["our_ci_high"]
     if not (np.isfinite(low) and np.isfinite(high)):
-        return "no CI (one repetition)"
+        return "no CI (fewer than 3 repetitions)"
     if low <= figure.ratio <= high:
         return "agrees (published within our CI)"
     return "ours lower" if high < figure.ratio else "ours higher"
@@ -264,6 +264,12 @@ def _accel_sentence(accels: set[str], theirs: set[str]) -> str:
             "of a ratio can be compared, not its size, and no absolute IOPS.")
 
 
+def _interval(low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "(no CI)"
+    return f"[{fmt_ratio(low)}, {fmt_ratio(high)}]"
+
+
 def _figure_sentence(rows: pd.DataFrame) -> str:
     """One published ratio and every ratio of ours it is set against (one per guest, disk and
     variant)."""
@@ -274,7 +280,7 @@ def _figure_sentence(rows: pd.DataFrame) -> str:
     if first.comparable != "same comparison as ours":
         text += f"; not the same comparison: {first.comparable}"
     ours = [f"{row.guest} guest, disk {row.disk}, {row.our_variant} {fmt_ratio(row.our_ratio)} "
-            f"[{fmt_ratio(row.our_ci_low)}, {fmt_ratio(row.our_ci_high)}] at {row.our_workload} "
+            f"{_interval(row.our_ci_low, row.our_ci_high)} at {row.our_workload} "
             f"({row.our_accel.upper()}) — {row.verdict}" for row in rows.itertuples(index=False)]
     return text + ". Ours: " + "; ".join(ours) + "."
 

@@ -22,7 +22,7 @@ from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
 from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
-from .summary import PRECISION, RunNumbers, ci_half_width, summary_document
+from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
 
 #: accel kvm-nested: one line per point whose L2 run hung at least once (nestedbench.py)
 WATCHDOG_CSV = "watchdog.csv"
@@ -103,15 +103,23 @@ def _num(value, digits: int = 0) -> str:
 
 
 def _ratio_text(row) -> str:
-    return "–" if row is None else _ci_text(row.ratio, row.ci_low, row.ci_high)
+    if row is None:
+        return "–"
+    return _ci_text(row.ratio, row.ci_low, row.ci_high, row.range_low, row.range_high)
 
 
-def _ci_text(ratio: float, low: float, high: float) -> str:
+def _ci_text(ratio: float, low: float, high: float, range_low: float = np.nan,
+             range_high: float = np.nan) -> str:
+    """"1.23 [1.10, 1.38]" with a 95% CI; below 3 repetitions a side no CI is claimed and
+    the min–max of the ratio is shown instead, saying so."""
     if not np.isfinite(ratio):
         return "–"
-    if not np.isfinite(low):
-        return f"{published.fmt_ratio(ratio)} (no CI)"
     fmt = published.fmt_ratio
+    if not np.isfinite(low):
+        if np.isfinite(range_low) and np.isfinite(range_high):
+            return (f"{fmt(ratio)} (min–max {fmt(range_low)}–{fmt(range_high)}; "
+                    f"no CI below {stats.MIN_CI_REPS} repetitions)")
+        return f"{fmt(ratio)} (no CI)"
     return f"{fmt(ratio)} [{fmt(low)}, {fmt(high)}]"
 
 
@@ -160,11 +168,14 @@ def _summary_rows(workload, baseline: str) -> list[list]:
             flags.append(f"guest-bound ({item.n_guest_bound} of {item.n_ok})")
         iops = "–" if item.n_ok == 0 else \
             f"{_num(item.iops_median)} ({_num(item.iops_min)}–{_num(item.iops_max)})"
-        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, cpu_text(item),
-                     ", ".join(flags), f"{item.n_ok} ok, {item.n_failed} failed"])
+        verdict = "–" if item.variant == baseline else (baseline_verdict(ratio) or "–")
+        if workload.guest_bound and verdict != "–":
+            verdict = "not judged (guest-bound)"
+        rows.append([item.variant, iops, _num(item.lat_p99_us_median, 1), text, verdict,
+                     cpu_text(item), ", ".join(flags), f"{item.n_ok} ok, {item.n_failed} failed"])
     if workload.host_iops is not None:
         cpu = workload.host_cpu_us_per_io
-        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–",
+        rows.append([f"{HOST_VARIANT} (ceiling)", _num(workload.host_iops), "–", "–", "–",
                      "–" if cpu is None else f"{_num(cpu, 1)} (fio)", "", "host"])
     return rows
 
@@ -172,21 +183,27 @@ def _summary_rows(workload, baseline: str) -> list[list]:
 def _summary_section(numbers: RunNumbers) -> str:
     baseline = numbers.baseline
     parts = ["## Summary per workload",
-             f"Median IOPS over repetitions (min–max), median p99 latency, and the ratio of "
-             f"median IOPS to **{baseline}** with a 95% bootstrap (BCa) CI. *noisy*: the IOPS "
-             f"coefficient of variation exceeds {stats.NOISY_CV:.0%}. The same numbers are in "
-             f"`summary.json` (`harness report RUN --json`).",
+             f"Median IOPS over repetitions (min–max), median p99 latency, and the IOPS ratio "
+             f"to **{baseline}** (of geometric means) with a 95% Welch t interval on log IOPS; "
+             f"with fewer than {stats.MIN_CI_REPS} repetitions on a side no CI is given, the "
+             f"min–max of the ratio instead. *≥ {baseline}*: **met** when the whole interval "
+             f"is at or above 1, **missed** when it is wholly below, otherwise *undecided* "
+             f"(always without a CI). *noisy*: the IOPS coefficient of variation exceeds "
+             f"{stats.NOISY_CV:.0%}. The same numbers are in `summary.json` "
+             f"(`harness report RUN --json`).",
              "*Host CPU µs per I/O*: the median CPU time of the QEMU process per I/O, then split "
              "by thread (vCPU / main loop / I/O thread: the data-plane thread or an iothread / "
              "other; `threads.py`); for the host-fio ceiling, fio's own usr+sys. Lower is "
              "cheaper: the price beside the speed. *guest-bound*: most of a variant's points "
              f"had the guest's own CPU at {stats.GUEST_BOUND_PCT:.0f}% of its vCPUs or more, "
              "so the point measures the emulated guest, not the I/O path; a workload with such "
-             "a variant has its ratios marked, and they are not the data plane's effect."]
+             "a variant has its ratios marked and not judged: they are not the data plane's "
+             "effect."]
     if len(numbers.ratios):
         parts.append(_precision_line(numbers.ratios))
     headers = ["variant", "IOPS median (min–max)", "p99 µs", f"ratio to {baseline} [95% CI]",
-               "host CPU µs per I/O (vCPU / main / I/O thread / other)", "flag", "reps"]
+               f"≥ {baseline}", "host CPU µs per I/O (vCPU / main / I/O thread / other)",
+               "flag", "reps"]
     for workload in numbers.workloads():
         parts += [_workload_heading(workload.key, workload.guest_bound),
                   md_table(headers, _summary_rows(workload, baseline))]
@@ -198,9 +215,26 @@ def _precision_line(ratios: pd.DataFrame) -> str:
     configs aim at; the wide ones need more repetitions or a quieter host."""
     half_width = pd.Series(ci_half_width(ratios["ratio"], ratios["ci_low"], ratios["ci_high"]),
                            index=ratios.index)
-    counts = [f"{guest} {int((half_width[rows.index] <= PRECISION).sum())} of {len(rows)}"
-              for guest, rows in ratios.groupby("guest")]
-    return f"95% CIs within ±{PRECISION:.0%} of the ratio: " + ", ".join(counts) + "."
+    with_ci = ratios["ci_low"].notna() & ratios["ci_high"].notna()
+    counts, none = [], []
+    for guest, rows in ratios.groupby("guest"):
+        have = rows[with_ci[rows.index]]
+        if have.empty:
+            none.append(guest)
+            continue
+        text = f"{guest} {int((half_width[have.index] <= PRECISION).sum())} of {len(have)}"
+        if len(have) < len(rows):
+            text += (f" ({len(rows) - len(have)} more without a CI: fewer than "
+                     f"{stats.MIN_CI_REPS} repetitions)")
+        counts.append(text)
+    parts = []
+    if counts:
+        parts.append(f"95% CIs within ±{PRECISION:.0%} of the ratio: " + ", ".join(counts) + ".")
+    if none:
+        parts.append(f"No CI for {', '.join(none)}: fewer than {stats.MIN_CI_REPS} repetitions "
+                     "a side, so no precision is claimed; the tables show the min–max of each "
+                     "ratio instead.")
+    return " ".join(parts)
 
 
 def _failed_section(df: pd.DataFrame) -> str:
@@ -276,11 +310,14 @@ def _published_section(comparison: published.PublishedComparison, images: list[P
 _METHOD = """## Method
 
 - Each point ran in its own repetitions; variants were interleaved per repetition.
-- Ratios are of medians; the 95% CI is a bootstrap BCa interval over repetitions
-  (scipy.stats.bootstrap, 10,000 resamples, fixed seed). With 3 repetitions it
-  can only end at ratios of observed values. Where BCa is undefined the
-  percentile interval is used; where every repetition is equal the interval has
-  zero width; with one repetition there is none.
+- Ratios are of geometric means of the repetitions; the 95% CI is a Welch t
+  interval on log IOPS (Welch–Satterthwaite degrees of freedom), which stays
+  honest at 3–5 repetitions: the fewer there are, the wider it gets. With fewer
+  than 3 repetitions on a side no CI is claimed and the min–max of the ratio is
+  shown instead; where every repetition is equal the interval has zero width.
+- Verdicts (met, missed) are read from the whole interval, never from a median:
+  met when the interval clears the goal, missed when it is wholly below,
+  otherwise undecided.
 - Latencies are fio completion latencies; for randrw they are the reads'. IOPS of
   randrw are reads + writes."""
 
@@ -307,6 +344,14 @@ def _draw(numbers: RunNumbers, plots_dir: Path, title: str) -> list[Path]:
             + plots.plot_efficiency(ok_summary, plots_dir / "efficiency", colors, title))
 
 
+def _check_baseline(df: pd.DataFrame, baseline: str) -> None:
+    """A baseline the run does not have would turn every ratio into n/a: refuse it."""
+    variants = sorted(set(df["variant"]) - {HOST_VARIANT})
+    if variants and baseline not in variants:
+        raise UserError(f"baseline {baseline!r} is not a variant of this run; "
+                        f"give --baseline one of: {', '.join(variants)}")
+
+
 def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False) -> Report:
     """Write run_dir/report.md and run_dir/plots/*.png|svg, and with summary_json also
     run_dir/summary.json."""
@@ -315,6 +360,7 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
         raise UserError(f"{run_dir} has no results.csv: nothing to report")
     results = read_results(run_dir)
     df = results.frame
+    _check_baseline(df, baseline)
     manifest = read_manifest(run_dir)
     facts = run_facts(manifest, df, results)
     numbers = RunNumbers.of(df, baseline)

@@ -4,23 +4,32 @@
 stats.host_ceiling); report.md renders it as tables and `summary_document` as JSON
 for scripts and dashboards, so the two cannot disagree.
 
-summary.json (schema_version 4; 3 added `host` to each workload entry, 4 the trust columns):
+summary.json (schema_version 4; 3 added `host` to each workload entry, 4 the trust columns, the Welch interval and `verdict`):
   schema_version, run_id, baseline, accel, source_schema_versions (of results.csv
   and manifest.json, null when there is none), malformed_rows (line and reason each),
   ci ({confidence, method, resamples, seed}), and `workloads`: one entry per host × guest ×
   accel × disk × rw × bs × iodepth × numjobs with `host_fio_iops_median` and
   `variants`: per variant n_ok, n_failed, iops {median, min, max, cv},
   lat_p99_us {median, min, max}, lat_p50_us_median, lat_p999_us_median,
-  ratio (to the baseline: value, ci_low, ci_high, ci_method; null for the baseline
-  itself), p99_ratio (value, ci_low, ci_high) and flags {baseline, noisy,
-  all_failed, faster, slower, ci_within_10pct} — faster/slower: the 95% CI of the
-  IOPS ratio lies wholly above/below 1.  Numbers that do not exist are null.
+  ratio (to the baseline: value, ci_low, ci_high, ci_method, range_low, range_high;
+  null for the baseline itself), p99_ratio (value, ci_low, ci_high), `verdict`
+  (at_least_baseline: stats.goal_verdict of the IOPS ratio's interval against 1 —
+  met, missed or undecided) and flags {baseline, noisy, all_failed, faster, slower,
+  ci_within_10pct} — faster/slower: the 95% CI of the IOPS ratio lies wholly
+  above/below 1.
   CPU price (schema 4): per variant `cpu_us_per_io` {total, vcpu, main, iothread,
   other} (medians of host CPU µs per I/O of the QEMU process, threads.py),
   guest_cpu_pct_median, n_guest_bound and flags.guest_bound (its points, or the
-  baseline's, are guest-bound: the ratio measures the guest, not the data plane);
-  per workload `guest_bound` (any variant is) and host_fio_cpu_us_per_io_median;
-  top-level `guest_bound_pct`, the threshold (stats.GUEST_BOUND_PCT).
+  baseline's, are guest-bound: the ratio measures the guest, not the data plane,
+  whatever its verdict says); per workload `guest_bound` (any variant is) and
+  host_fio_cpu_us_per_io_median; top-level `guest_bound_pct`, the threshold
+  (stats.GUEST_BOUND_PCT).
+
+The ratio is of geometric means with a Welch t interval on the logs
+(stats.ratio_ci).  With fewer than 3 repetitions on a side there is no interval:
+ci_low/ci_high are null, range_low/range_high give the min–max of the ratio, the
+verdict is undecided, faster/slower are false and ci_within_10pct is null (no
+precision is claimed).  Numbers that do not exist are null.
 """
 
 from __future__ import annotations
@@ -92,16 +101,30 @@ def ci_half_width(ratio, low, high):
         return (np.asarray(high) - np.asarray(low)) / 2 / np.asarray(ratio)
 
 
-def flags(item, ratio, baseline: str) -> dict[str, bool]:
+def has_ci(ratio) -> bool:
+    return ratio is not None and math.isfinite(ratio.ci_low) and math.isfinite(ratio.ci_high)
+
+
+def baseline_verdict(ratio) -> str | None:
+    """met / missed / undecided for "at least the baseline's IOPS", from the interval;
+    None for the baseline itself (no ratio)."""
+    if ratio is None:
+        return None
+    return stats.goal_verdict(ratio.ci_low, ratio.ci_high, 1.0)
+
+
+def flags(item, ratio, baseline: str) -> dict[str, bool | None]:
     """Verdicts of one variant on one workload (see the module docstring)."""
-    has_ci = ratio is not None and math.isfinite(ratio.ci_low) and math.isfinite(ratio.ci_high)
+    with_ci = has_ci(ratio)
+    within = None
+    if with_ci:
+        within = bool(ci_half_width(ratio.ratio, ratio.ci_low, ratio.ci_high) <= PRECISION)
     return {"baseline": item.variant == baseline, "noisy": bool(item.noisy),
             "all_failed": int(item.n_ok) == 0,
-            "faster": bool(has_ci and ratio.ci_low > 1.0),
-            "slower": bool(has_ci and ratio.ci_high < 1.0),
+            "faster": bool(with_ci and ratio.ci_low > 1.0),
+            "slower": bool(with_ci and ratio.ci_high < 1.0),
             "guest_bound": bool(item.guest_bound or (ratio is not None and ratio.guest_bound)),
-            "ci_within_10pct": bool(has_ci and ci_half_width(ratio.ratio, ratio.ci_low,
-                                                               ratio.ci_high) <= PRECISION)}
+            "ci_within_10pct": within}
 
 
 def _number(value) -> float | int | None:
@@ -128,10 +151,14 @@ def _variant_entry(item, ratio, baseline: str) -> dict[str, Any]:
         "lat_p999_us_median": _number(item.lat_p999_us_median),
         "cpu_us_per_io": cpu_entry(item), "guest_cpu_pct_median": _number(item.guest_cpu_pct_median),
         "n_guest_bound": int(item.n_guest_bound),
-        "ratio": None, "p99_ratio": None, "flags": flags(item, ratio, baseline)}
+        "ratio": None, "p99_ratio": None,
+        "verdict": {"at_least_baseline": baseline_verdict(ratio)},
+        "flags": flags(item, ratio, baseline)}
     if ratio is not None:
         entry["ratio"] = {"value": _number(ratio.ratio), "ci_low": _number(ratio.ci_low),
-                          "ci_high": _number(ratio.ci_high), "ci_method": ratio.ci_method}
+                          "ci_high": _number(ratio.ci_high), "ci_method": ratio.ci_method,
+                          "range_low": _number(ratio.range_low),
+                          "range_high": _number(ratio.range_high)}
         entry["p99_ratio"] = {"value": _number(ratio.p99_ratio),
                               "ci_low": _number(ratio.p99_ci_low),
                               "ci_high": _number(ratio.p99_ci_high)}
@@ -153,8 +180,8 @@ def summary_document(numbers: RunNumbers, run_id: str, accel: str,
                           "guest_bound": workload.guest_bound, "variants": variants})
     return {"schema_version": SCHEMA_VERSION, "run_id": run_id, "baseline": numbers.baseline,
             "accel": accel,
-            "ci": {"confidence": stats.CONFIDENCE, "method": "bootstrap BCa, ratio of medians",
-                   "resamples": stats.RESAMPLES, "seed": stats.SEED},
+            "ci": {"confidence": stats.CONFIDENCE, "method": stats.CI_METHOD,
+                   "df": "Welch-Satterthwaite", "min_repetitions": stats.MIN_CI_REPS},
             "guest_bound_pct": stats.GUEST_BOUND_PCT,
             "source_schema_versions": sources or {},
             "malformed_rows": [{"line": b.line, "reason": b.reason} for b in bad_lines],

@@ -36,10 +36,25 @@ def test_bad_field_is_named(text, expected):
 
 
 def test_unknown_build_and_no_source():
-    with pytest.raises(UserError, match="exactly one of 'build'"):
+    with pytest.raises(UserError, match="unknown variant 'mine': our builds are baseline, "
+                                        "dataplane, poll; for a QEMU on this system give"):
         parse_config("name: t\nvariants: [{name: mine}]\ndisks: [{path: /x}]")
+    with pytest.raises(UserError, match="unknown variant 'dataplain': did you mean 'dataplane'"):
+        parse_config("name: t\nvariants: [dataplain]\ndisks: [{path: /x}]")
+    with pytest.raises(UserError, match="exactly one of 'build'"):
+        parse_config("name: t\nvariants: [{name: a, build: poll, binary: q}]\ndisks: [{path: /x}]")
     with pytest.raises(UserError, match="baseline: 'nope' is not one of"):
         parse_config(MINIMAL + "baseline: nope")
+
+
+def test_unknown_fields_get_a_did_you_mean_and_every_error_its_line():
+    with pytest.raises(UserError) as info:
+        parse_config(MINIMAL + "repetition: 3\nworkloads: {iodeph: [1], bs: [3]}\n", "c.yaml")
+    lines = str(info.value).splitlines()
+    assert "c.yaml: unknown field 'repetition'; did you mean 'repetitions'?" in lines
+    assert "c.yaml: workloads: unknown field 'iodeph'; did you mean 'iodepth'?" in lines
+    assert "c.yaml: workloads.bs: bs '3' must be a multiple of 512 bytes" in lines
+    assert len(lines) == 3
 
 
 def test_system_variant_and_iothread_rules():

@@ -45,7 +45,7 @@ def test_a_huge_matrix_is_said_in_days():
 
 def test_a_fio_run_longer_than_the_point_timeout_is_refused():
     with pytest.raises(UserError, match=r"workloads.runtime_s \(300\) \+ ramp_s \(2\) do not fit "
-                                        r"in timeouts.point_s \(180\).*at least 332"):
+                                        r"in timeouts.point_s \(180\).*at least 312"):
         parse_config(BASE + "workloads: {runtime_s: 300}\n")
     # the micro-guest does not run fio: its requests, not runtime_s, set its length
     parse_config(BASE + "workloads: {runtime_s: 300}\nguests: [{kind: microguest}]\n")

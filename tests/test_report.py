@@ -108,11 +108,33 @@ def test_report_has_accelerator_table_failures_and_plots(tmp_path):
 
 def test_ratio_in_report_matches_data(tmp_path):
     text = write_report(make_run(tmp_path), "baseline").read_text()
-    # 2% noise and 3 repetitions (2 at QD64, where one failed): every CI is within ±10%
-    assert "95% CIs within ±10% of the ratio: fio 3 of 3." in text
+    # 2% noise and 3 repetitions: both CIs are within ±10%; at QD64 one of the dataplane's
+    # failed, and 2 repetitions give no CI, so no precision is claimed there
+    assert ("95% CIs within ±10% of the ratio: fio 2 of 2 (1 more without a CI: fewer than 3 "
+            "repetitions).") in text
+    qd64 = text.split("### randread 4k, iodepth 64")[1].split("###")[0]
+    line64 = next(l for l in qd64.splitlines() if l.startswith("| dataplane |"))
+    assert "(min–max " in line64 and "no CI below 3 repetitions)" in line64
+    assert "| undecided |" in line64 and "[" not in line64.split("|")[4]
     line = next(l for l in text.splitlines() if l.startswith("| dataplane |"))
     ratio = float(line.split("|")[4].split()[0])
     assert ratio == pytest.approx(1.8, rel=0.06)
+
+
+def test_two_repetitions_claim_no_ci_and_no_precision(tmp_path):
+    # the smoke config's 2 repetitions once gave "95% CIs within ±10%: 4 of 4"
+    store = ResultsStore(tmp_path)
+    for row in rows(reps=2):
+        store.append(row)
+    text = write_report(tmp_path, "baseline").read_text()
+    assert "95% CIs within" not in text
+    assert ("No CI for fio: fewer than 3 repetitions a side, so no precision is claimed; the "
+            "tables show the min–max of each ratio instead.") in text
+    summary = text.split("## Summary per workload")[1].split("## Plots")[0]
+    dataplane = [l for l in summary.splitlines() if l.startswith("| dataplane |")]
+    assert len(dataplane) == 3
+    assert all("no CI below 3 repetitions" in l and "| undecided |" in l for l in dataplane)
+    assert "| met |" not in summary and "| missed |" not in summary
 
 
 def test_kvm_run_is_labelled_kvm(tmp_path):
@@ -146,6 +168,10 @@ def test_published_comparison_prefers_kvm_and_explains_tcg():
     assert "under TCG, not KVM" in only_tcg.paragraph and "our host CPUs: 2" in only_tcg.paragraph
     ownaio = only_tcg.ratios[only_tcg.ratios["figure"] == "qemu-dd67c1d7-ownaio"].iloc[0]
     assert ownaio["our_workload"] == "randread 4k qd64 j1"  # closest to their qd64
+    # one of the 3 dataplane repetitions at QD64 failed: 2 left, no CI, no agreement claimed
+    assert ownaio["verdict"] == "no CI (fewer than 3 repetitions)"
+    four = compare_with_published(frame_from_rows(rows("tcg", speedup=1.6, reps=4)), "baseline")
+    ownaio = four.ratios[four.ratios["figure"] == "qemu-dd67c1d7-ownaio"].iloc[0]
     assert ownaio["verdict"] == "agrees (published within our CI)"  # 1.6 vs ours ≈ 1.6
     host = only_tcg.ratios[only_tcg.ratios["kind"] == "qemu/host"]
     assert set(host["our_variant"]) == {"baseline/host-fio", "dataplane/host-fio"}
@@ -210,8 +236,13 @@ def test_summary_json_holds_the_numbers_of_the_report(tmp_path):
     by_variant = {v["variant"]: v for v in qd16["variants"]}
     base, dataplane = by_variant["baseline"], by_variant["dataplane"]
     assert base["ratio"] is None and base["flags"]["baseline"]
-    assert dataplane["ratio"]["ci_method"] == "BCa"
+    assert dataplane["ratio"]["ci_method"] == "Welch t on logs (ratio of geometric means)"
+    assert document["ci"] == {"confidence": 0.95, "method": dataplane["ratio"]["ci_method"],
+                              "df": "Welch-Satterthwaite", "min_repetitions": 3}
     assert dataplane["flags"]["faster"] and not dataplane["flags"]["slower"]
+    assert dataplane["verdict"] == {"at_least_baseline": "met"}
+    assert dataplane["flags"]["ci_within_10pct"] is True
+    assert base["verdict"] == {"at_least_baseline": None}
     assert dataplane["iops"]["min"] <= dataplane["iops"]["median"] <= dataplane["iops"]["max"]
     assert qd16["host_fio_iops_median"] > dataplane["iops"]["median"]
     # the report's table line shows the same numbers
@@ -223,6 +254,12 @@ def test_summary_json_holds_the_numbers_of_the_report(tmp_path):
     assert f"{dataplane['iops']['median']:,.0f} (" in line
     qd64 = next(w for w in document["workloads"] if w["iodepth"] == 64)
     assert {v["variant"]: v["n_failed"] for v in qd64["variants"]} == {"baseline": 0, "dataplane": 1}
+    two = next(v for v in qd64["variants"] if v["variant"] == "dataplane")   # 2 repetitions left
+    assert two["ratio"]["ci_low"] is None and two["ratio"]["ci_high"] is None
+    assert two["ratio"]["range_low"] <= two["ratio"]["value"] <= two["ratio"]["range_high"]
+    assert two["ratio"]["ci_method"] == "none: fewer than 3 repetitions"
+    assert two["verdict"] == {"at_least_baseline": "undecided"}
+    assert two["flags"]["ci_within_10pct"] is None and not two["flags"]["faster"]
 
 
 def test_report_rebuilds_identically(tmp_path):

@@ -47,24 +47,60 @@ def test_summarize_counts_failures_and_keeps_all_failed_points():
     assert summary.loc["baseline", "n_failed"] == 0
 
 
-def test_ratio_ci_is_deterministic_and_contains_the_ratio():
-    a = [200, 210, 190, 205, 195]
-    b = [100, 104, 98, 101, 99]
-    first, second = stats.ratio_ci(a, b), stats.ratio_ci(a, b)
-    assert first == second
-    assert first.ratio == pytest.approx(200 / 100) and first.method == "BCa"
-    assert first.low <= first.ratio <= first.high and first.low > 1.0
+def _welch_log(values, base, confidence=0.95):
+    """The interval from scipy's own Welch t-test on the logs: an independent check."""
+    from scipy.stats import ttest_ind
+
+    result = ttest_ind(np.log(values), np.log(base), equal_var=False)
+    return np.exp(result.confidence_interval(confidence))
 
 
-def test_ratio_ci_is_scipy_bca():
-    from scipy.stats import bootstrap
-
+def test_ratio_ci_is_welch_t_on_the_logs():
     a, b = np.array([3689, 3700, 3650, 3710, 3600.0]), np.array([3212, 3220, 3180, 3300, 3250.0])
-    expected = bootstrap((a, b), lambda x, y, axis: np.median(x, axis) / np.median(y, axis),
-                         n_resamples=stats.RESAMPLES, method="BCa", vectorized=True,
-                         **{stats._RNG_KEYWORD: np.random.default_rng(stats.SEED)}).confidence_interval
     ci = stats.ratio_ci(a, b)
-    assert (ci.low, ci.high) == pytest.approx((expected.low, expected.high))
+    assert ci.method == stats.CI_METHOD == "Welch t on logs (ratio of geometric means)"
+    assert ci.ratio == pytest.approx(np.exp(np.log(a).mean() - np.log(b).mean()))
+    assert (ci.low, ci.high) == pytest.approx(tuple(_welch_log(a, b)))
+    assert ci.low < ci.ratio < ci.high and ci.low > 1.0
+    assert stats.ratio_ci(a, b) == ci                      # no randomness
+    assert (ci.n, ci.n_base) == (5, 5) and 4 <= ci.df <= 8
+
+
+def test_ratio_ci_is_symmetric_in_log_space():
+    a, b = [200, 210, 190, 205], [100, 104, 98]
+    forward, backward = stats.ratio_ci(a, b), stats.ratio_ci(b, a)
+    assert forward.ratio == pytest.approx(1 / backward.ratio)
+    assert (forward.low, forward.high) == pytest.approx((1 / backward.high, 1 / backward.low))
+
+
+def test_ratio_ci_widens_honestly_at_three_repetitions():
+    # same spread, fewer repetitions: wider, and by more than 1/sqrt(n) (the t quantile)
+    rng = np.random.default_rng(1)
+    base = 1000 * np.exp(rng.normal(0, 0.04, 10))
+    wide, narrow = stats.ratio_ci(base[:3] * 1.1, base[3:6]), stats.ratio_ci(base * 1.1, base[::-1])
+    assert np.log(wide.high / wide.low) > 2 * np.log(narrow.high / narrow.low)
+
+
+def test_ratio_ci_covers_about_95_percent_at_three_repetitions():
+    # log-normal repetitions with unequal spread, 3 a side: the Welch interval holds its level
+    # (a bootstrap of 3 values covers far less)
+    rng = np.random.default_rng(2)
+    trials, covered = 2000, 0
+    for _ in range(trials):
+        a = 100 * np.exp(rng.normal(0, 0.03, 3))
+        b = 80 * np.exp(rng.normal(0, 0.08, 3))
+        ci = stats.ratio_ci(b, a)
+        covered += ci.low <= 0.8 <= ci.high
+    assert 0.93 <= covered / trials <= 0.98
+
+
+def test_ratio_ci_at_another_level_is_wider_and_keeps_the_estimate():
+    ci = stats.ratio_ci([200, 210, 190], [100, 104, 98])
+    strict = ci.at(0.99)
+    assert strict.ratio == ci.ratio and strict.confidence == 0.99
+    assert strict.low < ci.low and strict.high > ci.high
+    assert (strict.low, strict.high) == pytest.approx(
+        tuple(_welch_log([200, 210, 190], [100, 104, 98], 0.99)))
 
 
 def test_ratio_ci_includes_one_for_overlapping_samples():
@@ -72,47 +108,54 @@ def test_ratio_ci_includes_one_for_overlapping_samples():
     assert ci.low < 1.0 < ci.high
 
 
-def test_ratio_ci_with_three_reps_ends_at_ratios_of_observed_values():
-    ci = stats.ratio_ci([200, 210, 220], [100, 110, 105])
-    assert ci.low == pytest.approx(200 / 110) and ci.high == pytest.approx(220 / 100)
-
-
-def test_ratio_ci_single_repetition_has_no_interval():
-    ci = stats.ratio_ci([200], [100, 99, 101])
-    assert ci.ratio == 2.0 and math.isnan(ci.low) and math.isnan(ci.high)
-    assert ci.method == "none" and not ci.has_interval
+def test_ratio_ci_below_three_repetitions_gives_the_min_max_instead():
+    ci = stats.ratio_ci([200, 210], [100, 99, 101])
+    assert ci.ratio == pytest.approx(np.sqrt(200 * 210) / np.cbrt(100 * 99 * 101))
+    assert math.isnan(ci.low) and math.isnan(ci.high) and not ci.has_interval
+    assert ci.method == "none: fewer than 3 repetitions"
+    assert (ci.range_low, ci.range_high) == pytest.approx((200 / 101, 210 / 99))
+    single = stats.ratio_ci([200], [100])
+    assert single.ratio == pytest.approx(2.0) and not single.has_interval and single.range_low == 2.0
 
 
 def test_ratio_ci_all_equal_has_a_zero_width_interval():
     ci = stats.ratio_ci([300, 300, 300], [100, 100, 100])
-    assert (ci.ratio, ci.low, ci.high, ci.method) == (3.0, 3.0, 3.0, "no spread")
+    assert (ci.ratio, ci.low, ci.high) == pytest.approx((3.0, 3.0, 3.0)) and ci.method == "no spread"
 
 
-def test_ratio_ci_falls_back_to_percentile_where_bca_is_undefined():
-    ci = stats.ratio_ci([1, 1, 1, 2], [1, 1, 1])     # BCa's bias correction is infinite here
-    assert ci.method == "percentile" and (ci.low, ci.high) == (1.0, 2.0)
+def test_ratio_ci_one_side_without_spread_uses_the_others_df():
+    ci = stats.ratio_ci([300, 300, 300], [100, 110, 90])
+    assert ci.df == pytest.approx(2) and ci.low < 3.0 < ci.high
 
 
-def test_ratio_ci_zero_baseline_is_nan():
+def test_ratio_ci_zero_or_missing_is_nan():
     ci = stats.ratio_ci([1, 2], [0, 0])
     assert math.isnan(ci.ratio) and ci.method == "none"
+    assert math.isnan(stats.ratio_ci([], [1, 2, 3]).ratio)
 
 
-def test_benjamini_hochberg_matches_the_definition_and_skips_nan():
-    q = stats.benjamini_hochberg([0.01, float("nan"), 0.04, 0.03, 0.5])
-    # sorted p 0.01 0.03 0.04 0.5 over m = 4 tests: 0.04, 0.0533, 0.0533, 0.5
-    assert q[0] == pytest.approx(0.04) and math.isnan(q[1])
-    assert q[2] == pytest.approx(0.04 * 4 / 3) and q[3] == pytest.approx(0.04 * 4 / 3)
-    assert q[4] == pytest.approx(0.5)
-    assert np.isnan(stats.benjamini_hochberg([float("nan")])).all()
-    assert len(stats.benjamini_hochberg([])) == 0
+def test_goal_verdict_reads_the_whole_interval():
+    assert stats.goal_verdict(1.02, 1.3, 1.0) == "met"
+    assert stats.goal_verdict(1.0, 1.3, 1.0) == "met"              # at the goal counts
+    assert stats.goal_verdict(0.5, 0.99, 1.0) == "missed"
+    assert stats.goal_verdict(0.45, 2.02, 1.0) == "undecided"       # irq QD1 1.09× of the README
+    assert stats.goal_verdict(float("nan"), float("nan"), 1.0) == "undecided"
 
 
-def test_mann_whitney_exact_and_degenerate():
-    assert stats.mann_whitney_p([1, 2, 3, 4, 5], [6, 7, 8, 9, 10]) == pytest.approx(2 / 252)
-    assert stats.mann_whitney_p([5, 5, 5], [5, 5, 5]) == 1.0
-    assert math.isnan(stats.mann_whitney_p([1], [2, 3]))
-    assert stats.smallest_p(3, 3) == pytest.approx(0.1)
+def test_change_verdict_against_the_band():
+    assert stats.change_verdict(0.4, 0.94, 0.05) == "regressed"
+    assert stats.change_verdict(0.4, 0.96, 0.05) == "inconclusive"
+    assert stats.change_verdict(1.06, 1.3, 0.05) == "improved"
+    assert stats.change_verdict(0.97, 1.04, 0.05) == "unchanged"
+    assert stats.change_verdict(0.90, 1.04, 0.05) == "inconclusive"
+    assert stats.change_verdict(float("nan"), 1.0, 0.05) == "inconclusive"
+
+
+def test_fcr_confidence_is_benjamini_yekutieli():
+    assert stats.fcr_confidence(1, 20) == pytest.approx(1 - 0.05 / 20)
+    assert stats.fcr_confidence(36, 36) == pytest.approx(0.95)
+    assert stats.fcr_confidence(4, 8) == pytest.approx(0.975)
+    assert stats.fcr_confidence(0, 8) == 0.95
 
 
 def test_ratios_per_workload_with_latency_and_noise():
@@ -124,7 +167,9 @@ def test_ratios_per_workload_with_latency_and_noise():
     out = stats.ratios(df, "baseline")
     assert list(out["variant"]) == ["dataplane"] and list(out["iodepth"]) == [16]
     result = out.iloc[0]
-    assert result["ratio"] == pytest.approx(2.1)
+    # ratio of geometric means: (150·300·210)^(1/3) / (100·101·99)^(1/3)
+    assert result["ratio"] == pytest.approx(np.cbrt(150 * 300 * 210) / np.cbrt(100 * 101 * 99))
+    assert result["ci_method"] == stats.CI_METHOD and result["ci_low"] < 1.0 < result["ci_high"]
     assert result["p99_ratio"] == pytest.approx(0.5)
     assert result["noisy"]  # the dataplane's CV is far above 10%
 

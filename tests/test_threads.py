@@ -298,6 +298,7 @@ def test_report_shows_price_and_guest_bound_and_draws_efficiency(tmp_path):
     assert "— *guest-bound*" in text
     assert "guest-bound, not the data plane's effect" in text
     assert "guest-bound (3 of 3)" in text
+    assert "not judged (guest-bound)" in text and "| met |" not in text
     # the QD1 dataplane median: 1.5e6 / (2700 × 1.02) = 544.7 µs, its vCPU part 363.1
     assert "545 (363 / 73 / 73 / 36)" in text
     assert (tmp_path / "plots" / "efficiency.png").exists()
