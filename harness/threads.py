@@ -37,8 +37,12 @@ CPU µs per I/O (`cpu_per_io`, results' cpu_us_per_io* columns) is the CPU
 seconds per wall second of the window divided by the I/Os per second the
 benchmark reports: a rate over a rate, so the two windows need not coincide.
 
-Resolution: clock ticks (1/100 s), so windows of a second or more.  On a
-remote host (hostexec.Executor not local) the same files are read with one
+Resolution: locally nanoseconds — each thread's on-CPU time from
+/proc/PID/task/TID/schedstat and the process total from its CPU clock
+(clock_gettime on the process; both are the scheduler's sum_exec_runtime), so
+a micro-guest point of a tenth of a second still splits cleanly; where either
+cannot be read (a fake /proc, a kernel without schedstat), clock ticks
+(1/100 s), which want windows of a second or more.  On a remote host (hostexec.Executor not local) the same files are read with one
 ``cat`` over the executor per sample.  Locally each thread's run-queue wait
 (/proc/.../schedstat) is read too: `thread_loads` gives a thread's demand (CPU
 used plus time spent waiting for a CPU), which says "wants a whole core" on a
@@ -52,6 +56,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
+
+from .proc import cpu_seconds as process_cpu_seconds
 
 THREAD_KINDS = ("vcpu", "main", "iothread", "other")
 #: The name the series gives its data-plane thread (qemu_thread_create + prctl).
@@ -164,6 +170,20 @@ def parse_schedstat(text: str) -> float:
     return int(text.split()[1]) / 1e9
 
 
+def schedstat_on_cpu(text: str) -> float:
+    """Seconds on a CPU (exact, nanoseconds) from /proc/.../schedstat."""
+    return int(text.split()[0]) / 1e9
+
+
+def precise(coarse: Sample, on_cpu: Mapping[int, float], total_s: float | None) -> Sample:
+    """coarse with nanosecond times where every live thread's schedstat was read and the
+    process CPU clock answered (both count the scheduler's sum_exec_runtime)."""
+    if total_s is None or any(t.tid not in on_cpu for t in coarse.threads):
+        return coarse
+    threads = tuple(ThreadTime(t.tid, t.name, on_cpu[t.tid], t.waited_s) for t in coarse.threads)
+    return Sample(coarse.pid, total_s, threads)
+
+
 def _ticks() -> int:
     return os.sysconf("SC_CLK_TCK")
 
@@ -179,17 +199,21 @@ def sample(pid: int, proc_root: str | os.PathLike = "/proc") -> Sample | None:
         tids = os.listdir(root / "task")
     except OSError:
         return None
-    lines, waits = [], {}
+    lines, waits, on_cpu = [], {}, {}
     for tid in tids:
         try:
             lines.append((root / "task" / tid / "stat").read_text())
         except OSError:
             continue  # exited between listdir and read
         try:
-            waits[int(tid)] = parse_schedstat((root / "task" / tid / "schedstat").read_text())
+            schedstat = (root / "task" / tid / "schedstat").read_text()
+            waits[int(tid)] = parse_schedstat(schedstat)
+            on_cpu[int(tid)] = schedstat_on_cpu(schedstat)
         except (OSError, ValueError, IndexError):
-            pass  # a kernel without schedstat: waits stay unknown
-    return parse_sample(pid, process_stat, lines, _ticks(), waits)
+            pass  # a kernel without schedstat: waits stay unknown, times in ticks
+    coarse = parse_sample(pid, process_stat, lines, _ticks(), waits)
+    total = process_cpu_seconds(pid) if Path(proc_root) == Path("/proc") else None
+    return precise(coarse, on_cpu, total)
 
 
 _REMOTE_SCRIPT = "getconf CLK_TCK; cat /proc/{pid}/stat; cat /proc/{pid}/task/*/stat 2>/dev/null"
