@@ -107,6 +107,7 @@ static void set_option(const char *key, const char *val)
         cfg.ram_change = streq(val, "ram-change");
         cfg.stale_code = streq(val, "stale-code");
         cfg.msix_vga = streq(val, "msix-vga");
+        cfg.msix_then_intx = streq(val, "msix-then-intx");
     } else if (streq(key, "case")) {
         copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
     } else if (streq(key, "timeout_ms")) {
@@ -661,10 +662,11 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
      * the plain flags they were written for */
     dev.want_event_idx = cfg.kick == KICK_HONOUR && !cfg.hostile && !cfg.churn
                          && !cfg.misaligned && !cfg.ram_change
-                         && !cfg.stale_code && !cfg.msix_vga;
+                         && !cfg.stale_code && !cfg.msix_vga
+                         && !cfg.msix_then_intx;
     dev.kick = cfg.kick;
-    if (cfg.msix_vga) {
-        cfg.wait = WAIT_IRQ;        /* MSI-X set up, then re-targeted */
+    if (cfg.msix_vga || cfg.msix_then_intx) {
+        cfg.wait = WAIT_IRQ;        /* MSI-X first, then re-targeted or off */
     } else if (cfg.stale_code) {
         cfg.wait = WAIT_POLL;
     }
@@ -692,6 +694,8 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
         stale_code_run();
     } else if (cfg.msix_vga) {
         msix_vga_run();
+    } else if (cfg.msix_then_intx) {
+        msix_then_intx_run();
     } else {
         bench();
     }

@@ -20,7 +20,8 @@
  *
  * mode=ram-change: see ram_change_run() below.
  *
- * mode=stale-code, mode=msix-vga: see stale_code_run() and msix_vga_run().
+ * mode=stale-code, mode=msix-vga, mode=msix-then-intx: see stale_code_run(),
+ * msix_vga_run() and msix_then_intx_run().
  */
 #include "mg.h"
 
@@ -668,4 +669,66 @@ void msix_vga_run(void)
     out_key_u64("vga_mmio", mmio);
     out_str("}\n");
     mg_finish(done == n);
+}
+
+/*
+ * mode=msix-then-intx: n reads with MSI-X interrupts (the device sets its
+ * ISR bit each time, nobody reads it), then MSI-X disabled without a reset
+ * and n reads waiting for INTx.  Every INTx completion must interrupt: a
+ * completion found only when the 10 Hz timer woke the guest counts in
+ * missed_irqs.
+ */
+extern int intx_line;
+extern uint16_t intx_ack_port;
+
+void msix_then_intx_run(void)
+{
+    struct virtio_blk_outhdr *hdr = (void *)mg_alloc(4096);
+    volatile uint8_t *status = (volatile uint8_t *)hdr + 64;
+    uint8_t *buf = (uint8_t *)mg_alloc(4096);
+    uint32_t n = cfg.n ? cfg.n : 20, i, msix_done = 0, intx_done = 0, irqs;
+    int pos = pci_find_cap(dev.bdf, PCI_CAP_ID_MSIX);
+    uint16_t ctrl;
+    const char *r = "ok";
+
+    if (!hdr || !buf || !dev.msix || !pos || dev.intx_line == 0 ||
+        dev.intx_line >= 16) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"msix-then-intx\","
+                "\"error\":\"no-msix-or-intx\"}\n");
+        mg_finish(0);
+    }
+    out_str("MICROGUEST-BEGIN\n");
+    for (i = 0; i < n && streq(r, "ok"); i++) {
+        r = one_request(0, 8 * i, (uintptr_t)buf, 4096, hdr, status, WAIT_IRQ);
+        msix_done += streq(r, "ok");
+    }
+
+    /* MSI-X off, as a driver that hands the device over might leave it */
+    pci_write16(dev.bdf, pos + 2, pci_read16(dev.bdf, pos + 2) & ~0x8000);
+    ctrl = pci_read16(dev.bdf, pos + 2);
+    intx_line = dev.intx_line;
+    intx_ack_port = dev.io + VIRTIO_PCI_ISR;
+    pic_init(dev.intx_line);
+    dev.missed_irqs = 0;
+    irqs = irq_count;
+    for (i = 0; i < n && streq(r, "ok"); i++) {
+        r = one_request(0, 8 * (n + i), (uintptr_t)buf, 4096, hdr, status,
+                        WAIT_INTX);
+        intx_done += streq(r, "ok");
+    }
+    irqs = irq_count - irqs;
+
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(msix_done == n && intx_done == n && dev.missed_irqs == 0);
+    out_key_str("mode", "msix-then-intx");
+    out_key_u64("n", n);
+    out_key_u64("msix_done", msix_done);
+    out_key_u64("intx_done", intx_done);
+    out_key_u64("intx_irqs", irqs);
+    out_key_u64("missed_irqs", dev.missed_irqs);
+    out_key_u64("msix_ctrl", ctrl);
+    out_key_str("last", r);
+    out_str("}\n");
+    mg_finish(msix_done == n && intx_done == n && dev.missed_irqs == 0);
 }
