@@ -107,3 +107,36 @@ def test_missing_tools_name_debian_packages(monkeypatch, tmp_path):
     message = str(info.value)
     assert "gcc" in message and "apt-get install" in message and "build-essential" in message
     assert "\n" not in message
+
+
+def _files_created(patch: Path) -> dict[str, list[str]]:
+    """The files a mailbox patch creates, with their added lines."""
+    created: dict[str, list[str]] = {}
+    current = None
+    lines = patch.read_text(errors="replace").splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("diff --git "):
+            current = None
+        elif line.startswith("new file mode") and i >= 1:
+            current = lines[i - 1].split(" b/", 1)[1]
+            created[current] = []
+        elif current and line.startswith("+") and not line.startswith("+++"):
+            created[current].append(line[1:])
+    return created
+
+
+def test_files_we_wrote_carry_our_notice():
+    """Issue 21 item 8: the files our series creates (hw/dataplane/*.h) carry this
+    project's notice, GPL-2.0-or-later, and no copyright of IBM or Red Hat."""
+    root = Path(__file__).resolve().parent.parent / "patches"
+    created: dict[str, list[str]] = {}
+    for layer in ("dataplane", "beyond"):
+        for patch in sorted((root / layer).glob("*.patch")):
+            for name, added in _files_created(patch).items():
+                created[name] = added
+    headers = {name: added for name, added in created.items() if name.startswith("hw/dataplane/")}
+    assert headers, "the series creates no hw/dataplane/ files: has the layout changed?"
+    for name, added in headers.items():
+        head = "\n".join(added[:12])
+        assert "SPDX-License-Identifier: GPL-2.0-or-later" in head, f"{name}: no SPDX notice:\n{head}"
+        assert "IBM" not in head and "Red Hat" not in head, f"{name}: someone else's notice:\n{head}"

@@ -105,6 +105,9 @@ static void set_option(const char *key, const char *val)
         cfg.churn = streq(val, "msix-churn");
         cfg.misaligned = streq(val, "misaligned");
         cfg.ram_change = streq(val, "ram-change");
+        cfg.stale_code = streq(val, "stale-code");
+        cfg.msix_vga = streq(val, "msix-vga");
+        cfg.msix_then_intx = streq(val, "msix-then-intx");
     } else if (streq(key, "case")) {
         copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
     } else if (streq(key, "timeout_ms")) {
@@ -658,8 +661,15 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
      * notification hints (as Linux does); the hostile and safety modes keep
      * the plain flags they were written for */
     dev.want_event_idx = cfg.kick == KICK_HONOUR && !cfg.hostile && !cfg.churn
-                         && !cfg.misaligned && !cfg.ram_change;
+                         && !cfg.misaligned && !cfg.ram_change
+                         && !cfg.stale_code && !cfg.msix_vga
+                         && !cfg.msix_then_intx;
     dev.kick = cfg.kick;
+    if (cfg.msix_vga || cfg.msix_then_intx) {
+        cfg.wait = WAIT_IRQ;        /* MSI-X first, then re-targeted or off */
+    } else if (cfg.stale_code) {
+        cfg.wait = WAIT_POLL;
+    }
     err = vdev_init(&dev, mg_alloc(VRING_MEM_BYTES), cfg.hostile ? WAIT_POLL : cfg.wait);
     if (err) {
         fail(err);
@@ -680,6 +690,12 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
         misaligned_run();
     } else if (cfg.ram_change) {
         ram_change_run();
+    } else if (cfg.stale_code) {
+        stale_code_run();
+    } else if (cfg.msix_vga) {
+        msix_vga_run();
+    } else if (cfg.msix_then_intx) {
+        msix_then_intx_run();
     } else {
         bench();
     }

@@ -23,6 +23,9 @@ struct mg_config {
     int churn;              /* mode=msix-churn (safety.c) */
     int misaligned;         /* mode=misaligned (safety.c) */
     int ram_change;         /* mode=ram-change (safety.c) */
+    int stale_code;         /* mode=stale-code (safety.c) */
+    int msix_vga;           /* mode=msix-vga (safety.c) */
+    int msix_then_intx;     /* mode=msix-then-intx (safety.c) */
     int unmap_first;        /* ram-change: disable the BAR, do not move it */
     uint32_t churn_every;   /* msix-churn: batches between steps */
     int indirect;           /* bench: one indirect descriptor per request */
@@ -48,6 +51,9 @@ void churn_print(void);
 int churn_ok(void);
 void misaligned_run(void) __attribute__((noreturn));
 void ram_change_run(void) __attribute__((noreturn));
+void stale_code_run(void) __attribute__((noreturn));
+void msix_vga_run(void) __attribute__((noreturn));
+void msix_then_intx_run(void) __attribute__((noreturn));
 void mg_finish(int ok) __attribute__((noreturn));
 
 #endif

@@ -19,6 +19,9 @@
  * With rw=read: the reads only, data not checked (for reads that fail).
  *
  * mode=ram-change: see ram_change_run() below.
+ *
+ * mode=stale-code, mode=msix-vga, mode=msix-then-intx: see stale_code_run(),
+ * msix_vga_run() and msix_then_intx_run().
  */
 #include "mg.h"
 
@@ -471,4 +474,261 @@ void ram_change_run(void)
     out_key_str("after_unmap", gone);
     out_str("}\n");
     mg_finish(streq(at_a, "ok") && !streq(gone, "ok"));
+}
+
+/* ---- one request at a time, for the modes below ---- */
+
+/* Read or write len bytes at sector from/to data (a guest physical address)
+ * and wait for the used entry (polling, or halted between the 10 Hz timer's
+ * ticks with WAIT_IRQ); "ok", "error" or "timeout". */
+static const char *one_request(int write, uint64_t sector, uintptr_t data,
+                               uint32_t len, struct virtio_blk_outhdr *hdr,
+                               volatile uint8_t *status, enum wait_mode wait)
+{
+    hdr->type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
+    hdr->ioprio = 0;
+    hdr->sector = sector;
+    *status = 0xff;
+    dev.desc[0].addr = (uintptr_t)hdr;
+    dev.desc[0].len = sizeof(*hdr);
+    dev.desc[0].flags = VRING_DESC_F_NEXT;
+    dev.desc[0].next = 1;
+    dev.desc[1].addr = data;
+    dev.desc[1].len = len;
+    dev.desc[1].flags = VRING_DESC_F_NEXT | (write ? 0 : VRING_DESC_F_WRITE);
+    dev.desc[1].next = 2;
+    dev.desc[2].addr = (uintptr_t)status;
+    dev.desc[2].len = 1;
+    dev.desc[2].flags = VRING_DESC_F_WRITE;
+    dev.desc[2].next = 0;
+    vdev_add(&dev, 0);
+    vdev_kick(&dev);
+    if (!vdev_wait(&dev, wait, rdtsc() + ms_to_cycles(cfg.timeout_ms))) {
+        return "timeout";
+    }
+    dev.last_used++;
+    return *status == VIRTIO_BLK_S_OK ? "ok" : "error";
+}
+
+/*
+ * mode=stale-code: a device that writes guest RAM must not leave the CPU
+ * running what the page held before (under TCG: translated code).  Two
+ * functions, "return 1" and "return 2", are written to two sectors; each
+ * round reads one of them into the same page, calls it and checks that the
+ * function just read ran.  n rounds (default 4), alternating.
+ */
+#define SC_SECTOR_1     (8 * 80)
+#define SC_SECTOR_2     (8 * 96)
+
+static void sc_function(uint8_t *p, uint32_t value)
+{
+    memset(p, 0xcc, 4096);          /* int3 around it */
+    p[0] = 0xb8;                    /* mov $value, %eax */
+    p[1] = value & 0xff;
+    p[2] = (value >> 8) & 0xff;
+    p[3] = (value >> 16) & 0xff;
+    p[4] = (value >> 24) & 0xff;
+    p[5] = 0xc3;                    /* ret */
+}
+
+void stale_code_run(void)
+{
+    struct virtio_blk_outhdr *hdr = (void *)mg_alloc(4096);
+    volatile uint8_t *status = (volatile uint8_t *)hdr + 64;
+    uint8_t *buf = (uint8_t *)mg_alloc(4096);
+    uint8_t *code = (uint8_t *)mg_alloc(4096);
+    uint32_t rounds = cfg.n ? cfg.n : 4, i, want, got, stale = 0, ran = 0;
+    uint32_t first_stale = 0;
+    const char *err = "ok";
+    uint32_t (*fn)(void) = (uint32_t (*)(void))(uintptr_t)code;
+
+    if (!hdr || !buf || !code) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"stale-code\","
+                "\"error\":\"no-memory\"}\n");
+        mg_finish(0);
+    }
+    out_str("MICROGUEST-BEGIN\n");
+    sc_function(buf, 1);
+    err = one_request(1, SC_SECTOR_1, (uintptr_t)buf, 4096, hdr, status,
+                      WAIT_POLL);
+    if (streq(err, "ok")) {
+        sc_function(buf, 2);
+        err = one_request(1, SC_SECTOR_2, (uintptr_t)buf, 4096, hdr, status,
+                          WAIT_POLL);
+    }
+    for (i = 0; i < rounds && streq(err, "ok"); i++) {
+        want = (i & 1) ? 2 : 1;
+        err = one_request(0, want == 1 ? SC_SECTOR_1 : SC_SECTOR_2,
+                          (uintptr_t)code, 4096, hdr, status, WAIT_POLL);
+        if (!streq(err, "ok")) {
+            break;
+        }
+        got = fn();
+        ran++;
+        if (got != want) {
+            if (!stale) {
+                first_stale = i + 1;
+            }
+            stale++;
+        }
+    }
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(streq(err, "ok") && ran == rounds && stale == 0);
+    out_key_str("mode", "stale-code");
+    out_key_str("io", err);
+    out_key_u64("rounds", rounds);
+    out_key_u64("ran", ran);
+    out_key_u64("stale", stale);
+    out_key_u64("first_stale_round", first_stale);
+    out_str("}\n");
+    mg_finish(streq(err, "ok") && ran == rounds && stale == 0);
+}
+
+/*
+ * mode=msix-vga: the queue's MSI-X message is addressed to the cirrus VGA's
+ * MMIO BAR, offset 0x0c: the upper two bytes of its data land on the GR
+ * index and data registers (ports 0x3ce/0x3cf), writing GR0B, whose bit 1
+ * switches the VRAM bank windows at 0xa0000 off and on: guest RAM appears
+ * and vanishes as the device sends its "interrupt".  n requests (default
+ * 64), one at a time, the data alternating between GR0B=0 and GR0B=2; the
+ * guest polls.  With halt=1 the host then looks at QEMU's threads.
+ */
+/* The message is one aligned 32-bit write (QEMU drops unaligned ones) to
+ * MMIO offset 0x0c, split into bytes for ports 0x3cc-0x3cf: nothing, nothing,
+ * the GR index (0x0b), the value */
+#define VGA_GR0B_BANKS_ON   0x000b0000u
+#define VGA_GR0B_BANKS_OFF  0x020b0000u
+
+void msix_vga_run(void)
+{
+    struct virtio_blk_outhdr *hdr = (void *)mg_alloc(4096);
+    volatile uint8_t *status = (volatile uint8_t *)hdr + 64;
+    uint8_t *buf = (uint8_t *)mg_alloc(4096);
+    uint32_t n = cfg.n ? cfg.n : 64, i, done = 0, errors = 0, timeouts = 0;
+    uint32_t hits = 0;
+    uint64_t deadline;
+    int vga = pci_find(0x1013, 0x00b8);
+    uint32_t mmio;
+    uintptr_t entry = dev.msix_table;
+    const char *r;
+
+    if (vga < 0 || !hdr || !buf || !dev.msix) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"msix-vga\",\"error\":\"");
+        out_str(vga < 0 ? "no-cirrus-vga" : !dev.msix ? "no-msix" : "no-memory");
+        out_str("\"}\n");
+        mg_finish(0);
+    }
+    mmio = pci_read32(vga, 0x14) & ~0xfu;       /* BAR1: MMIO registers */
+    pci_write16(vga, 0x04, pci_read16(vga, 0x04) | 0x2);
+    outb(0x3c4, 0x06);                          /* unlock the extensions */
+    outb(0x3c5, 0x12);
+    outb(0x3c4, 0x07);                          /* extended mode: banks */
+    outb(0x3c5, inb(0x3c5) | 0x01);
+    outb(0x3c5, inb(0x3c5) | 0x01);
+
+    /* interrupts on: the device sends its message after each completion */
+    dev.avail->flags = 0;
+    writel(entry + 12, 1);                      /* mask while re-targeting */
+    writel(entry + 0, mmio + 0x0c);
+    writel(entry + 4, 0);
+    out_str("MICROGUEST-BEGIN\n");
+    for (i = 0; i < n; i++) {
+        writel(entry + 8, (i & 1) ? VGA_GR0B_BANKS_OFF : VGA_GR0B_BANKS_ON);
+        writel(entry + 12, 0);
+        r = one_request(0, 8 * (i % 64), (uintptr_t)buf, 4096, hdr, status,
+                        WAIT_IRQ);
+        writel(entry + 12, 1);
+        /* the message reached the register (read back GR0B) */
+        deadline = rdtsc() + ms_to_cycles(2);
+        while (rdtsc() < deadline) {
+            cpu_relax();
+        }
+        outb(0x3ce, 0x0b);
+        if (inb(0x3cf) == ((i & 1) ? VGA_GR0B_BANKS_OFF : VGA_GR0B_BANKS_ON) >> 24) {
+            hits++;
+        }
+        if (streq(r, "ok")) {
+            done++;
+        } else if (streq(r, "timeout")) {
+            timeouts++;
+            break;
+        } else {
+            errors++;
+        }
+    }
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(done == n);
+    out_key_str("mode", "msix-vga");
+    out_key_u64("requests", n);
+    out_key_u64("done", done);
+    out_key_u64("errors", errors);
+    out_key_u64("timeouts", timeouts);
+    out_key_u64("vga_writes_seen", hits);
+    out_key_u64("vga_mmio", mmio);
+    out_str("}\n");
+    mg_finish(done == n);
+}
+
+/*
+ * mode=msix-then-intx: n reads with MSI-X interrupts (the device sets its
+ * ISR bit each time, nobody reads it), then MSI-X disabled without a reset
+ * and n reads waiting for INTx.  Every INTx completion must interrupt: a
+ * completion found only when the 10 Hz timer woke the guest counts in
+ * missed_irqs.
+ */
+extern int intx_line;
+extern uint16_t intx_ack_port;
+
+void msix_then_intx_run(void)
+{
+    struct virtio_blk_outhdr *hdr = (void *)mg_alloc(4096);
+    volatile uint8_t *status = (volatile uint8_t *)hdr + 64;
+    uint8_t *buf = (uint8_t *)mg_alloc(4096);
+    uint32_t n = cfg.n ? cfg.n : 20, i, msix_done = 0, intx_done = 0, irqs;
+    int pos = pci_find_cap(dev.bdf, PCI_CAP_ID_MSIX);
+    uint16_t ctrl;
+    const char *r = "ok";
+
+    if (!hdr || !buf || !dev.msix || !pos || dev.intx_line == 0 ||
+        dev.intx_line >= 16) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"msix-then-intx\","
+                "\"error\":\"no-msix-or-intx\"}\n");
+        mg_finish(0);
+    }
+    out_str("MICROGUEST-BEGIN\n");
+    for (i = 0; i < n && streq(r, "ok"); i++) {
+        r = one_request(0, 8 * i, (uintptr_t)buf, 4096, hdr, status, WAIT_IRQ);
+        msix_done += streq(r, "ok");
+    }
+
+    /* MSI-X off, as a driver that hands the device over might leave it */
+    pci_write16(dev.bdf, pos + 2, pci_read16(dev.bdf, pos + 2) & ~0x8000);
+    ctrl = pci_read16(dev.bdf, pos + 2);
+    intx_line = dev.intx_line;
+    intx_ack_port = dev.io + VIRTIO_PCI_ISR;
+    pic_init(dev.intx_line);
+    dev.missed_irqs = 0;
+    irqs = irq_count;
+    for (i = 0; i < n && streq(r, "ok"); i++) {
+        r = one_request(0, 8 * (n + i), (uintptr_t)buf, 4096, hdr, status,
+                        WAIT_INTX);
+        intx_done += streq(r, "ok");
+    }
+    irqs = irq_count - irqs;
+
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(msix_done == n && intx_done == n && dev.missed_irqs == 0);
+    out_key_str("mode", "msix-then-intx");
+    out_key_u64("n", n);
+    out_key_u64("msix_done", msix_done);
+    out_key_u64("intx_done", intx_done);
+    out_key_u64("intx_irqs", irqs);
+    out_key_u64("missed_irqs", dev.missed_irqs);
+    out_key_u64("msix_ctrl", ctrl);
+    out_key_str("last", r);
+    out_str("}\n");
+    mg_finish(msix_done == n && intx_done == n && dev.missed_irqs == 0);
 }
