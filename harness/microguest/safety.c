@@ -382,14 +382,16 @@ static uint8_t rc_pattern(uint64_t sector, uint32_t k)
                      k * 7u + 0x3c);
 }
 
-/* Read the block at sector into data (a guest physical address); "ok",
- * "error", "timeout" or "mismatch" (data checked only if check). */
-static const char *rc_read(uint64_t sector, uintptr_t data, int check,
-                           struct virtio_blk_outhdr *hdr, volatile uint8_t *status)
-{
-    uint32_t k;
+/* ---- one request at a time, for the modes below ---- */
 
-    hdr->type = VIRTIO_BLK_T_IN;
+/* Read or write len bytes at sector from/to data (a guest physical address)
+ * and wait for the used entry (polling, or halted between the 10 Hz timer's
+ * ticks with WAIT_IRQ); "ok", "error" or "timeout". */
+static const char *one_request(int write, uint64_t sector, uintptr_t data,
+                               uint32_t len, struct virtio_blk_outhdr *hdr,
+                               volatile uint8_t *status, enum wait_mode wait)
+{
+    hdr->type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
     hdr->ioprio = 0;
     hdr->sector = sector;
     *status = 0xff;
@@ -398,8 +400,8 @@ static const char *rc_read(uint64_t sector, uintptr_t data, int check,
     dev.desc[0].flags = VRING_DESC_F_NEXT;
     dev.desc[0].next = 1;
     dev.desc[1].addr = data;
-    dev.desc[1].len = RC_BLOCK;
-    dev.desc[1].flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+    dev.desc[1].len = len;
+    dev.desc[1].flags = VRING_DESC_F_NEXT | (write ? 0 : VRING_DESC_F_WRITE);
     dev.desc[1].next = 2;
     dev.desc[2].addr = (uintptr_t)status;
     dev.desc[2].len = 1;
@@ -407,12 +409,23 @@ static const char *rc_read(uint64_t sector, uintptr_t data, int check,
     dev.desc[2].next = 0;
     vdev_add(&dev, 0);
     vdev_kick(&dev);
-    if (!vdev_wait(&dev, WAIT_POLL, rdtsc() + ms_to_cycles(cfg.timeout_ms))) {
+    if (!vdev_wait(&dev, wait, rdtsc() + ms_to_cycles(cfg.timeout_ms))) {
         return "timeout";
     }
     dev.last_used++;
-    if (*status != VIRTIO_BLK_S_OK) {
-        return "error";
+    return *status == VIRTIO_BLK_S_OK ? "ok" : "error";
+}
+
+/* Read the block at sector into data (a guest physical address); "ok",
+ * "error", "timeout" or "mismatch" (data checked only if check). */
+static const char *rc_read(uint64_t sector, uintptr_t data, int check,
+                           struct virtio_blk_outhdr *hdr, volatile uint8_t *status)
+{
+    const char *verdict = one_request(0, sector, data, RC_BLOCK, hdr, status, WAIT_POLL);
+    uint32_t k;
+
+    if (!streq(verdict, "ok")) {
+        return verdict;
     }
     for (k = 0; check && k < RC_BLOCK; k++) {
         if (((volatile uint8_t *)data)[k] != rc_pattern(sector, k)) {
@@ -476,39 +489,6 @@ void ram_change_run(void)
     mg_finish(streq(at_a, "ok") && !streq(gone, "ok"));
 }
 
-/* ---- one request at a time, for the modes below ---- */
-
-/* Read or write len bytes at sector from/to data (a guest physical address)
- * and wait for the used entry (polling, or halted between the 10 Hz timer's
- * ticks with WAIT_IRQ); "ok", "error" or "timeout". */
-static const char *one_request(int write, uint64_t sector, uintptr_t data,
-                               uint32_t len, struct virtio_blk_outhdr *hdr,
-                               volatile uint8_t *status, enum wait_mode wait)
-{
-    hdr->type = write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN;
-    hdr->ioprio = 0;
-    hdr->sector = sector;
-    *status = 0xff;
-    dev.desc[0].addr = (uintptr_t)hdr;
-    dev.desc[0].len = sizeof(*hdr);
-    dev.desc[0].flags = VRING_DESC_F_NEXT;
-    dev.desc[0].next = 1;
-    dev.desc[1].addr = data;
-    dev.desc[1].len = len;
-    dev.desc[1].flags = VRING_DESC_F_NEXT | (write ? 0 : VRING_DESC_F_WRITE);
-    dev.desc[1].next = 2;
-    dev.desc[2].addr = (uintptr_t)status;
-    dev.desc[2].len = 1;
-    dev.desc[2].flags = VRING_DESC_F_WRITE;
-    dev.desc[2].next = 0;
-    vdev_add(&dev, 0);
-    vdev_kick(&dev);
-    if (!vdev_wait(&dev, wait, rdtsc() + ms_to_cycles(cfg.timeout_ms))) {
-        return "timeout";
-    }
-    dev.last_used++;
-    return *status == VIRTIO_BLK_S_OK ? "ok" : "error";
-}
 
 /*
  * mode=stale-code: a device that writes guest RAM must not leave the CPU
