@@ -34,8 +34,16 @@ def _progress(message: str) -> None:
     console.print(f"[dim]…[/dim] {message}")
 
 
+def _show_version(asked: bool) -> None:
+    if asked:
+        out.print(f"harness {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every command run."),
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                       help="Print the harness version and exit."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every command run."),
           cache: Optional[Path] = typer.Option(None, "--cache", envvar="HARNESS_CACHE",
                                                help="Cache directory (clones, builds, guests).")):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,

@@ -60,3 +60,9 @@ def test_cli_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "300 points in 300 boots, 10 host fio points, 80 hostile cases" in done.stdout
     assert "estimated time:" in done.stdout and not results.exists()
+
+
+def test_cli_version_flag():
+    done = subprocess.run([str(ROOT / ".venv/bin/harness"), "--version"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("harness ")
