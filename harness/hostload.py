@@ -20,6 +20,7 @@ is measured to a few percent of a core.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -144,8 +145,9 @@ class Watch:
 
     def columns(self) -> dict:
         """The row fields this watch fills (results.TRUST_COLUMNS)."""
-        return {"foreign_cpu_pct": round(self.foreign_pct, 1) if self.foreign_pct == self.foreign_pct
-                else float("nan"), "disturbed": int(self.disturbed)}
+        measured = not math.isnan(self.foreign_pct)
+        return {"foreign_cpu_pct": round(self.foreign_pct, 1) if measured else math.nan,
+                "disturbed": int(self.disturbed)}
 
 
 class PointWatch:
