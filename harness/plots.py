@@ -295,7 +295,9 @@ def efficiency_figure(summary: pd.DataFrame, colors: dict, title: str):
             _label_depths(ax, host)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_si))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        low, high = ax.get_xlim()
+        # within one decade a log axis has no major tick: label the minor ones
+        ax.xaxis.set_minor_formatter(FuncFormatter(_si) if high < 10 * low else NullFormatter())
         _log_y(ax)
         ax.set_xlabel("host CPU µs per I/O (median; log)")
         ax.set_ylabel("IOPS (median; log)")
