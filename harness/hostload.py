@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .proc import split_stat
+
 _TICK = os.sysconf("SC_CLK_TCK")
 _PROC = Path("/proc")
 
@@ -43,14 +45,11 @@ class ProcStat:
 
 
 def parse_stat(text: str) -> ProcStat:
-    """One /proc/PID/stat line (the command name may hold spaces and parentheses)."""
-    head, _, tail = text.rpartition(")")
-    pid_text, _, comm = head.partition(" (")
-    fields = tail.split()
-    # tail starts at field 3 (state): ppid is field 4, utime..cstime fields 14..17
+    """One /proc/PID/stat line (proc.split_stat)."""
+    pid, comm, fields = split_stat(text)
+    # fields start at proc(5)'s field 3 (state): ppid is [1], utime..cstime [11..14]
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return ProcStat(int(pid_text), int(fields[1]), comm, (utime + stime) / _TICK,
-                    (cutime + cstime) / _TICK)
+    return ProcStat(pid, int(fields[1]), comm, (utime + stime) / _TICK, (cutime + cstime) / _TICK)
 
 
 def all_processes(proc: Path = _PROC) -> dict[int, ProcStat]:

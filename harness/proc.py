@@ -251,6 +251,18 @@ class Process:
         return cpu_seconds(self.pid) if self.popen is not None else None
 
 
+def split_stat(line: str) -> tuple[int, str, list[str]]:
+    """A /proc/PID/stat (or task/TID/stat) line: (id, comm, the fields after comm).
+
+    comm sits between the first '(' and the last ')' and may hold spaces and
+    parentheses ("CPU 0/TCG"); the fields list starts at proc(5)'s field 3
+    (state), so utime and stime are [11] and [12], ppid [1].
+    """
+    head, _, rest = line.rpartition(")")
+    pid_text, _, comm = head.partition(" (")
+    return int(pid_text), comm, rest.split()
+
+
 def cpu_seconds(pid: int) -> float | None:
     """CPU time of a whole process (all threads, also exited ones) in seconds.
 
@@ -267,5 +279,5 @@ def cpu_seconds(pid: int) -> float | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
+    fields = split_stat(stat)[2]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .proc import cpu_seconds as process_cpu_seconds
+from .proc import split_stat
 
 THREAD_KINDS = ("vcpu", "main", "iothread", "other")
 #: The name the series gives its data-plane thread (qemu_thread_create + prctl).
@@ -138,16 +139,9 @@ def _finite(value) -> bool:
 
 
 def parse_stat(line: str) -> tuple[int, str, int]:
-    """(id, comm, utime + stime in ticks) of one /proc/.../stat line.
-
-    comm is between the first '(' and the last ')': it may hold spaces and
-    parentheses ("CPU 0/TCG").
-    """
-    head, _, rest = line.rpartition(")")
-    pid_text, _, comm = head.partition(" (")
-    fields = rest.split()
-    # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15
-    return int(pid_text), comm, int(fields[11]) + int(fields[12])
+    """(id, comm, utime + stime in ticks) of one /proc/.../stat line (proc.split_stat)."""
+    tid, comm, fields = split_stat(line)
+    return tid, comm, int(fields[11]) + int(fields[12])
 
 
 def parse_sample(pid: int, process_stat: str, task_stats: Iterable[str], ticks: int,
