@@ -35,9 +35,9 @@ def host_facts() -> dict:
     }
 
 
-def cpu_times() -> list[int]:
+def cpu_times(proc: Path = Path("/proc")) -> list[int]:
     """The aggregate 'cpu' line of /proc/stat: user nice system idle iowait irq softirq steal."""
-    with open("/proc/stat") as stat:
+    with open(proc / "stat") as stat:
         return [int(v) for v in stat.readline().split()[1:9]]
 
 

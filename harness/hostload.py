@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .hostinfo import cpu_times
 from .proc import split_stat
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -67,9 +68,7 @@ def all_processes(proc: Path = _PROC) -> dict[int, ProcStat]:
 
 def host_busy_seconds(proc: Path = _PROC) -> float:
     """All CPUs' busy time since boot (user nice system irq softirq), in seconds."""
-    with open(proc / "stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, _steal = values
+    user, nice, system, _idle, _iowait, irq, softirq, _steal = cpu_times(proc)
     return (user + nice + system + irq + softirq) / _TICK
 
 
