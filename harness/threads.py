@@ -29,7 +29,8 @@ exited threads when they were all of one kind (the vCPU thread of a guest
 that powers off as the END sample is taken), else to ``other``: then
 ``other`` is the total minus the three named kinds, absorbing the exited
 threads and the skew of reading the files one after another (a few clock
-ticks; never below zero).
+ticks; never below zero: when the named threads outrun the total by that
+skew, the total is raised to their sum, so the kinds always add up to it).
 `CpuSplit.threads_s` keeps the plain sum of the live threads' deltas, so a
 test can check how much was left to the remainder.
 
@@ -268,7 +269,9 @@ def split(before: Sample | None, after: Sample | None,
         kinds[exited.pop()] += remainder
     else:
         named = kinds["vcpu"] + kinds["main"] + kinds["iothread"]
-        kinds["other"] = max(0.0, total - named)
+        # the threads are read after the total: by a few ms they can outrun it
+        total = max(total, named)
+        kinds["other"] = total - named
     return CpuSplit(total, kinds, live, (before, after), vcpus, wall_s)
 
 

@@ -3,11 +3,13 @@
 Pure tests of the command lines and the config rule run everywhere.  The rest
 boots ONE L1 Linux (Debian's QEMU under TCG, emulated AMD SVM) for the whole
 module and runs every check in L2 under L1's KVM, on dataplane and poll, and
-on baseline as the reference:
+on baseline as the reference where it says something:
 
-* the micro-guest, polling / MSI-X / INTx completions, write-then-read verify;
+* the micro-guest, polling / MSI-X / INTx completions, write-then-read verify
+  (every variant), and a halted vCPU woken by the data plane's interrupt;
+* MSI-X mask and re-target while requests run (every variant);
 * every malformed-request case (the data-plane variants must survive all);
-* the Linux fio guest: fio write+verify (crc32c) at 4k/64k, QD1/32; files on
+* the Linux fio guest (dataplane): fio write+verify (crc32c) at 4k/64k, QD1/32; files on
   ext2 with checksums and raw sectors, then system_reset while fio runs: after
   the reboot the files read the same and I/O works; QMP quit while fio runs:
   the L2 QEMU is gone within 5 s.
@@ -50,6 +52,7 @@ CHURN_N = 1500
 # a run takes 25-50 s here, its first completion seconds
 CHURN_WATCHDOG_S = 150
 CHURN_TIMEOUT_MS = 30000
+HALT_WATCHDOG_S = 30                 # a halting run takes 3-15 s; its own timeout is 10 s
 DISK_MB = 96
 
 LOGIN = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"), append="console=ttyS0",
@@ -254,6 +257,30 @@ def test_a_point_disturbed_every_time_fails_with_the_count(monkeypatch, tmp_path
     assert l1.restarts == 2
 
 
+HUNG_REGISTERS = """== L2 monitor: info registers
+EAX=00000000 EBX=00000006 ECX=00000080 EDX=00000001
+EIP=00106970 EFL=%s [-----P-] CPL=0 II=0 A20=1 SMM=0 HLT=%d
+"""
+
+
+def test_the_l0_hang_is_told_by_its_registers():
+    assert nested.halted_with_interrupts_off(HUNG_REGISTERS % ("00000006", 1))
+    assert not nested.halted_with_interrupts_off(HUNG_REGISTERS % ("00000206", 1))   # IF set
+    assert not nested.halted_with_interrupts_off(HUNG_REGISTERS % ("00000006", 0))   # running
+    assert not nested.halted_with_interrupts_off("== L2 monitor: info registers: no answer")
+
+
+def test_the_l0_hang_every_time_keeps_its_type_and_another_does_not(monkeypatch, tmp_path):
+    l0_hang = nested.L2HaltedWithInterruptsOff("L2 hung: halted with IF clear")
+    _scripted_runs(monkeypatch, [nested.L2Hang("L2 hung"), l0_hang, l0_hang])
+    with pytest.raises(nested.L2HaltedWithInterruptsOff, match=r"3 disturbed runs"):
+        _watchdog(FakeL1(), tmp_path, nested.Attempts())
+    _scripted_runs(monkeypatch, [l0_hang, l0_hang, nested.L2Hang("L2 hung: running")])
+    with pytest.raises(InfraError, match=r"3 disturbed runs") as caught:
+        _watchdog(FakeL1(), tmp_path, nested.Attempts())
+    assert not isinstance(caught.value, nested.L2HaltedWithInterruptsOff)
+
+
 def test_retry_after_l1_stall_reruns_only_when_l1_does_not_answer(tmp_path):
     log_file = tmp_path / "case.log"
 
@@ -336,11 +363,12 @@ def _variant(l1, name: str) -> VariantSpec:
 def test_microguest_verify_under_l1_kvm(l1, variant, record_property):
     """poll, MSI-X and INTx completions, each writing then reading back what it wrote.
 
-    The baseline runs the guest without EVENT_IDX (kick=every): with it
-    (kick=honour) its runs stop L1 more often (3 of 12 in session 5, against
-    none of 7 without; every run that finished verified).  A stopped or
-    frozen L1 means a new L1 and the run again (README, "L1 stalls and
-    freezes")."""
+    The guest waits for its interrupts without HLT (idle=spin): a halted L2
+    vCPU hangs now and then in L0's emulated SVM on every variant (README,
+    "The L2 hang"; in one CI run 6 of 12 halting runs), which would make this
+    check of the interrupt path and the data a draw.  Halting has its own
+    test below.  The baseline runs the guest without EVENT_IDX (kick=every):
+    with it its runs stop L1 more often (README, "The baseline's EVENT_IDX")."""
     spec = _variant(l1, variant)
     hangs = nested.Attempts()
     kick = BASELINE_KICK if variant == "baseline" else "honour"
@@ -348,20 +376,55 @@ def test_microguest_verify_under_l1_kvm(l1, variant, record_property):
         log = l1.work / f"micro.{variant}.{wait}.console.log"
         result = nested.run_micro_with_watchdog(l1, spec, Workload("randwrite", "4k", 8, 1),
                                                 MICRO_N, wait, log, hangs, verify=True, seed=5,
-                                                kick=kick)
+                                                kick=kick, guest_args="idle=spin")
         where = f"{variant} {wait}: console {log}"
         print(f"{variant} {wait}: {result.iops:.0f} IOPS, irqs {result.raw.get('irqs')}")
-        assert result.ok, f"{result.error or result.raw}; {where}"
-        assert result.wait == wait and result.done == MICRO_N, where
-        assert result.errors == 0 and result.mismatches == 0, where
-        assert result.raw.get("verify") == 1 and result.verified == MICRO_N, where
-        assert result.raw.get("msix") == (1 if wait == "irq" else 0), where
-        if wait != "poll" and result.halted_ns > 0:
-            assert result.raw.get("irqs", 0) > 0, f"halted, yet no interrupt came; {where}"
-        assert result.raw.get("unexpected_irqs", 0) == 0, where
+        _assert_verified(result, wait, where)
+        assert result.raw.get("idle_spin") == 1, where
+        if wait != "poll":
+            assert result.raw.get("irqs", 0) > 0, f"no interrupt came; {where}"
     record_property("watchdog_hangs", hangs.retries)
     if hangs.retries:
         print(f"{variant}: the watchdog caught {hangs.retries} L2 hang(s): {hangs.hangs}")
+
+
+def _assert_verified(result, wait: str, where: str) -> None:
+    assert result.ok, f"{result.error or result.raw}; {where}"
+    assert result.wait == wait and result.done == MICRO_N, where
+    assert result.errors == 0 and result.mismatches == 0, where
+    assert result.raw.get("verify") == 1 and result.verified == MICRO_N, where
+    assert result.raw.get("msix") == (1 if wait == "irq" else 0), where
+    assert result.raw.get("unexpected_irqs", 0) == 0, where
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(strict=False, raises=nested.L2HaltedWithInterruptsOff,
+                   reason="L0's emulated SVM leaves a halted L2 vCPU with IF clear now and then "
+                   "(README, 'The L2 hang'); any other failure fails the test")
+@pytest.mark.parametrize("variant", DATA_PLANE)
+@pytest.mark.parametrize("wait", ("irq", "intx"))
+def test_interrupt_from_the_data_plane_wakes_a_halted_vcpu_under_l1_kvm(l1, variant, wait,
+                                                                        record_property):
+    """The data-plane thread in L1 injects the completion while L2's vCPU is
+    halted in L1's KVM (sti; hlt): the interrupt must wake it, every time.
+
+    One retry after a hang of the known kind; two in a row are reported as
+    that hang (the xfail above names it), every other failure as a failure."""
+    spec = _variant(l1, variant)
+    hangs = nested.Attempts()
+    log = l1.work / f"halt.{variant}.{wait}.console.log"
+    result = nested.run_micro_with_watchdog(l1, spec, Workload("randwrite", "4k", 8, 1), MICRO_N,
+                                            wait, log, hangs, retries=1, verify=True, seed=7,
+                                            watchdog_s=HALT_WATCHDOG_S)
+    record_property("watchdog_hangs", hangs.retries)
+    where = f"{variant} {wait}: console {log}"
+    print(f"{variant} {wait} halting: {result.iops:.0f} IOPS, irqs {result.raw.get('irqs')}, "
+          f"halted {result.halted_ns / 1e6:.0f} ms")
+    _assert_verified(result, wait, where)
+    assert result.raw.get("idle_spin") == 0, where
+    assert result.halted_ns > 0, f"the vCPU never halted; {where}"
+    assert result.raw.get("irqs", 0) > 0, f"halted, yet no interrupt came; {where}"
 
 
 @pytest.mark.e2e
@@ -393,8 +456,14 @@ def test_msix_mask_and_retarget_under_l1_kvm(l1, variant, record_property):
 
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", DATA_PLANE)
 def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
+    """The data-plane variants survive every malformed request under KVM.
+
+    Not on the baseline: the 2012 block layer exits on most of them, its
+    own behaviour and no claim of ours (one case of it is recorded under
+    TCG, tests/test_microguest.py); here it cost a minute and a half of L2
+    boots."""
     spec = _variant(l1, variant)
     outcomes = {}
     stalls = nested.Attempts()
@@ -409,15 +478,11 @@ def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
     record_property("l1_stalls", stalls.retries)
     print(f"{variant}: survived {survived} of {len(HOSTILE_CASES)}: "
           + ", ".join(f"{c}={r.observed}" for c, r in outcomes.items()))
-    if variant in DATA_PLANE:
-        dead = {c: f"{r.qemu_state} {r.qemu_message[-120:]}" for c, r in outcomes.items()
-                if not r.qemu_survived}
-        assert not dead, f"{variant} did not survive: {dead}"
-        for case, result in outcomes.items():
-            assert result.guest is not None, f"{case}: the guest did not report"
-    else:
-        # the reference: the 2012 block layer exits on most of them, but never hangs
-        assert all(r.qemu_state != "hung" for r in outcomes.values()), outcomes
+    dead = {c: f"{r.qemu_state} {r.qemu_message[-120:]}" for c, r in outcomes.items()
+            if not r.qemu_survived}
+    assert not dead, f"{variant} did not survive: {dead}"
+    for case, result in outcomes.items():
+        assert result.guest is not None, f"{case}: the guest did not report"
 
 
 # ----------------------------------------------------------------- fio guest
@@ -484,9 +549,15 @@ def _wait_ready(l1, count: int, timeout: float = 240) -> None:
                    reason="an L1 stall during the L2 Linux boot (480 s budget) can outlast the "
                    "test's 900 s (pytest-timeout fails it) or the stall budget (L1Stalled); "
                    "passed 3/3 in one session-5 run, 0/2 in the next")
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ("dataplane",))
 def test_fio_guest_under_l1_kvm(l1, variant, record_property):
     """verify, files across a system_reset during I/O, I/O after it, quit during I/O.
+
+    On the series' variant only: each L2 Linux boots twice, 3-6 min a variant
+    under L0's TCG and up to 15 with an L1 stall (20 min for three in CI).
+    poll differs from dataplane in how its thread waits, which the micro-guest
+    tests above cover under KVM; the same Linux checks run on baseline and
+    dataplane under TCG (tests/test_dataplane.py).
 
     Run again from the start on a new L1 if L1 stops answering on the way."""
     spec = _variant(l1, variant)
