@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem
 from .errors import InfraError, UserError
-from .guest import GuestImage
+from .guest import GuestAssets, GuestImage
 from .microguest.cmdline import microguest_spec
 from .microguest.elf import build_microguest
 from .microguest.output import RESULT_PREFIX
@@ -67,8 +67,9 @@ class LinuxProbe(Probe):
                           legacy=legacy, memory_mb=max(512, self.guest.min_memory_mb))
 
 
-def micro_probe() -> MicroProbe:
-    kernel = build_microguest()
+def micro_probe(kernel: Path | None = None) -> MicroProbe:
+    """The micro-guest as the probe (kernel: its ELF where the probe runs; built here if None)."""
+    kernel = kernel or build_microguest()
     return MicroProbe("the micro-guest", RESULT_PREFIX, (str(kernel), MICRO_PROBE_CMDLINE),
                       kernel=kernel)
 
@@ -77,6 +78,13 @@ def linux_probe(guest: GuestImage) -> LinuxProbe:
     return LinuxProbe("the Linux guest", guest.marker or "Linux version",
                       (str(guest.kernel), str(guest.initrd), str(guest.boot_image), guest.append),
                       guest=guest)
+
+
+def probe_for(assets: GuestAssets) -> Probe:
+    """The guest `accel: auto` boots under KVM: the run's Linux guest if it has one."""
+    if assets.images:
+        return linux_probe(next(iter(assets.images.values())))
+    return micro_probe(assets.kernel)
 
 
 def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None = None,

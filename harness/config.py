@@ -125,7 +125,7 @@ class GuestSpec(_Spec):
     kick: KickMode = "honour"
     # repetitions for this guest (default: the run's); cheap guests can afford more
     repetitions: int | None = Field(default=None, ge=1, le=100)
-    # also run each point on the variant's trace flavour and keep its trace (trace_runner.py)
+    # also run each point on the variant's trace flavour and keep its trace (runners/trace.py)
     trace: bool = False
 
     @property

@@ -24,7 +24,7 @@ from .manifest import Manifest, read_manifest
 from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
 from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
 
-#: accel kvm-nested: one line per point whose L2 run hung at least once (nestedbench.py)
+#: accel kvm-nested: one line per point whose L2 run hung at least once (runners/nested.py)
 WATCHDOG_CSV = "watchdog.csv"
 
 

@@ -159,7 +159,8 @@ def test_a_user_error_in_a_session_stops_the_run(tmp_path, env, monkeypatch):
             started.append(session.key)
             raise UserError("guest.memory_mb 64 is too small for the guest")
 
-    monkeypatch.setattr(bench, "MicroRunner", Refusing)
+    from harness.runners import RUNNERS
+    monkeypatch.setitem(RUNNERS, ("microguest", "host"), Refusing)
     with pytest.raises(UserError, match="too small"):
         bench.run_bench(write_config(tmp_path), say=lambda _m: None)
     assert len(started) == 1  # not once per boot
@@ -169,7 +170,8 @@ def test_a_user_error_in_a_session_stops_the_run(tmp_path, env, monkeypatch):
 
 def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env, monkeypatch):
     """An InfraError from the VM fails the session's points; the next session still runs."""
-    from harness import fio_runner
+    from harness.guest import GuestAssets
+    from harness.runners import fio as fio_runner
     from harness.config import parse_config
     from harness.guest import GuestImage
     from harness.matrix import plan
@@ -196,7 +198,8 @@ def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env,
               ResultsWriter(tmp_path / "run"))
     image = GuestImage(kernel=Path("k"), initrd=Path("i"), append="", ssh_user="root",
                        ssh_key=Path("key"), description="fake")
-    runner = fio_runner.FioRunner(run, config.guests[0], lambda _m: None, image)
+    runner = fio_runner.FioRunner(run, config.guests[0], lambda _m: None,
+                                  GuestAssets({config.guests[0].id: image}))
     advanced = []
     for session in plan(config)[:2]:
         runner.run_session(session, advanced.append)

@@ -153,7 +153,7 @@ def test_micro_configs_cover_every_wait_and_kick_mode():
 
 
 def test_run_manifest_is_portable(monkeypatch, tmp_path):
-    from harness.manifest_writer import portable
+    from harness.build import portable
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     manifest = {"variants": {"baseline": {"binary": f"{tmp_path}/cache/build/baseline/qemu",

@@ -17,7 +17,7 @@ import pytest
 from harness import microguest as mg
 from harness.config import VariantSpec
 from harness.errors import InfraError, UserError
-from harness.hostfio import host_fio_ceiling
+from harness.runners.ceiling import host_fio_ceiling
 from harness.matrix import Point, Workload
 from harness.paths import cache_dir
 from harness.proc import cpu_seconds, run

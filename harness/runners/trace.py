@@ -22,19 +22,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .build import Builder, built_binary, read_manifest
-from .config import BenchConfig
-from .errors import InfraError, UserError
-from .files import write_json_atomic
-from .manifest_writer import portable
-from .matrix import Point
-from .microguest import RESULT_PREFIX, find_line, run_microguest_point
-from .paths import cache_dir
-from .runstate import Run
-from .trace_build import traced
-from .trace_parse import event_names
-from .tracepoints import TRACES_DIR, events_file_text
-from .util import Say
+from ..build import Builder, built_binary, portable, read_manifest
+from ..config import BenchConfig
+from ..errors import InfraError, UserError
+from ..files import write_json_atomic
+from ..matrix import Point
+from ..microguest import RESULT_PREFIX, find_line, run_microguest_point
+from ..paths import cache_dir
+from ..runstate import Run
+from ..trace_build import traced
+from ..trace_parse import event_names
+from ..tracepoints import TRACES_DIR, events_file_text
+from ..util import Say
 
 
 def trace_variants(config: BenchConfig) -> list[str]:
@@ -46,8 +45,8 @@ def trace_variants(config: BenchConfig) -> list[str]:
 
 def ensure_trace_builds(config: BenchConfig, say: Say) -> None:
     """Build the trace flavours a config needs that are not built yet."""
-    from . import DEFAULT_SOURCE
-    from .source import SourceCache
+    from .. import DEFAULT_SOURCE
+    from ..source import SourceCache
     names = [traced(name) for name in trace_variants(config)]
     missing = [name for name in names if not _is_built(name)]
     if not missing:
@@ -153,7 +152,7 @@ class Tracer:
 
 
 def _sha(path: Path) -> str:
-    from .files import sha256_file
+    from ..files import sha256_file
     return sha256_file(path)
 
 
