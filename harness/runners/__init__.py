@@ -14,7 +14,8 @@ Importing the package registers every runner.
 from __future__ import annotations
 
 from . import fio, micro, nested  # noqa: F401 - each registers its runners
-from .base import GuestAssets, PointLoop, Runner, fio_point
+from .base import GuestAssets, PointLoop, Runner, SessionEnded, fio_point
 from .registry import RUNNERS, make_runner, select
 
-__all__ = ["RUNNERS", "GuestAssets", "PointLoop", "Runner", "fio_point", "make_runner", "select"]
+__all__ = ["RUNNERS", "GuestAssets", "PointLoop", "Runner", "SessionEnded", "fio_point",
+           "make_runner", "select"]

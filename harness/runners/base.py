@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..errors import InfraError
+from ..errors import HostLost, InfraError
 from ..fio_jobs import GuestStalled
 from ..guest import GuestAssets
 from ..matrix import Point, Session
@@ -38,7 +38,11 @@ class Runner(Protocol):
         """Every point of the session, a row each; advance once per point."""
 
 
-__all__ = ["GuestAssets", "PointLoop", "Runner", "fio_point"]
+__all__ = ["GuestAssets", "PointLoop", "Runner", "SessionEnded", "fio_point"]
+
+
+class SessionEnded(InfraError):
+    """The session cannot go on, and the point that found out has its row already."""
 
 
 class PointLoop:
@@ -49,6 +53,10 @@ class PointLoop:
         with PointLoop(run, session, advance, say, log_file) as loop:
             with VM(...) as vm:
                 loop.for_each(lambda point: measure(vm, point))
+
+    A point whose measurement raises an InfraError gets a failed row with it,
+    and so does every point after it (unless it raised SessionEnded: then it
+    wrote its own row).
     """
 
     def __init__(self, run: Run, session: Session, advance: Advance, say: Say,
@@ -60,12 +68,14 @@ class PointLoop:
         self.log_file = log_file  # the log a failed row names
         self.on_failure = on_failure  # e.g. bring the boot's logs back from the host
         self.remaining: list[Point] = list(session.points)
+        self.current: Point | None = None
 
     def for_each(self, one_point: Callable[[Point], None]) -> None:
         while self.remaining:
-            point = self.remaining.pop(0)
+            point = self.current = self.remaining.pop(0)
             try:
                 one_point(point)
+                self.current = None
             finally:
                 self.advance(point.key)
 
@@ -80,10 +90,11 @@ class PointLoop:
         if self.on_failure:
             self.on_failure()
         self.say(f"{self.session.key}: failed: {exc}")
-        fail_points(self.run, self.remaining, str(exc), self.log_file)
+        unfinished = [self.current] if self.current and not isinstance(exc, SessionEnded) else []
+        fail_points(self.run, unfinished + self.remaining, str(exc), self.log_file)
         for point in self.remaining:
             self.advance(point.key)
-        self.remaining = []
+        self.remaining, self.current = [], None
         return True
 
 
@@ -91,17 +102,22 @@ def fio_point(run: Run, say: Say, point: Point, log_file: Path, measure: Callabl
               qemu_alive: Callable[[], None] = lambda: None) -> None:
     """One fio point of a booted guest; a failure marks only its point failed.
 
-    Unless the guest's disk stalled (later fio runs of the boot would only wait:
-    the session ends) or QEMU itself has gone (qemu_alive raises)."""
+    Unless the guest's disk stalled (later fio runs of the boot would only wait)
+    or QEMU itself has gone (qemu_alive raises): then the session ends."""
     try:
         measure()
     except GuestStalled as exc:
         fail_points(run, [point], str(exc), log_file)
-        raise InfraError(f"not run: the guest stalled earlier in this boot ({point.key})") \
+        raise SessionEnded(f"not run: the guest stalled earlier in this boot ({point.key})") \
             from exc
     except InfraError as exc:
         if is_host_lost(run, exc):
             raise
         say(f"{point.key}: failed: {exc}")
         fail_points(run, [point], str(exc), log_file)
-        qemu_alive()
+        try:
+            qemu_alive()
+        except HostLost:
+            raise
+        except InfraError as dead:
+            raise SessionEnded(str(dead)) from dead
