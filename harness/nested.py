@@ -64,8 +64,8 @@ from .microguest import (HOSTILE_CASES, HOSTILE_PREFIX, RESULT_PREFIX, HostileRe
                          microguest_spec, parse_result)
 from .microguest.output import HALT_MARK
 from .paths import cache_dir
-from .util import Say, quiet, tail
-from .vm import VM, VMSpec, free_port, linux_spec, opt_value, qemu_argv
+from .util import Say, free_port, quiet, tail
+from .vm import VM, VMSpec, linux_spec, opt_value, qemu_argv
 
 log = logging.getLogger("harness.nested")
 T = TypeVar("T")

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
 from .hostexec import LOCAL, Executor
 from . import threads
-from .util import tail
+from .util import free_port, tail
 
 log = logging.getLogger("harness.vm")
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect tracebacks
@@ -91,13 +90,6 @@ def linux_spec(binary: str, accel: Accel, guest: GuestImage, *, console_log: Pat
                   legacy=legacy, kernel=guest.kernel, initrd=guest.initrd, append=guest.append,
                   boot_image=guest.boot_image, disk=disk, variant=variant,
                   ssh_port=ssh_port if ssh_port is not None else free_port())
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------- argv
