@@ -64,6 +64,7 @@ from .microguest import (HOSTILE_CASES, HOSTILE_PREFIX, RESULT_PREFIX, HostileRe
                          microguest_spec, parse_result)
 from .microguest.output import HALT_MARK
 from .paths import cache_dir
+from .qmp import QMP
 from .util import Say, free_port, quiet, tail
 from .vm import VM, VMSpec, linux_spec, opt_value, qemu_argv
 
@@ -449,22 +450,12 @@ class L1:
                 f"usleep 100000; n=$((n+1)); done", check=False, timeout=wait_s + 30)
 
     def l2_qmp(self, command: str, timeout: float = 10.0, **arguments):
-        """One QMP command to the L2 QEMU (through L0's port forward); its return value."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+        """One QMP command to the L2 QEMU (through L0's port forward); its return value.
 
-        qmp = QEMUMonitorProtocol(("127.0.0.1", self.ports.l2_qmp))
-        try:
-            qmp.connect(negotiate=True)
-            qmp.settimeout(timeout)
-            reply = qmp.cmd_raw(command, arguments or None)
-        finally:
-            try:
-                qmp.close()
-            except Exception:  # noqa: BLE001 - QEMU may have gone
-                pass
-        if "error" in reply:
-            raise InfraError(f"L2 QMP {command}: {reply['error'].get('desc', reply['error'])}")
-        return reply.get("return")
+        QMPError (an InfraError) for an error reply; OSError when L2's monitor
+        does not answer.  A `quit` that QEMU answers by hanging up is done."""
+        with QMP(("127.0.0.1", self.ports.l2_qmp), timeout) as qmp:
+            return qmp.cmd(command, **arguments)
 
     def hmp(self, command: str, timeout: float = 10.0) -> str:
         return str(self.l2_qmp("human-monitor-command", timeout, **{"command-line": command}))

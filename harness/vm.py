@@ -12,7 +12,7 @@ VGA are switched off instead (the 2012 network ROM is slow to run under TCG
 and nothing here boots from the network).
 
 VM starts QEMU paused (-S) through proc.Process (own process group, always
-reaped), connects QMP with qemu.qmp and then lets the guest run, so that even
+reaped), connects QMP (qmp.py) and then lets the guest run, so that even
 a guest that is done in a millisecond cannot exit before QMP is there.
 shutdown() asks QMP to quit, waits, and only then kills.  A QEMU that exits
 on its own raises QemuExited: one line with its exit code, its last words and
@@ -21,7 +21,6 @@ the log's path (the command line is in that log, not in the message).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
@@ -29,20 +28,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
-from qemu.qmp import QMPClient
+from typing import Callable, TypeVar
 
 from .accel import Accel
 from .config import VariantSpec
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
 from .hostexec import LOCAL, Executor
+from .qmp import QMP
 from . import threads
 from .util import free_port, tail
 
 log = logging.getLogger("harness.vm")
-logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect tracebacks
+T = TypeVar("T")
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin
 #: QEMU messages after which the VM is stopped for good (QEMU itself stays up).
 VM_STOP_MARKERS = ("KVM internal error", "emulation failure")
@@ -202,36 +200,6 @@ def qmp_path(spec: VMSpec) -> Path:
     return Path(tempfile.gettempdir()) / f"harness-qmp-{digest}.sock"
 
 
-# ------------------------------------------------------------------ QMP
-
-
-class QMP:
-    """qemu.qmp's client, driven synchronously, every step with a deadline."""
-
-    def __init__(self, path: Path, timeout: float = 10.0):
-        self.path = path
-        self.timeout = timeout
-        self.loop = asyncio.new_event_loop()
-        self.client = QMPClient("harness")
-
-    def _run(self, coroutine, timeout: float):
-        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
-
-    def connect(self, timeout: float) -> None:
-        address = self.path if isinstance(self.path, tuple) else str(self.path)
-        self._run(self.client.connect(address), timeout)
-
-    def cmd(self, name: str, timeout: float | None = None, **args):
-        return self._run(self.client.execute(name, args or None), timeout or self.timeout)
-
-    def close(self) -> None:
-        try:
-            self._run(self.client.disconnect(), 5.0)
-        except Exception:  # noqa: BLE001 - closing a dead connection
-            pass
-        self.loop.close()
-
-
 # ------------------------------------------------------------ lifecycle
 
 
@@ -383,13 +351,21 @@ class VM:
 
     # ----------------------------------------------------------------- QMP
 
-    def qmp_cmd(self, name: str, **args):
-        """One QMP command; InfraError if QEMU is gone or answers with an error."""
+    def qmp_cmd(self, name: str, timeout: float | None = None, **args):
+        """One QMP command's return value; InfraError if QEMU is gone or answers with an error."""
+        return self._qmp_call(name, lambda qmp: qmp.cmd(name, timeout, **args))
+
+    def qmp_reply(self, name: str, timeout: float | None = None, **args) -> dict:
+        """One QMP command's whole reply, {"return": ...} or {"error": ...} (a test of
+        QEMU's refusals); InfraError if QEMU is gone or does not answer."""
+        return self._qmp_call(name, lambda qmp: qmp.reply(name, timeout, **args))
+
+    def _qmp_call(self, name: str, call: Callable[[QMP], T]) -> T:
         self.check_alive(f"before QMP {name}")
         if self.qmp is None:
             raise InfraError(f"QMP is not connected (log: {self.spec.stderr_log})")
         try:
-            return self.qmp.cmd(name, **args)
+            return call(self.qmp)
         except Exception as exc:  # noqa: BLE001 - timeouts, hang-ups, QMP errors
             raise InfraError(f"QMP {name} failed: {type(exc).__name__}: {exc} "
                              f"(log: {self.spec.stderr_log})") from exc
@@ -398,11 +374,11 @@ class VM:
         self.qmp_cmd("system_reset")
 
     def quit(self) -> None:
-        """Ask QEMU to quit (it may hang up before it answers)."""
+        """Ask QEMU to quit (the caller waits for it to exit)."""
         if self.qmp is not None and self.process.running():
             try:
                 self.qmp.cmd("quit")
-            except Exception as exc:  # noqa: BLE001 - QEMU may close the socket first
+            except Exception as exc:  # noqa: BLE001 - a QEMU too busy to answer is killed
                 log.debug("qmp quit: %s", exc)
 
     # ------------------------------------------------------------- the end

@@ -32,10 +32,8 @@ opened.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -52,6 +50,7 @@ from harness.config import VariantSpec
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.proc import kill_group
+from harness.qmp import QMP
 from harness.vm import qemu_argv
 
 from conftest import built_binary_or_skip
@@ -154,7 +153,8 @@ class Guest:
 
     def qmp_cmd(self, command: str, **arguments: Any) -> dict[str, Any]:
         """One QMP command; the whole reply ({"return": ...} or {"error": ...})."""
-        return qmp_raw(self.qmp, command, arguments)
+        with QMP(self.qmp, timeout=20.0) as qmp:
+            return qmp.reply(command, **arguments)
 
     def hmp(self, command_line: str) -> str:
         reply = self.qmp_cmd("human-monitor-command", **{"command-line": command_line})
@@ -173,49 +173,6 @@ class Guest:
             kill_group(self.proc)
             self.proc.wait()
             raise AssertionError(f"QEMU did not exit within {grace_s:.0f} s of QMP quit") from None
-
-
-def _connected(sock_path: Path, timeout: float, within_s: float = 10.0) -> socket.socket:
-    """A socket connected to QMP.  QEMU binds its socket before it listens: a
-    connection refused right after the file appears is retried for a while."""
-    deadline = time.monotonic() + within_s
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(sock_path))
-            return sock
-        except ConnectionRefusedError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def qmp_raw(sock_path: Path, command: str, arguments: dict[str, Any] | None = None,
-            timeout: float = 20.0) -> dict[str, Any]:
-    """Connect, negotiate capabilities, send one command; its reply, errors included."""
-    with _connected(sock_path, timeout) as sock:
-        reader = sock.makefile("rb")
-
-        def reply() -> dict[str, Any]:
-            while True:
-                line = reader.readline()
-                if not line:
-                    raise OSError("QMP connection closed")
-                msg = json.loads(line)
-                if "return" in msg or "error" in msg:
-                    return msg
-
-        greeting = json.loads(reader.readline())
-        assert "QMP" in greeting, greeting
-        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-        reply()
-        cmd: dict[str, Any] = {"execute": command}
-        if arguments:
-            cmd["arguments"] = arguments
-        sock.sendall(json.dumps(cmd).encode() + b"\n")
-        return reply()
 
 
 def _wait_qmp(path: Path, proc: subprocess.Popen, stderr: Path, timeout: float = 30.0) -> None:
