@@ -51,7 +51,7 @@ from typing import Callable, TypeVar
 
 from . import guest as fioguest
 from . import proc
-from .accel import KVM, KVM_NESTED
+from .accel import KVM, KVM_NESTED, l0_qemu
 from .config import VariantSpec
 from .errors import HarnessError, InfraError, UserError
 from .files import sha256_file
@@ -137,15 +137,6 @@ class L1Image:
     def description(self) -> str:
         guests = "micro-guest" + (" + fio guest" if self.fio_guest else "")
         return f"L1 {self.digest}: {', '.join(self.builds)}; {guests}"
-
-
-def l0_qemu() -> str:
-    """Debian's qemu-system-x86_64 that runs L1 under TCG."""
-    found = shutil.which("qemu-system-x86_64")
-    if not found:
-        raise UserError("accel kvm-nested boots L1 with Debian's QEMU: install the Debian "
-                        "package qemu-system-x86 (apt-get install qemu-system-x86)")
-    return found
 
 
 def prepare_l1_image(binaries: dict[str, Path], fio_guest: bool = False,

@@ -24,13 +24,10 @@ from .matrix import Point, Session
 from .files import append_csv_row
 from .microguest import RESULT_PREFIX, find_line, guest_cmdline, micro_row
 from .micro_runner import hostile_todo, record_hostile
-from .report import WATCHDOG_CSV
-from .results import row_from_fio
+from .results import WATCHDOG_COLUMNS, WATCHDOG_CSV, row_from_fio
 from .runstate import Advance, Run, fail_points
 from .util import Say, now_iso
 from .vm import qemu_argv
-
-WATCHDOG_COLUMNS = ("point", "variant", "hangs", "outcome", "diagnoses")
 
 
 def nested_runner(run: Run, guest: GuestSpec, say: Say):
