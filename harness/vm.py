@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from .accel import Accel
 from .config import VariantSpec
@@ -64,6 +64,9 @@ class VMSpec:
     boot_image: Path | None = None  # a disk image booted from IDE, kept pristine
     disk: Path | None = None  # the virtio-blk test disk
     variant: VariantSpec | None = None  # how the test disk is attached (aio, iothread, props)
+    #: more -drive options of the test disk; one named like a default replaces it
+    #: (cache=directsync, werror=report: the safety tests)
+    drive_options: Mapping[str, str] = field(default_factory=dict)
     ssh_port: int | None = None  # a user-mode NIC forwarding 127.0.0.1:port to :22
     qmp_port: int | None = None  # QMP on 127.0.0.1:port (a remote host) instead of qmp_socket
     debug_exit: bool = False  # isa-debug-exit, so that a guest can power off with a status
@@ -133,12 +136,14 @@ def boot_args(spec: VMSpec) -> list[str]:
 
 
 def disk_args(spec: VMSpec) -> list[str]:
-    """The test disk: raw, O_DIRECT, native AIO unless the variant says otherwise."""
+    """The test disk: raw, O_DIRECT, native AIO unless the variant or spec.drive_options
+    say otherwise."""
     if spec.disk is None:
         return []
     variant = spec.variant or VariantSpec(name="default", binary=spec.binary)
-    drive = (f"if=none,id=disk0,file={opt_value(spec.disk)},format=raw,cache=none,"
-             f"aio={variant.aio}")
+    options = {"if": "none", "id": "disk0", "file": spec.disk, "format": "raw", "cache": "none",
+               "aio": variant.aio, **spec.drive_options}
+    drive = ",".join(f"{key}={opt_value(value)}" for key, value in options.items())
     props = {"drive": "disk0"}
     argv = []
     if variant.iothread:
@@ -216,17 +221,27 @@ class VM:
     """One running QEMU.  `with VM(spec) as vm:` launches and always cleans up.
 
     host: where QEMU runs (hostexec.LOCAL, or a remote.SSHHost); the spec's
-    paths are paths there.
+    paths are paths there.  paused: launch() leaves the guest paused once QMP
+    is up, for a caller that must act between QEMU's start and the guest's
+    first instruction (it sends `cont` itself).
+
+    Hooks, for a caller that needs more than the spec says (the safety tests):
+    add_args() puts options of its own on the command line, before_launch()
+    registers a callable that launch() runs just before QEMU starts (it may
+    still add options).  Both only before launch.
     """
 
     def __init__(self, spec: VMSpec, connect_timeout: float = 30.0,
-                 host: Executor = LOCAL) -> None:
+                 host: Executor = LOCAL, *, paused: bool = False) -> None:
         if not host.is_local and spec.qmp_port is None:
             spec = replace(spec, qmp_port=host.free_port())  # its unix socket is out of reach
         self.spec = spec
         self.host = host
-        self.argv = qemu_argv(spec)
+        self.paused = paused
         self.connect_timeout = connect_timeout
+        self._added: list[str] = []
+        self._before_launch: list[Callable[[VM], None]] = []
+        # not started; launch() makes it anew from the final command line
         self.process = host.spawn(self.argv, spec.stderr_log)
         self.qmp: QMP | None = None
         self._forward = None
@@ -241,18 +256,46 @@ class VM:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    # --------------------------------------------------------------- hooks
+
+    @property
+    def argv(self) -> list[str]:
+        """The QEMU command line: the spec's, with what add_args() added before -S."""
+        return qemu_argv(replace(self.spec, extra=(*self.spec.extra, *self._added)))
+
+    def add_args(self, *args: str | os.PathLike) -> None:
+        """More QEMU options (a device of the caller's own, say)."""
+        self._not_launched("add_args")
+        self._added += [str(arg) for arg in args]
+
+    def before_launch(self, hook: Callable[["VM"], None]) -> None:
+        """Run hook(vm) in launch(), after the console and QMP files are prepared
+        and just before QEMU starts; hooks run in the order they were added."""
+        self._not_launched("before_launch")
+        self._before_launch.append(hook)
+
+    def _not_launched(self, what: str) -> None:
+        if self.process.started:
+            raise RuntimeError(f"VM.{what}() after launch (QEMU has started)")
+
+    # ------------------------------------------------------------- launch
+
     def launch(self) -> None:
-        """Start QEMU paused, connect QMP, let the guest run."""
+        """Start QEMU paused, connect QMP, let the guest run (unless `paused`)."""
         spec = self.spec
         self.host.mkdir(spec.console_log.parent)
         self.host.write_bytes(spec.console_log, b"")
         self.host.unlink(qmp_path(spec))
+        for hook in self._before_launch:
+            hook(self)
+        self.process = self.host.spawn(self.argv, spec.stderr_log)
         self.process.start()
         self.started_at = time.monotonic()
         try:
             self._connect_qmp()
             self.vcpu_threads = self._query_vcpu_threads()
-            self.qmp_cmd("cont")
+            if not self.paused:
+                self.qmp_cmd("cont")
         except BaseException:
             self.kill()
             raise
