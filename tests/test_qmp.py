@@ -130,7 +130,8 @@ def test_error_reply_is_a_qmp_error_and_reply_keeps_it(unix_monitor):
 
     start, _ = unix_monitor
     with QMP(start(refusing)) as qmp:
-        assert qmp.reply("eject", device="disk0", force=True) == {"error": error, "id": 2}
+        reply = qmp.reply("eject", device="disk0", force=True)
+        assert reply == {"error": error, "id": 2}
         with pytest.raises(QMPError) as raised:
             qmp.cmd("eject", device="disk0")
     assert isinstance(raised.value, InfraError)
@@ -140,7 +141,8 @@ def test_error_reply_is_a_qmp_error_and_reply_keeps_it(unix_monitor):
 def test_hmp_goes_through_human_monitor_command(unix_monitor):
     def hmp(request):
         if request["execute"] == "human-monitor-command":
-            return [answer(request, **{"return": f"ran {request['arguments']['command-line']}\r\n"})]
+            printed = f"ran {request['arguments']['command-line']}\r\n"
+            return [answer(request, **{"return": printed})]
         return plain(request)
 
     start, made = unix_monitor
