@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem
+from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem, l0_qemu
 from .errors import InfraError, UserError
 from .guest import GuestAssets, GuestImage
 from .microguest.cmdline import microguest_spec
@@ -99,7 +99,6 @@ def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None 
         if problem:
             raise UserError(f"accel {requested}: {problem}; use accel auto or tcg")
         if accel.inner:  # L1 is booted by Debian's QEMU (harness/nested.py)
-            from .nested import l0_qemu
             l0_qemu()
         return accel, None
     problem = kvm_device_problem()

@@ -15,13 +15,13 @@ executor's machine (the same path here; the host's work folder there), and
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from .errors import HarnessError, InfraError
 from .hosts import LOCAL_HOST
 from .proc import Process, Result, run
+from .util import free_port
 
 
 class Spawned(Protocol):
@@ -117,9 +117,7 @@ class LocalHost:
         Path(path).mkdir(parents=True, exist_ok=True)
 
     def free_port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+        return free_port()
 
     def forward(self, port: int) -> _SamePort:
         return _SamePort(port)

@@ -51,7 +51,7 @@ from typing import Callable, TypeVar
 
 from . import guest as fioguest
 from . import proc
-from .accel import KVM, KVM_NESTED
+from .accel import KVM, KVM_NESTED, l0_qemu
 from .config import VariantSpec
 from .errors import HarnessError, InfraError, UserError
 from .files import sha256_file
@@ -64,8 +64,9 @@ from .microguest import (HOSTILE_CASES, HOSTILE_PREFIX, RESULT_PREFIX, HostileRe
                          microguest_spec, parse_result)
 from .microguest.output import HALT_MARK
 from .paths import cache_dir
-from .util import Say, quiet, tail
-from .vm import VM, VMSpec, free_port, linux_spec, opt_value, qemu_argv
+from .qmp import QMP
+from .util import Say, free_port, quiet, tail
+from .vm import VM, VMSpec, linux_spec, opt_value, qemu_argv
 
 log = logging.getLogger("harness.nested")
 T = TypeVar("T")
@@ -136,15 +137,6 @@ class L1Image:
     def description(self) -> str:
         guests = "micro-guest" + (" + fio guest" if self.fio_guest else "")
         return f"L1 {self.digest}: {', '.join(self.builds)}; {guests}"
-
-
-def l0_qemu() -> str:
-    """Debian's qemu-system-x86_64 that runs L1 under TCG."""
-    found = shutil.which("qemu-system-x86_64")
-    if not found:
-        raise UserError("accel kvm-nested boots L1 with Debian's QEMU: install the Debian "
-                        "package qemu-system-x86 (apt-get install qemu-system-x86)")
-    return found
 
 
 def prepare_l1_image(binaries: dict[str, Path], fio_guest: bool = False,
@@ -449,22 +441,12 @@ class L1:
                 f"usleep 100000; n=$((n+1)); done", check=False, timeout=wait_s + 30)
 
     def l2_qmp(self, command: str, timeout: float = 10.0, **arguments):
-        """One QMP command to the L2 QEMU (through L0's port forward); its return value."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+        """One QMP command to the L2 QEMU (through L0's port forward); its return value.
 
-        qmp = QEMUMonitorProtocol(("127.0.0.1", self.ports.l2_qmp))
-        try:
-            qmp.connect(negotiate=True)
-            qmp.settimeout(timeout)
-            reply = qmp.cmd_raw(command, arguments or None)
-        finally:
-            try:
-                qmp.close()
-            except Exception:  # noqa: BLE001 - QEMU may have gone
-                pass
-        if "error" in reply:
-            raise InfraError(f"L2 QMP {command}: {reply['error'].get('desc', reply['error'])}")
-        return reply.get("return")
+        QMPError (an InfraError) for an error reply; OSError when L2's monitor
+        does not answer.  A `quit` that QEMU answers by hanging up is done."""
+        with QMP(("127.0.0.1", self.ports.l2_qmp), timeout) as qmp:
+            return qmp.cmd(command, **arguments)
 
     def hmp(self, command: str, timeout: float = 10.0) -> str:
         return str(self.l2_qmp("human-monitor-command", timeout, **{"command-line": command}))

@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 import paramiko
 
 from .errors import HarnessError, HostLost, InfraError, UserError
+from .files import sha256_file
 from .hosts import HostSpec
 from .paths import cache_dir
 from .proc import Result
@@ -363,7 +364,7 @@ class SSHHost:
 
     def put_tree(self, files: Mapping[str, Path], what: str) -> PurePosixPath:
         """Ship files (relative path → local file) into a content-addressed tree; its path."""
-        listing = sorted((rel, file_digest(src), _mode(src)) for rel, src in files.items())
+        listing = sorted((rel, sha256_file(src, remember=True), _mode(src)) for rel, src in files.items())
         tree_id = hashlib.sha256(repr(listing).encode()).hexdigest()[:24]
         tree = self.workdir / "trees" / tree_id
         if self.exists(tree / ".complete"):
@@ -404,26 +405,6 @@ class SSHHost:
                 raise self.lost(f"shipping {what}", exc) from exc
             raise InfraError(f"host {self.label}: cannot ship {src.name} ({what}): {exc}") from exc
         self.shipped_bytes += os.path.getsize(src)
-
-
-_digests: dict[tuple[str, int, int], str] = {}
-_digest_lock = threading.Lock()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content (remembered per path, size and mtime within a process)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    with _digest_lock:
-        if key in _digests:
-            return _digests[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    with _digest_lock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
 
 
 def _mode(path: Path) -> int:

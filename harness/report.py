@@ -21,11 +21,8 @@ from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
-from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
+from .results import HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, read_results, row_key
 from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
-
-#: accel kvm-nested: one line per point whose L2 run hung at least once (runners/nested.py)
-WATCHDOG_CSV = "watchdog.csv"
 
 
 # --- facts --------------------------------------------------------------------------------

@@ -331,3 +331,20 @@ def test_a_traced_guest_on_remote_hosts_is_refused_before_anything_runs(tmp_path
         bench.run_bench(path)
     assert not Path(env["HARNESS_RESULTS"]).exists() or not any(
         Path(env["HARNESS_RESULTS"]).iterdir())
+
+
+def test_a_paused_vm_runs_its_guest_only_on_cont(tmp_path, env):
+    """VM(paused=True): QEMU is up and QMP answers, but the guest runs only once the
+    caller sends `cont` (the safety tests act in between)."""
+    from harness.microguest import microguest_spec
+    from harness.vm import VM
+
+    spec = microguest_spec(FAKE, "tcg", None, None, "mode=bench n=5", tmp_path / "console.log",
+                           kernel=tmp_path / "no-kernel", legacy=False)
+    with VM(spec, paused=True) as vm:
+        assert vm.qmp_reply("query-status")["return"]["status"] == "running"
+        time.sleep(0.3)
+        assert vm.console() == "", "the guest ran before cont"
+        vm.qmp_cmd("cont")
+        vm.wait_until(lambda text: "MICROGUEST-RESULT" in text, 10, "the guest's result")
+        assert vm.wait_exit(10) == 33

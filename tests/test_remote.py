@@ -24,6 +24,7 @@ from harness.cli import run_cli
 from harness.errors import UserError
 from harness.hosts import HostSpec, merge_hosts, parse_host
 from harness.results import COLUMNS
+from harness.util import free_port
 from sshd import make_sshd, sshd_missing
 
 from conftest import built_binary_or_skip
@@ -182,7 +183,6 @@ def test_two_hosts_share_a_run_each_point_once(env, host_a, host_b, capsys):
 
 
 def test_connection_refused_is_one_line_and_exit_2(env, capsys):
-    from sshd import free_port
     port = free_port()
     config = micro_config(env, "micro-refused", [{"host": "127.0.0.1", "port": port,
                                                   "workdir": str(env / "work-x")}])

@@ -23,16 +23,13 @@ from ..fio_jobs import run_fio
 from ..matrix import Point, Session
 from ..files import append_csv_row
 from ..microguest import RESULT_PREFIX, find_line, guest_cmdline, micro_row
-from ..report import WATCHDOG_CSV
-from ..results import row_from_fio
+from ..results import WATCHDOG_COLUMNS, WATCHDOG_CSV, row_from_fio
 from ..runstate import Advance, Run
 from ..util import Say, now_iso
 from ..vm import qemu_argv
 from .base import GuestAssets, PointLoop, fio_point
 from .micro import hostile_todo, record_hostile
 from .registry import L1, register
-
-WATCHDOG_COLUMNS = ("point", "variant", "hangs", "outcome", "diagnoses")
 
 
 def _image(run: Run, fio_guest: bool, say: Say) -> nested.L1Image:
