@@ -1,4 +1,4 @@
-"""Published data-plane figures (configs/published.yaml) set beside our own ratios.
+"""Published data-plane figures (harness/data/published.yaml) set beside our own ratios.
 
 Each published figure names which ratio it is (`kind`); ours is computed the
 same way where we can (data plane / baseline, QEMU / host ceiling) at the
@@ -19,11 +19,10 @@ import yaml
 
 from .config import parse_size
 from .errors import UserError
-from .paths import PROJECT_ROOT
 from .results import GUEST_BOUND, HOST_VARIANT
 from .stats import host_ceiling, is_guest_bound, ok_rows, ratio_ci, summarize
 
-DEFAULT_PATH = PROJECT_ROOT / "configs" / "published.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "published.yaml"
 RATIO_KINDS = ("dataplane/baseline", "ownaio/blocklayer", "batched/blocklayer", "qemu/host")
 KINDS = RATIO_KINDS + ("absolute",)
 SAME_AS_OURS = {"dataplane/baseline": "same comparison as ours",
@@ -56,7 +55,7 @@ class Published:
 
 
 def load_published(path: Path | str | None = None) -> list[Published]:
-    """The figures of configs/published.yaml; a malformed entry is a UserError."""
+    """The figures of harness/data/published.yaml; a malformed entry is a UserError."""
     path = Path(path) if path else DEFAULT_PATH
     try:
         data = yaml.safe_load(path.read_text())

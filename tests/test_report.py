@@ -95,7 +95,7 @@ def test_report_has_accelerator_table_failures_and_plots(tmp_path):
     assert "| addr-outside-ram-8k | baseline | tcg | False | exited | 1 | True | " \
         "qemu-system-x86_64: virtio: trying to map MMIO memory |" in hostile
     published = text.split("## Published figures")[1]
-    # generated from configs/published.yaml and our rows: their 1.60 beside our dataplane ratio
+    # generated from harness/data/published.yaml and our rows: their 1.60 beside our dataplane ratio
     line = next(l for l in published.splitlines() if l.startswith("| qemu.git dd67c1d7")
                 or "| ownaio/blocklayer |" in l)
     assert "| 1.60 |" in line and "dataplane/baseline (fio guest, disk file, tcg)" in line
