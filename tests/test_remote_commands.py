@@ -1,8 +1,8 @@
 """Commands on a remote host (remote.SSHHost) against a real OpenSSH server on 127.0.0.1.
 
 No QEMU here (tests/test_remote.py runs the benchmark through hosts): a
-command that times out is killed there, and its log is written however it
-ended.  The "host" is this machine behind its
+command that times out is killed there, its log is written however it ended,
+and a prepared test image is reused.  The "host" is this machine behind its
 own sshd, so what the commands left running is visible in /proc.
 """
 
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import DiskSpec
 from harness.errors import InfraError
+from harness.hostrun import prepare_disk_there
 from harness.hosts import HostSpec
 from harness.remote import SSHHost
 from sshd import make_sshd, sshd_missing
@@ -104,3 +106,17 @@ def test_a_failed_command_leaves_its_log(host, tmp_path):
     assert lines[0].startswith("$ sh -c ") and "fio: cannot open the disk" in lines[1:]
     result = host.run(["sh", "-c", "echo fine"], log_file=log)
     assert result.output == "fine\n" and log.read_text().endswith("fine\n")
+
+
+@pytest.mark.timeout(120)
+def test_an_image_of_no_whole_mib_is_made_once_and_reused(host, tmp_path):
+    """An image size that is not a multiple of 1 MiB is filled to the byte, so the
+    next run finds it complete instead of filling it again."""
+    disk = DiskSpec(name="odd", path=tmp_path / "odd.img", size="16388k")  # 16 MiB + 4 KiB
+    said: list[str] = []
+    prepare_disk_there(host, disk, said.append)
+    first = os.stat(disk.path)
+    assert first.st_size == disk.size_bytes
+    prepare_disk_there(host, disk, said.append)
+    again = os.stat(disk.path)
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
