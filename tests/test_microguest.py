@@ -316,13 +316,19 @@ def _baseline_binary() -> Path | None:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_hostile_baseline_records_exit(kernel, disk, tmp_path):
+    """The 2012 baseline exits on a looped descriptor chain (README, Robustness):
+    the case must be recorded as QEMU's exit with its message, not as a survival."""
     binary = os.environ.get("HARNESS_BASELINE_QEMU") or _baseline_binary()
     if not binary:
         pytest.skip("no 2012 baseline build (set HARNESS_BASELINE_QEMU or build it first)")
     variant = VariantSpec(name="baseline")
     result = mg.run_hostile_case(binary, "tcg", disk, variant, "desc-loop",
                                  tmp_path / "console.log", timeout=120, kernel=kernel)
+    assert not result.qemu_survived and result.qemu_state == "exited"
+    assert result.qemu_exit_status == 1 and "Looped descriptor" in result.qemu_message
+    assert result.observed == "qemu-exited"
     _check_hostile_consistent(result, str(binary), variant, disk, kernel, tmp_path)
 
 
