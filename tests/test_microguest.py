@@ -205,6 +205,7 @@ def _check_run(result: mg.MicroResult, n: int) -> None:
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("qd", [1, 16])
 @pytest.mark.parametrize("wait", ["poll", "irq", "intx"])
 def test_randread(kernel, disk, tmp_path, qd, wait):
@@ -225,6 +226,7 @@ def test_randread(kernel, disk, tmp_path, qd, wait):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("wait, kick", [("poll", "every"), ("irq", "every"),
                                         ("poll-irq-on", "honour"), ("poll-irq-on", "every")])
 def test_wait_and_kick_modes(kernel, disk, tmp_path, wait, kick):
@@ -248,6 +250,7 @@ def test_wait_and_kick_modes(kernel, disk, tmp_path, wait, kick):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 def test_randwrite_verify(kernel, disk, tmp_path):
     n = 1000
     result = mg.run_microguest_point(SYSTEM_QEMU, "tcg", disk, SYSTEM,
@@ -260,6 +263,7 @@ def test_randwrite_verify(kernel, disk, tmp_path):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(120)
 def test_no_result_is_infra_error(kernel, tmp_path):
     missing = tmp_path / "absent.img"
     with pytest.raises(InfraError, match="console"):
@@ -294,6 +298,7 @@ def _check_hostile_consistent(result: mg.HostileResult, binary: str, variant: Va
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", ["unknown-type", "desc-loop", "head-out-of-range"])
 def test_hostile_system_qemu(kernel, disk, tmp_path, case):
     result = mg.run_hostile_case(SYSTEM_QEMU, "tcg", disk, SYSTEM, case,
@@ -343,6 +348,7 @@ def _kvm_usable() -> str | None:
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 def test_microguest_kvm(kernel, disk, tmp_path):
     reason = _kvm_usable()
     if reason:
@@ -369,6 +375,7 @@ def test_cpu_seconds_of_a_process():
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (Debian package fio)")
+@pytest.mark.timeout(180)
 def test_host_fio_ceiling(disk):
     row = host_fio_ceiling(disk, Workload("randread", "4k", 4, 1), 1)
     assert tuple(row) == COLUMNS
