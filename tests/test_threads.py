@@ -152,9 +152,11 @@ def test_split_never_negative_and_unknown_without_samples(tmp_path):
     t = TICKS
     before = threads.parse_sample(7, _stat(7, "q", 10 * t), [_stat(7, "q", 10 * t)], t)
     # the per-thread file read a tick after the process file: other is clamped at zero
+    # and the total raised to the threads' sum, so that the kinds add up to it
     after = threads.parse_sample(7, _stat(7, "q", 11 * t), [_stat(7, "q", 11 * t + 1)], t)
     split = threads.split(before, after)
-    assert split.kinds["other"] == 0.0 and split.kinds["main"] > split.total_s
+    assert split.kinds["other"] == 0.0 and split.kinds["main"] == split.total_s
+    assert split.total_s > 1.0      # the process file said 1 s
     assert math.isnan(threads.split(None, after).total_s)
     assert threads.sample(2**22 + 12345, tmp_path) is None   # no such process
 
