@@ -282,7 +282,7 @@ class SSHHost:
             return
         try:
             self.shell(f"kill -KILL -{group}", check=False, timeout=30, what=f"stop {what}")
-        except InfraError as exc:  # HostLost too: then sshd ends it
+        except InfraError as exc:  # HostLost too: nothing more can be done from here
             log.warning("host %s: could not stop %s: %s", self.label, what, exc)
 
     def run(self, argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
@@ -438,8 +438,8 @@ class SSHHost:
 
 
 def _in_own_group(command: str) -> str:
-    """command run by sh in a session of its own there, which prints its process group
-    first (_split_group reads it off); without setsid there, as it is."""
+    """The shell line that runs command with sh in a session of its own, its process
+    group printed first (_split_group reads it off); a host without setsid runs it plainly."""
     quoted = shlex.quote(command)
     return (f"if command -v setsid >/dev/null 2>&1; then exec setsid -w sh -c "
             f"{shlex.quote(_GROUP_LEADER)} harness-cmd {quoted}; else exec sh -c {quoted}; fi")
