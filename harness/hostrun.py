@@ -134,7 +134,9 @@ def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> Path:
         f"[ \"$(stat -c %s {path} 2>/dev/null)\" = {size} ] && "
         f"[ $(( $(stat -c %b {path}) * 512 )) -ge {size} ]; then exit 0; fi\n"
         f"mkdir -p \"$(dirname {path})\" && echo filling >&2 && "
-        f"dd if=/dev/urandom of={path}.partial bs=1M count={size >> 20} iflag=fullblock "
+        # count in bytes: a size of no whole MiB is filled to the byte (else the size
+        # check above fails and every run fills the image again)
+        f"dd if=/dev/urandom of={path}.partial bs=1M count={size} iflag=fullblock,count_bytes "
         f"conv=fsync status=none && mv {path}.partial {path} && "
         f"printf '%s\\n' {shlex.quote(meta)} > {sidecar}\n")
     say(f"host {host.label}: disk {disk.name}: preallocated raw image {disk.path} ({disk.size})")

@@ -597,6 +597,8 @@ def run_micro_with_watchdog(l1: L1, variant: VariantSpec, workload: Workload, re
             console_log.with_name(f"{console_log.name}.retry{attempt}")
         try:
             result = run_micro_point(l1, variant, workload, requests, wait, log_file, **kwargs)
+            # asked in L1 too: a stall here is handled like one during the run
+            freezes = [] if result.ok else l1.freezes_during_l2()
         except L2Hang as exc:
             attempts.hangs.append(str(log_file) + ".hang.txt")
             problem: InfraError = exc
@@ -605,7 +607,6 @@ def run_micro_with_watchdog(l1: L1, variant: VariantSpec, workload: Workload, re
             problem = exc
             l1.restart()
         else:
-            freezes = [] if result.ok else l1.freezes_during_l2()
             if not freezes:
                 return result
             attempts.hangs.append(_note(log_file, "l1-freeze", _freeze_text(result, freezes)))

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from harness import bench
-from harness.errors import PointsFailed, UserError
+from harness.errors import HostLost, InfraError, PointsFailed, UserError
 from harness.results_writer import SCHEMA_VERSION
+from harness.vm import QemuExited
 
 FAKE = Path(__file__).resolve().parent / "fakeqemu.py"
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,6 +323,74 @@ def test_auto_accel_probes_with_the_micro_guest(tmp_path, env, monkeypatch, kvm,
     started = time.monotonic()
     again, _ = accelprobe.choose_accel("auto", str(FAKE), False)
     assert again == accel and time.monotonic() - started < 2  # the day's verdict, cached
+
+
+class _ProbeVM:
+    """accelprobe's VM, scripted: launch() and wait_until() raise what the test gives."""
+
+    launch_error: BaseException | None = None
+    wait_error: BaseException | None = None
+    boots = 0
+
+    def __init__(self, spec, host=None):
+        self.returncode = None
+        self.started_at = time.monotonic()
+
+    def launch(self):
+        type(self).boots += 1
+        self._fail(self.launch_error)
+
+    def wait_until(self, done, timeout, what):
+        self._fail(self.wait_error)
+        return "ready"
+
+    def _fail(self, error):
+        if isinstance(error, QemuExited):
+            self.returncode = error.status
+        if error:
+            raise error
+
+    def console(self):
+        return ""
+
+    def kill(self):
+        pass
+
+
+@pytest.mark.parametrize("where, error, cached", [
+    ("wait", InfraError("no ready line from the micro-guest within 3 s"), True),
+    ("wait", QemuExited("QEMU exited with code 1: KVM internal error", 1, Path("q.log")), True),
+    ("launch", QemuExited("QEMU exited with code 1: no KVM module", 1, Path("q.log")), True),
+    ("wait", QemuExited("QEMU exited with code -9", -9, Path("q.log")), False),
+    ("launch", InfraError("QEMU's QMP did not answer within 30 s"), False),
+    ("launch", HostLost("host kvm1: connection lost during starting QEMU"), False),
+    ("wait", HostLost("host kvm1: connection lost during reading the console"), False),
+], ids=["guest-hangs", "qemu-fails", "qemu-refuses", "qemu-killed", "qmp-slow",
+        "host-lost-at-launch", "host-lost-while-waiting"])
+def test_only_kvms_own_answer_is_cached_for_the_day(tmp_path, env, monkeypatch, where, error,
+                                                     cached):
+    """A verdict stands for the day, so only one KVM gave (a guest that hangs or a
+    QEMU that refuses) is cached: not a lost host, a killed QEMU or a slow start."""
+    from harness import accelprobe
+
+    class Probe(accelprobe.Probe):
+        def spec(self, binary, legacy, tmp):
+            return None
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_ProbeVM, f"{where}_error", error)
+    monkeypatch.setattr(_ProbeVM, "boots", 0)
+    monkeypatch.setattr(accelprobe, "VM", _ProbeVM)
+    probe = Probe("the micro-guest", "ready", ("k",))
+    for _ in range(2):
+        if isinstance(error, HostLost):
+            with pytest.raises(HostLost):
+                accelprobe.probe_kvm(str(FAKE), False, probe)
+        else:
+            works, detail = accelprobe.probe_kvm(str(FAKE), False, probe)
+            assert not works and "\n" not in detail
+    assert _ProbeVM.boots == (1 if cached else 2)
+    assert bool(list((tmp_path / "cache").rglob("kvm-probe-*.json"))) == cached
 
 
 def test_a_traced_guest_on_remote_hosts_is_refused_before_anything_runs(tmp_path, env):

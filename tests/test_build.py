@@ -86,6 +86,7 @@ def test_cli_rejects_unknown_variant():
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1200)
 def test_real_build_then_noop(source_or_skip, tmp_path):
     """Builds every variant from a real qemu-kvm source (a no-op on a filled cache)."""
     import os

@@ -179,7 +179,7 @@ class FakeL1:
 
     def __init__(self, freezes=(), answers=True):
         self.restarts = 0
-        self.freezes = list(freezes)
+        self.freezes = freezes if isinstance(freezes, Exception) else list(freezes)
         self.conn = object()
         self.answer = answers
 
@@ -188,6 +188,10 @@ class FakeL1:
         self.conn = object()
 
     def freezes_during_l2(self):
+        if isinstance(self.freezes, Exception):     # L1 stalls while asked
+            stalled, self.freezes = self.freezes, []
+            self.conn = None
+            raise stalled
         return self.freezes
 
     def answers(self):
@@ -255,6 +259,19 @@ def test_a_point_disturbed_every_time_fails_with_the_count(monkeypatch, tmp_path
     with pytest.raises(InfraError, match=r"3 disturbed runs; no result kept"):
         _watchdog(l1, tmp_path, nested.Attempts())
     assert l1.restarts == 2
+
+
+def test_l1_stalling_while_asked_for_its_freezes_is_booted_again(monkeypatch, tmp_path):
+    """The freeze check after a failed result runs in L1 too: a stall there is
+    one more disturbed run (a new L1, the point once more), not a dead L1 that
+    every later point fails on."""
+    l1 = FakeL1(freezes=nested.L1Stalled("L1 stopped answering (tail)"))
+    calls = _scripted_runs(monkeypatch, [_micro(False, "completion-timeout"), _micro(True)])
+    attempts = nested.Attempts()
+    assert _watchdog(l1, tmp_path, attempts).ok
+    assert l1.restarts == 1 and l1.conn is not None and attempts.retries == 1
+    assert calls[1].name == "p.console.log.retry1"
+    assert "L1 stopped answering (tail)" in Path(attempts.hangs[0]).read_text()
 
 
 HUNG_REGISTERS = """== L2 monitor: info registers

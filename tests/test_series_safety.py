@@ -678,6 +678,7 @@ def test_broken_vring_stays_broken_across_stop_cont(variant, kernel, disk, tmp_p
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
 def test_build_has_no_redundant_declarations(variant):
     """iosched.h includes iov.h again after virtio-blk.c did: without an

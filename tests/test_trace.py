@@ -249,6 +249,7 @@ def test_report_without_traces_has_no_section(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)
 def test_traced_point_end_to_end(tmp_path):
     """`harness bench` with trace: true on a real micro-guest point, baseline and dataplane."""
     from harness.paths import cache_dir
