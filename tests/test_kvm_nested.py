@@ -8,7 +8,7 @@ on baseline as the reference where it says something:
 * the micro-guest, polling / MSI-X / INTx completions, write-then-read verify
   (every variant), and a halted vCPU woken by the data plane's interrupt;
 * MSI-X mask and re-target while requests run (every variant);
-* every malformed-request case (the data-plane variants must survive all);
+* malformed requests (the data-plane variants must survive them);
 * the Linux fio guest (dataplane): fio write+verify (crc32c) at 4k/64k, QD1/32; files on
   ext2 with checksums and raw sectors, then system_reset while fio runs: after
   the reboot the files read the same and I/O works; QMP quit while fio runs:
@@ -52,7 +52,7 @@ CHURN_N = 1500
 # a run takes 25-50 s here, its first completion seconds
 CHURN_WATCHDOG_S = 150
 CHURN_TIMEOUT_MS = 30000
-HALT_WATCHDOG_S = 30                 # a halting run takes 3-15 s; its own timeout is 10 s
+HALT_WATCHDOG_S = 20                 # a halting run takes 3-15 s; its own timeout is 10 s
 DISK_MB = 96
 
 LOGIN = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"), append="console=ttyS0",
@@ -471,20 +471,30 @@ def test_msix_mask_and_retarget_under_l1_kvm(l1, variant, record_property):
     assert result.ok, f"{result.raw}; {where}"
 
 
+# The parsing of a malformed request is the same code under either accelerator, and every
+# case runs on both data-plane variants under TCG (tests/test_dataplane.py).  Under KVM what
+# differs is how the thread is woken (ioeventfd), maps guest RAM (KVM's slots) and reports
+# a broken ring (an interrupt by the irqchip route): one case each of an address outside
+# RAM across pages, an address that wraps, a loop, a ring index the guest jumped, a chain
+# longer than the ring.  All sixteen took 280 s of L2 boots here, this set 90.
+L1_HOSTILE_CASES = ("addr-outside-ram-8k", "addr-wrap", "desc-loop", "avail-idx-jump",
+                    "too-many-descs")
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("variant", DATA_PLANE)
-def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
-    """The data-plane variants survive every malformed request under KVM.
+def test_hostile_cases_under_l1_kvm(l1, variant, record_property):
+    """The data-plane variants survive malformed requests under KVM (L1_HOSTILE_CASES).
 
     Not on the baseline: the 2012 block layer exits on most of them, its
     own behaviour and no claim of ours (one case of it is recorded under
-    TCG, tests/test_microguest.py); here it cost a minute and a half of L2
-    boots."""
+    TCG, tests/test_microguest.py)."""
     spec = _variant(l1, variant)
     outcomes = {}
     stalls = nested.Attempts()
-    for case in HOSTILE_CASES:
+    assert set(L1_HOSTILE_CASES) <= set(HOSTILE_CASES)
+    for case in L1_HOSTILE_CASES:
         log = l1.work / f"hostile.{variant}.{case}.console.log"
         result = nested.retry_after_l1_stall(
             l1, lambda: nested.run_hostile_case(l1, spec, case, l1.disk, log), stalls, log)
@@ -493,7 +503,7 @@ def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
     survived = sum(r.qemu_survived for r in outcomes.values())
     record_property("survived", survived)
     record_property("l1_stalls", stalls.retries)
-    print(f"{variant}: survived {survived} of {len(HOSTILE_CASES)}: "
+    print(f"{variant}: survived {survived} of {len(L1_HOSTILE_CASES)}: "
           + ", ".join(f"{c}={r.observed}" for c, r in outcomes.items()))
     dead = {c: f"{r.qemu_state} {r.qemu_message[-120:]}" for c, r in outcomes.items()
             if not r.qemu_survived}
