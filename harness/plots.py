@@ -32,6 +32,9 @@ PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
            "tab:pink", "tab:olive", "tab:cyan"]
 HOST_COLOR = "black"
 HOST_LABEL = "host fio (same image)"
+#: a series through fewer iodepths is drawn as markers only: a line through two depths
+#: (QD1, QD16) suggests a trend between them that was not measured
+MIN_LINE_DEPTHS = 3
 
 
 def variant_colors(variants, baseline: str) -> dict[str, str]:
@@ -106,6 +109,11 @@ def _log_y(ax, formatter=_si) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def line_style(depths, style: str = "-") -> str:
+    """`style` for a series through `depths`, "none" (markers only) below MIN_LINE_DEPTHS."""
+    return style if len(set(depths)) >= MIN_LINE_DEPTHS else "none"
+
+
 def _dodge(depths: pd.Series, variant: str, order: list[str]) -> pd.Series:
     """Shift each series slightly along the log2 x axis so error bars do not overlap."""
     index = order.index(variant) if variant in order else len(order)
@@ -156,12 +164,13 @@ def iops_figure(summary: pd.DataFrame, colors: dict, title: str):
             rows = rows.sort_values("iodepth")
             _errorbar(ax, rows, "iops_median", "iops_min", "iops_max",
                       _dodge(rows["iodepth"], variant, order), marker="o", label=variant,
-                      color=colors.get(variant))
+                      color=colors.get(variant), linestyle=line_style(rows["iodepth"]))
         host = _host_rows(summary, key)
         if len(host):
             _errorbar(ax, host, "iops_median", "iops_min", "iops_max",
-                      _dodge(host["iodepth"], HOST_VARIANT, order), marker="x", linestyle="--",
-                      color=HOST_COLOR, label=HOST_LABEL)
+                      _dodge(host["iodepth"], HOST_VARIANT, order), marker="x",
+                      linestyle=line_style(host["iodepth"], "--"), color=HOST_COLOR,
+                      label=HOST_LABEL)
         _iodepth_axis(ax, set(frame["iodepth"]) | set(host["iodepth"]))
         _log_y(ax)
         ax.set_ylabel("IOPS (median; bars min–max; log)")
@@ -191,15 +200,18 @@ def latency_figure(summary: pd.DataFrame, colors: dict, title: str):
             rows, color = rows.sort_values("iodepth"), colors.get(variant)
             x = _dodge(rows["iodepth"], variant, order)
             _errorbar(ax, rows, "lat_p99_us_median", "lat_p99_us_min", "lat_p99_us_max", x,
-                      marker="o", markersize=4, color=color, label=variant)
-            ax.plot(x, rows["lat_p50_us_median"], linestyle=":", linewidth=1.2, color=color)
+                      marker="o", markersize=4, color=color, label=variant,
+                      linestyle=line_style(rows["iodepth"]))
+            ax.plot(x, rows["lat_p50_us_median"], linestyle=line_style(rows["iodepth"], ":"),
+                    marker="_", markersize=7, linewidth=1.2, color=color)
         _iodepth_axis(ax, frame["iodepth"].unique())
         _log_y(ax)
         ax.set_ylabel("latency, µs (log)")
         ax.set_title(_panel_title(key), fontsize=9)
     keys = [Line2D([], [], color="gray", marker="o", markersize=4,
                    label="p99: median of the repetitions,\nbars min–max"),
-            Line2D([], [], color="gray", linestyle=":", label="p50: median of the repetitions")]
+            Line2D([], [], color="gray", linestyle=":", marker="_",
+                   label="p50: median of the repetitions")]
     return _finish(fig, axes, f"Latency: p99 (solid) and p50 (dotted) — {title}", keys)
 
 
@@ -251,7 +263,8 @@ def speedup_figure(ratios: pd.DataFrame, colors: dict, title: str, baseline: str
             rows = rows.sort_values("iodepth")
             _errorbar(ax, rows, "ratio", "ci_low", "ci_high",
                       _dodge(rows["iodepth"], variant, order), marker="o",
-                      color=colors.get(variant), label=f"{variant} / {baseline}")
+                      color=colors.get(variant), label=f"{variant} / {baseline}",
+                      linestyle=line_style(rows["iodepth"]))
         _iodepth_axis(ax, frame["iodepth"].unique())
         _ratio_axis(ax, frame)
         ax.set_title(_panel_title(key), fontsize=9)
@@ -280,7 +293,7 @@ def efficiency_figure(summary: pd.DataFrame, colors: dict, title: str):
             rows = rows.sort_values("iodepth")
             color = colors.get(variant)
             ax.plot(rows["cpu_us_per_io_median"], rows["iops_median"], marker="o", color=color,
-                    label=variant)
+                    label=variant, linestyle=line_style(rows["iodepth"]))
             bound = rows[rows["guest_bound"].astype(bool)]
             if len(bound):
                 bound_seen = True
@@ -291,7 +304,8 @@ def efficiency_figure(summary: pd.DataFrame, colors: dict, title: str):
         if len(host):
             host = host.sort_values("iodepth")
             ax.plot(host["cpu_us_per_io_median"], host["iops_median"], marker="x",
-                    linestyle="--", color=HOST_COLOR, label=HOST_LABEL)
+                    linestyle=line_style(host["iodepth"], "--"), color=HOST_COLOR,
+                    label=HOST_LABEL)
             _label_depths(ax, host)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(_si))

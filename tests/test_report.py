@@ -38,10 +38,11 @@ def write_report(run_dir, baseline: str, **kw) -> Path:
     return _write_report(run_dir, baseline, **kw).markdown
 
 
-def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True) -> list[dict]:
+def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True,
+         depths: tuple[int, ...] = (1, 16, 64)) -> list[dict]:
     rng = np.random.default_rng(7)
     out = []
-    for qd in (1, 16, 64):
+    for qd in depths:
         for rep in range(1, reps + 1):
             for variant, scale in (("baseline", 1.0), ("dataplane", speedup), ("host-fio", 3.0)):
                 if variant == "host-fio" and not host:
@@ -59,8 +60,17 @@ def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = T
                                    disk="file", workload=workload, rep=rep, log="logs/x.log",
                                    started_at="2026-11-25T04:00:00+00:00", iops=iops,
                                    lat_mean_us=lat, lat_p50_us=lat, lat_p99_us=2 * lat,
-                                   lat_p999_us=3 * lat))
+                                   lat_p999_us=3 * lat, **cpu_columns(variant, iops)))
     return out
+
+
+def cpu_columns(variant: str, iops: float) -> dict[str, float]:
+    """Host CPU µs per I/O as threads.py splits it: 1.5 cores' worth, the data plane's
+    share on its I/O thread, the baseline's on the main loop."""
+    total = 1.5e6 / iops
+    moved = "cpu_us_per_io_iothread" if variant == "dataplane" else "cpu_us_per_io_main"
+    return {"cpu_us_per_io": total, "cpu_us_per_io_vcpu": 0.6 * total, moved: 0.3 * total,
+            "cpu_us_per_io_other": 0.1 * total}
 
 
 def make_run(path, accel: str = "tcg", manifest: dict | None = None, hostile: bool = False):
@@ -339,3 +349,33 @@ def test_cli_report_json_warns_about_malformed_rows(tmp_path):
     assert f"summary: {run / 'summary.json'}" in result.output
     document = json.loads((run / "summary.json").read_text())
     assert document["malformed_rows"] == [{"line": line, "reason": f"3 fields, the header has {len(COLUMNS)}"}]
+
+
+def _series_lines(fig) -> list:
+    """The Line2D of every panel that joins two or more points (the 1× rule left out)."""
+    return [line for ax in fig.axes for line in ax.get_lines()
+            if len(line.get_xdata()) >= 2 and list(line.get_ydata()) != [1.0, 1.0]]
+
+
+def _line_figures(depths: tuple[int, ...]) -> dict:
+    numbers = RunNumbers.of(frame_from_rows(rows(depths=depths)), "baseline")
+    colors = plots.variant_colors(numbers.rows["variant"], "baseline")
+    ok = numbers.summary[numbers.summary["n_ok"] > 0]
+    return {"iops": plots.iops_figure(ok, colors, "TCG"),
+            "latency": plots.latency_figure(ok, colors, "TCG"),
+            "speedup": plots.speedup_figure(numbers.ratios, colors, "TCG", "baseline"),
+            "efficiency": plots.efficiency_figure(ok, colors, "TCG")}
+
+
+def test_two_depths_are_drawn_as_markers_without_a_line():
+    for name, fig in _line_figures((1, 16)).items():
+        lines = _series_lines(fig)
+        assert lines, name
+        assert {line.get_linestyle() for line in lines} == {"None"}, name
+        assert all(line.get_marker() not in (None, "None", "") for line in lines), name
+
+
+def test_three_depths_are_joined_by_lines():
+    for name, fig in _line_figures((1, 16, 64)).items():
+        joined = [line for line in _series_lines(fig) if line.get_linestyle() != "None"]
+        assert joined, name
