@@ -19,11 +19,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .published import fmt_ratio  # noqa: E402
 from .hosts import LOCAL_HOST  # noqa: E402
 from .results import HOST_VARIANT  # noqa: E402
+from .stats import MIN_CI_REPS  # noqa: E402
 
 matplotlib.rcParams["svg.hashsalt"] = "dataplane-harness"
 PANEL_KEYS = ["host", "guest", "disk", "rw", "bs", "numjobs"]  # a panel never mixes two hosts
@@ -326,6 +328,154 @@ def _label_depths(ax, rows: pd.DataFrame) -> None:
     for row in rows.itertuples(index=False):
         ax.annotate(f"QD{row.iodepth}", (row.cpu_us_per_io_median, row.iops_median),
                     textcoords="offset points", xytext=(4, 3), fontsize=7, color="dimgray")
+
+
+# --- the headline: ratio and CPU per I/O per guest ------------------------------------------
+
+def plot_headline(panels: list, base: Path, colors: dict, title: str, baseline: str) -> list[Path]:
+    fig = headline_figure(panels, colors, title, baseline)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def headline_figure(panels: list, colors: dict, title: str, baseline: str):
+    """headline.Panel each: above, every variant's IOPS ratio to the baseline with its 95%
+    interval (dashed: the min–max, without an interval; hollow: guest-bound), the iodepths
+    side by side; below, every variant's host CPU µs per I/O as bars (when recorded)."""
+    if not panels:
+        return None
+    with_cpu = any(panel.has_cpu for panel in panels)
+    cols = min(3, len(panels))
+    bands = math.ceil(len(panels) / cols)
+    per_band = 2 if with_cpu else 1
+    fig, axes = plt.subplots(bands * per_band, cols, squeeze=False,
+                             figsize=(4.8 * cols, (5.9 if with_cpu else 3.4) * bands + 0.6),
+                             gridspec_kw={"height_ratios": [1.2, 1.0] * bands if with_cpu
+                                          else [1.0] * bands})
+    for ax in axes.flat:
+        ax.set_visible(False)
+    accels = {panel.key["accel"] for panel in panels}
+    drawn = []
+    for i, panel in enumerate(panels):
+        band, col = divmod(i, cols)
+        top = axes[band * per_band][col]
+        _headline_ratios(top, panel, colors, baseline)
+        top.set_title(panel.title(len(accels) > 1), fontsize=9)
+        drawn.append(top)
+        if with_cpu:
+            _headline_cpu(axes[band * per_band + 1][col], panel, colors)
+            drawn.append(axes[band * per_band + 1][col])
+    for ax in drawn:
+        ax.set_visible(True)
+    return _finish(fig, drawn, f"IOPS over {baseline}" + (" (top) and host CPU per I/O "
+                                                            "(bottom)" if with_cpu else "")
+                   + f" — {title}", _headline_keys(panels, colors, baseline))
+
+
+def _slots(panel, variants: list[str], width: float = 0.8) -> dict[str, dict[int, float]]:
+    """x of each variant at each iodepth: the depths at 0, 1, …, the variants side by side."""
+    step = width / max(len(variants), 1)
+    return {variant: {depth: i + (k - (len(variants) - 1) / 2) * step
+                      for i, depth in enumerate(panel.depths)}
+            for k, variant in enumerate(variants)}
+
+
+def _depth_slots_axis(ax, panel) -> None:
+    ax.set_xticks(range(len(panel.depths)), [f"QD{d}" for d in panel.depths])
+    ax.set_xlim(-0.5, len(panel.depths) - 0.5)
+    ax.set_xlabel("iodepth")
+
+
+def _whiskers(rows: pd.DataFrame) -> pd.DataFrame:
+    """ratio, ci_low, ci_high and dashed: the 95% CI, or the min–max where there is none."""
+    has_ci = np.isfinite(rows["ci_low"].astype(float)) & np.isfinite(rows["ci_high"].astype(float))
+    return pd.DataFrame({"iodepth": rows["iodepth"].astype(int), "ratio": rows["ratio"],
+                         "ci_low": np.where(has_ci, rows["ci_low"], rows["range_low"]),
+                         "ci_high": np.where(has_ci, rows["ci_high"], rows["range_high"]),
+                         "dashed": ~has_ci, "bound": rows["guest_bound"].astype(bool)})
+
+
+def _headline_ratios(ax, panel, colors: dict, baseline: str) -> None:
+    variants = [v for v in colors if v in set(panel.ratios["variant"])]
+    slots = _slots(panel, variants)
+    ax.axhline(1.0, color="black", linewidth=1.0)
+    every = []
+    for variant in variants:
+        whiskers = _whiskers(panel.ratios[panel.ratios["variant"] == variant])
+        every.append(whiskers)
+        for point in whiskers.itertuples(index=False):
+            _ratio_point(ax, slots[variant][point.iodepth], point, colors[variant],
+                         _label_rotation(variants))
+    _depth_slots_axis(ax, panel)
+    _ratio_axis(ax, pd.concat(every))
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high * (high / low) ** 0.25)  # room for the labels above the whiskers
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_ylabel(f"IOPS / {baseline} (95% CI; log)")
+
+
+def _label_rotation(variants: list[str]) -> int:
+    """Values above the bars and whiskers: upright while three fit side by side."""
+    return 90 if len(variants) > 3 else 0
+
+
+def _ratio_point(ax, x: float, point, color: str, rotation: int) -> None:
+    """One ratio: its whisker (dashed without an interval), its marker (hollow when
+    guest-bound) and its value above."""
+    if np.isfinite(point.ci_low) and np.isfinite(point.ci_high):
+        ax.plot([x, x], [point.ci_low, point.ci_high], color=color, linewidth=1.4,
+                linestyle="--" if point.dashed else "-")
+        ax.plot([x - 0.04, x + 0.04], [point.ci_low] * 2, color=color, linewidth=1.0)
+        ax.plot([x - 0.04, x + 0.04], [point.ci_high] * 2, color=color, linewidth=1.0)
+    ax.plot([x], [point.ratio], marker="o", markersize=6, linestyle="none", color=color,
+            markerfacecolor="white" if point.bound else color)
+    top = point.ci_high if np.isfinite(point.ci_high) else point.ratio
+    ax.annotate(fmt_ratio(point.ratio), (x, top), textcoords="offset points", xytext=(0, 3),
+                rotation=rotation, ha="center", va="bottom", fontsize=7, color=color)
+
+
+def _headline_cpu(ax, panel, colors: dict) -> None:
+    """Bars of the median host CPU µs per I/O of every variant, its value on top."""
+    _depth_slots_axis(ax, panel)
+    ax.set_ylabel("host CPU µs per I/O (median)")
+    if not panel.has_cpu:
+        ax.text(0.5, 0.5, "host CPU per I/O not recorded", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, color="dimgray")
+        ax.set_yticks([])
+        return
+    variants = [v for v in colors if v in set(panel.variants["variant"])]
+    slots, width = _slots(panel, variants), 0.8 / max(len(variants), 1)
+    for variant in variants:
+        rows = panel.variants[panel.variants["variant"] == variant]
+        for row in rows.itertuples(index=False):
+            value = float(row.cpu_us_per_io_median)
+            if not np.isfinite(value):
+                continue
+            x = slots[variant][int(row.iodepth)]
+            ax.bar(x, value, width=width * 0.9, color=colors[variant])
+            ax.annotate(f"{value:.0f}" if value >= 10 else f"{value:.1f}", (x, value),
+                        textcoords="offset points", xytext=(0, 2), ha="center", va="bottom",
+                        fontsize=7, rotation=_label_rotation(variants))
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def _headline_keys(panels: list, colors: dict, baseline: str) -> list:
+    """A colour per variant drawn (the baseline's only where its CPU bars are), then the
+    keys of the 1× line, the whiskers and the markers."""
+    shown = set().union(*(set(p.ratios["variant"]) for p in panels))
+    shown |= set().union(*(set(p.variants["variant"]) for p in panels if p.has_cpu))
+    keys = [Patch(color=color, label=variant) for variant, color in colors.items()
+            if variant in shown]
+    keys.append(Line2D([], [], color="black", label=f"1× = {baseline}"))
+    every = pd.concat([_whiskers(p.ratios) for p in panels])
+    keys.append(Line2D([], [], color="gray", label="95% CI"))
+    if every["dashed"].any():
+        keys.append(Line2D([], [], color="gray", linestyle="--",
+                           label=f"min–max (fewer than {MIN_CI_REPS} repetitions: no CI)"))
+    if every["bound"].any():
+        keys.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white",
+                           linestyle="none", label="guest-bound: not the data plane's effect"))
+    return keys
 
 
 # --- ours beside the published figures ----------------------------------------------------------

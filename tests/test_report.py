@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import plots
+from harness import headline, plots
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.results import COLUMNS
@@ -379,3 +379,105 @@ def test_three_depths_are_joined_by_lines():
     for name, fig in _line_figures((1, 16, 64)).items():
         joined = [line for line in _series_lines(fig) if line.get_linestyle() != "None"]
         assert joined, name
+
+
+# --- the headline figure --------------------------------------------------------------------
+
+def _store(path: Path, records: list[dict]) -> Path:
+    store = ResultsStore(path)
+    for row in records:
+        store.append(row)
+    return path
+
+
+def _visible_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_report_leads_with_the_headline_figure(tmp_path):
+    report = _write_report(make_run(tmp_path, manifest=MANIFEST), "baseline")
+    text = report.markdown.read_text()
+    banner = text.index("> **Accelerator: TCG")
+    lead = text.index("## Headline")
+    assert banner < lead < text.index("## Run facts")
+    section = text[lead:text.index("## Run facts")]
+    assert "![headline](plots/headline.png)" in section
+    # the caption: the run, the accelerator, the repetitions (2 of the dataplane's at QD64
+    # are left after a failure), what the whiskers and bars are
+    assert "Run r1, accelerator TCG (software emulation), fio 2–3 repetitions" in section
+    assert "95% Welch t interval" in section and "host CPU µs" in section
+    assert "Dashed whiskers" in section          # QD64's ratio has no CI: its min–max
+    for suffix in (".png", ".svg"):
+        assert tmp_path / "plots" / f"headline{suffix}" in report.plots
+        assert (tmp_path / "plots" / f"headline{suffix}").stat().st_size > 1000
+
+
+def test_headline_draws_the_ratios_and_cpu_of_the_summary():
+    numbers = RunNumbers.of(frame_from_rows(rows()), "baseline")
+    colors = plots.variant_colors(numbers.rows["variant"], "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [p.key["guest"] for p in found] == ["fio"]
+    fig = plots.headline_figure(found, colors, "TCG", "baseline")
+    top, bottom = _visible_axes(fig)
+    markers = [line for line in top.get_lines() if line.get_marker() == "o"]
+    expected = numbers.ratios.sort_values("iodepth")["ratio"].tolist()
+    assert sorted(float(m.get_ydata()[0]) for m in markers) == pytest.approx(sorted(expected))
+    assert [t.get_text() for t in top.get_xticklabels()] == ["QD1", "QD16", "QD64"]
+    bars = sorted(patch.get_height() for patch in bottom.patches)
+    cpu = numbers.summary[numbers.summary["variant"] != "host-fio"]["cpu_us_per_io_median"]
+    assert bars == pytest.approx(sorted(cpu.dropna()))
+    assert len(bars) == 6                         # baseline and dataplane at three depths
+
+
+def test_headline_without_cpu_has_no_cpu_row():
+    records = [{**r, **{c: np.nan for c in cpu_columns("baseline", 1.0)}} for r in rows()]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    fig = plots.headline_figure(found, plots.variant_colors(numbers.rows["variant"], "baseline"),
+                                "TCG", "baseline")
+    assert len(_visible_axes(fig)) == 1
+    assert "Host CPU per I/O was not recorded" in headline.caption(found, "r1", "TCG", "baseline",
+                                                                   False)
+
+
+def test_headline_takes_one_workload_per_guest_the_rfcs_random_reads():
+    # randwrite and 4 jobs beside randread with 1 job, and a second guest
+    records = rows() + [{**r, "rw": "randwrite"} for r in rows()] \
+        + [{**r, "numjobs": 4} for r in rows()] + [{**r, "guest": "microguest-irq"} for r in rows()]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [(p.key["guest"], p.key["rw"], p.key["numjobs"]) for p in found] == \
+        [("fio", "randread", 1), ("microguest-irq", "randread", 1)]
+    assert all(set(p.ratios["iodepth"]) == {1, 16, 64} for p in found)
+    assert all(set(p.variants["variant"]) == {"baseline", "dataplane"} for p in found)
+    fig = plots.headline_figure(found, plots.variant_colors(numbers.rows["variant"], "baseline"),
+                                "TCG", "baseline")
+    assert len(_visible_axes(fig)) == 4           # a ratio and a CPU panel per guest
+
+
+def test_kvm_nested_run_gets_no_headline_and_no_speedup_figure(tmp_path):
+    run = _store(tmp_path, rows("kvm-nested"))
+    plots_dir = tmp_path / "plots"
+    plots_dir.mkdir()
+    (plots_dir / "speedup.png").write_bytes(b"drawn by an older report")
+    report = _write_report(run, "baseline")
+    text = report.markdown.read_text()
+    assert not (plots_dir / "headline.png").exists() and not (plots_dir / "speedup.png").exists()
+    assert "![headline]" not in text and "plots/speedup.png" not in text
+    lead = text.split("## Headline")[1].split("##")[0]
+    assert "No headline figure: every ratio of this run is accel kvm-nested" in lead
+    assert "No speed-up plot: every ratio of this run is accel kvm-nested" in text
+    assert "plots/iops_vs_iodepth.png" in text    # its functional figures are still drawn
+
+
+def test_kvm_nested_rows_are_left_out_of_a_mixed_run(tmp_path):
+    records = rows("tcg") + [{**r, "guest": "microguest-irq"} for r in rows("kvm-nested")]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [(p.key["guest"], p.key["accel"]) for p in found] == [("fio", "tcg")]
+    text = write_report(_store(tmp_path, records), "baseline").read_text()
+    assert "Rows with accel kvm-nested are left out" in text.split("## Run facts")[0]
+    fig = plots.speedup_figure(headline.speed_rows(numbers.ratios),
+                               plots.variant_colors(numbers.rows["variant"], "baseline"),
+                               "mixed", "baseline")
+    assert [ax.get_title() for ax in _visible_axes(fig)] == ["fio · file · randread 4k · 1 job"]
