@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from .published import fmt_ratio  # noqa: E402
+from .published import fmt_ratio, most_comparable  # noqa: E402
 from .hosts import LOCAL_HOST  # noqa: E402
 from .results import HOST_VARIANT  # noqa: E402
 from .stats import MIN_CI_REPS  # noqa: E402
@@ -486,13 +486,12 @@ def plot_published(table: pd.DataFrame, out_base: Path, accel_title: str) -> lis
 
 
 def published_figure(table: pd.DataFrame, accel_title: str):
-    """Ours (with CI) vs published ratios, one line per published ratio."""
+    """Ours (with CI) vs published ratios: one line per published ratio, beside it the most
+    comparable of ours (published.most_comparable; all of ours are in report.md's table)."""
+    table = most_comparable(table)
     if table.empty:
         return None
-    table = table[table["their_ratio"].notna()].reset_index(drop=True)
-    if table.empty:
-        return None
-    fig, ax = plt.subplots(figsize=(10, 0.6 * len(table) + 1.8))
+    fig, ax = plt.subplots(figsize=(10, 0.8 * len(table) + 1.8))
     y = np.arange(len(table))[::-1]
     ax.scatter(table["their_ratio"], y + 0.15, marker="D", color="tab:gray", label="published",
                zorder=3)
@@ -507,14 +506,22 @@ def published_figure(table: pd.DataFrame, accel_title: str):
         if np.isfinite(ours):
             ax.annotate(fmt_ratio(ours), (ours, yy - 0.15), textcoords="offset points",
                         xytext=(7, -11), fontsize=8, color="tab:blue")
-    labels = [f"{r.figure} ({r.kind})\nours: {r.our_variant}, {r.guest}, {r.disk}"
-              for r in table.itertuples()]
+    labels = [f"{r.figure} ({r.kind})\n{_ours_label(r)}" for r in table.itertuples()]
     ax.set_yticks(y, labels, fontsize=8)
     ax.set_ylim(-0.7, len(table) - 0.3)
     _published_x_axis(ax, table)
-    ax.set_title(f"Our ratios vs published ratios\nours measured on {accel_title}", fontsize=11)
+    ax.set_title(f"Published ratios, each beside the most comparable of ours\nours measured "
+                 f"on {accel_title}; all of ours: report.md's table", fontsize=11)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return fig
+
+
+def _ours_label(row) -> str:
+    """Which of ours a published ratio is set beside, and what keeps them apart."""
+    if not np.isfinite(row.our_ratio):
+        return f"ours: {row.verdict} ({row.guest} guest, disk {row.disk})"
+    text = f"ours: {row.our_variant}, {row.guest} guest, disk {row.disk}, {row.our_workload}"
+    return text + ("\nguest-bound: not the data plane's effect" if row.guest_bound else "")
 
 
 def _published_x_axis(ax, table: pd.DataFrame) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import headline, plots
+from harness import headline, plots, published
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.results import COLUMNS
@@ -481,3 +481,38 @@ def test_kvm_nested_rows_are_left_out_of_a_mixed_run(tmp_path):
                                plots.variant_colors(numbers.rows["variant"], "baseline"),
                                "mixed", "baseline")
     assert [ax.get_title() for ax in _visible_axes(fig)] == ["fio · file · randread 4k · 1 job"]
+
+
+# --- published.png ---------------------------------------------------------------------------
+
+def _published_rows(fio_bound: str = "") -> list[dict]:
+    """fio and a micro-guest, each with the dataplane and a sibling data-plane variant."""
+    fio = [{**r, "bound": fio_bound if r["variant"] != "host-fio" else ""} for r in rows()]
+    sibling = [{**r, "variant": "dataplane-nomerge"} for r in fio if r["variant"] == "dataplane"]
+    micro = [{**r, "guest": "microguest-irq", "bound": ""} for r in fio + sibling
+             if r["variant"] != "host-fio"]
+    return fio + sibling + micro
+
+
+def test_published_plot_has_one_row_per_published_figure():
+    table = compare_with_published(frame_from_rows(_published_rows()), "baseline").ratios
+    numbered = table[table["their_ratio"].notna()]
+    figures = list(dict.fromkeys(numbered["figure"]))
+    assert len(numbered) > len(figures)              # several of ours per published figure
+    fig = plots.published_figure(table, "TCG")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert [label.split(" (")[0] for label in labels] == figures
+    assert len(ax.collections[0].get_offsets()) == len(figures)   # one published marker each
+    # the data plane itself (not its sibling), in the fio guest (a Linux guest like theirs)
+    assert all("ours: dataplane/" in label and "fio guest" in label for label in labels)
+
+
+def test_most_comparable_passes_over_a_guest_bound_ratio():
+    table = compare_with_published(frame_from_rows(_published_rows("guest")), "baseline").ratios
+    picked = published.most_comparable(table)
+    assert list(picked["figure"]) == list(dict.fromkeys(
+        table.loc[table["their_ratio"].notna(), "figure"]))
+    ratios = picked[picked["kind"] != "qemu/host"]   # host fio is only beside the fio guest
+    assert set(ratios["guest"]) == {"microguest-irq"} and not ratios["guest_bound"].any()
+    assert set(ratios["our_variant"]) == {"dataplane/baseline"}
