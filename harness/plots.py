@@ -478,6 +478,89 @@ def _headline_keys(panels: list, colors: dict, baseline: str) -> list:
     return keys
 
 
+# --- fio's completion-latency distribution ---------------------------------------------------
+
+CDF_ROW_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "numjobs"]
+PERCENTILE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
+
+
+def plot_latency_cdf(points: pd.DataFrame, base: Path, colors: dict, title: str) -> list[Path]:
+    fig = latency_cdf_figure(points, colors, title)
+    return [] if fig is None else save_figure(fig, base)
+
+
+def latency_cdf_figure(points: pd.DataFrame, colors: dict, title: str):
+    """latency_cdf.Distributions.points: a row of panels per workload, an iodepth per
+    column; per variant each repetition's percentiles faint and the median over the
+    repetitions of each percentile's latency bold; log µs along x, a logit y so that both
+    tails show."""
+    if points.empty:
+        return None
+    workloads = list(points.groupby(CDF_ROW_KEYS, sort=True))
+    depths = sorted({int(d) for d in points["iodepth"]})
+    fig, axes = plt.subplots(len(workloads), len(depths), squeeze=False,
+                             figsize=(3.8 * len(depths), 3.1 * len(workloads) + 0.6))
+    for (key, workload), row in zip(workloads, axes):
+        for depth, ax in zip(depths, row):
+            here = workload[workload["iodepth"] == depth]
+            if here.empty:
+                ax.set_visible(False)
+                continue
+            _cdf_panel(ax, here, colors)
+            ax.set_title(f"{_cdf_title(key)} · QD{depth}", fontsize=9)
+    keys = [Line2D([], [], color="gray", linewidth=2.0, label="median of the repetitions"),
+            Line2D([], [], color="gray", linewidth=0.8, alpha=0.35, label="each repetition")]
+    return _finish(fig, [ax for ax in axes.flat if ax.get_visible()],
+                   f"fio completion latency (clat) distribution — {title}", keys)
+
+
+def _cdf_title(key: tuple) -> str:
+    host, guest, _accel, disk, rw, bs, jobs = key
+    where = "" if host == LOCAL_HOST else f"{host} · "
+    return f"{where}{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
+
+
+def _cdf_panel(ax, here: pd.DataFrame, colors: dict) -> None:
+    for variant in [v for v in colors if v in set(here["variant"])]:
+        mine, color = here[here["variant"] == variant], colors[variant]
+        for _, rep in mine.groupby("rep"):
+            rep = rep.sort_values("percentile")
+            ax.plot(rep["lat_us"], rep["percentile"] / 100, color=color, linewidth=0.8,
+                    alpha=0.35)
+        median = mine.groupby("percentile")["lat_us"].median().sort_index()
+        ax.plot(median.to_numpy(), median.index.to_numpy() / 100, color=color, linewidth=2.0,
+                label=variant)
+    ax.set_xscale("log")
+    decades = math.log10(here["lat_us"].max() / here["lat_us"].min())
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_si))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("completion latency, µs (log)")
+    _percentile_axis(ax, here["percentile"] / 100)
+
+
+def _percentile_axis(ax, fractions: pd.Series) -> None:
+    """Logit y from the lowest to the highest percentile fio reported, labelled in %."""
+    low, high = float(fractions.min()), float(fractions.max())
+    ax.set_yscale("logit")
+    pad = 0.35  # logit units beyond the outermost percentiles
+    ax.set_ylim(_expit(_logit(low) - pad), _expit(_logit(high) + pad))
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(
+        [t for t in PERCENTILE_TICKS if low - 1e-9 <= t <= high + 1e-9]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{100 * value:g}%"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_ylabel("share of requests completed")
+    ax.grid(True, alpha=0.3)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _expit(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
 # --- ours beside the published figures ----------------------------------------------------------
 
 def plot_published(table: pd.DataFrame, out_base: Path, accel_title: str) -> list[Path]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import headline, plots, published, stats, trace_report, trust_report
+from . import headline, latency_cdf, plots, published, stats, trace_report, trust_report
 from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
@@ -359,6 +359,15 @@ def _draw(numbers: RunNumbers, plots_dir: Path, title: str, colors: dict) -> lis
             + plots.plot_efficiency(ok_summary, plots_dir / "efficiency", colors, title))
 
 
+def _latency_cdf(run_dir: Path, df: pd.DataFrame, title: str,
+                 colors: dict) -> tuple[list[Path], list[str]]:
+    """plots/latency-cdf.png from the fio points' raw JSON; a line when none is here."""
+    found = latency_cdf.read_distributions(run_dir, df)
+    images = plots.plot_latency_cdf(found.points, run_dir / "plots" / latency_cdf.FILE_NAME,
+                                    colors, title)
+    return images, [found.missing_line] if found.missing_line else []
+
+
 def _remove_undrawn(plots_dir: Path, drawn: list[Path]) -> None:
     """A figure of FIGURES this report did not draw must not linger from an earlier one."""
     for name in FIGURES:
@@ -403,6 +412,8 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     headline_text, headline_images = _headline(numbers, run_dir / "plots", title, colors,
                                                facts["run_id"])
     images = _draw(numbers, run_dir / "plots", title, colors)
+    cdf_images, cdf_notes = _latency_cdf(run_dir, df, title, colors)
+    images += cdf_images
     # kvm-nested rows are functional figures: never beside the published ones
     comparison = published.compare_with_published(df[df["accel"] != "kvm-nested"], baseline, facts)
     published_images = plots.plot_published(comparison.ratios, run_dir / "plots" / "published",
@@ -412,7 +423,7 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
                 trust_report.banner(df, manifest), headline_text,
                 _facts_section(facts), trust_report.section(df, manifest), _summary_section(numbers),
-                _plots_section(images, _speedup_notes(numbers.ratios)), trace_text, _failed_section(df), _hostile_section(run_dir),
+                _plots_section(images, _speedup_notes(numbers.ratios) + cdf_notes), trace_text, _failed_section(df), _hostile_section(run_dir),
                 _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")

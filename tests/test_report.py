@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import headline, plots, published
+from harness import headline, latency_cdf, plots, published
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.results import COLUMNS
 from harness.published import compare_with_published, load_published
 from harness.report import write_report as _write_report
-from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
+from harness.results import (ResultsStore, failed_row, frame_from_rows, new_row, read_results,
+                             row_key)
 from harness.summary import RunNumbers
 
 FAILED_LOG = "logs/dataplane.file.r2.console.log"
@@ -516,3 +517,80 @@ def test_most_comparable_passes_over_a_guest_bound_ratio():
     ratios = picked[picked["kind"] != "qemu/host"]   # host fio is only beside the fio guest
     assert set(ratios["guest"]) == {"microguest-irq"} and not ratios["guest_bound"].any()
     assert set(ratios["our_variant"]) == {"dataplane/baseline"}
+
+
+# --- fio's latency distribution ----------------------------------------------------------------
+
+PERCENTILES = (1.0, 10.0, 50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+def fio_json(rw: str, scale_us: float) -> dict:
+    """fio's JSON as it keeps it: clat percentiles (ns) of the direction that did I/O."""
+    table = {f"{p:.6f}": int(scale_us * 1000 * (1 + p / 20)) for p in PERCENTILES}
+    reads = rw != "randwrite"
+    side = {"total_ios": 1000, "clat_ns": {"min": 1, "percentile": table}}
+    idle = {"total_ios": 0, "clat_ns": {"min": 0, "percentile": {"50.000000": 0}}}
+    return {"jobs": [{"read": side if reads else idle, "write": idle if reads else side}]}
+
+
+def _fio_run(path: Path, keep_raw: bool = True) -> Path:
+    """rows() with each point's fio JSON under raw/, as fio_runner keeps it."""
+    records = []
+    for row in rows(depths=(1, 16)):
+        if row["variant"] != "host-fio":
+            row = {**row, "log": f"raw/{row_key(row)}.json"}
+            if keep_raw:
+                raw = path / row["log"]
+                raw.parent.mkdir(parents=True, exist_ok=True)
+                scale = 1e6 / row["iops"] * row["iodepth"]
+                raw.write_text(json.dumps(fio_json(row["rw"], scale)))
+        records.append(row)
+    return _store(path, records)
+
+
+def test_fio_latency_cdf_is_drawn_from_the_raw_json(tmp_path):
+    report = _write_report(_fio_run(tmp_path), "baseline")
+    text = report.markdown.read_text()
+    plots_part = text.split("## Plots")[1]
+    assert "![latency-cdf](plots/latency-cdf.png)" in plots_part
+    assert (tmp_path / "plots" / "latency-cdf.png").stat().st_size > 1000
+    found = latency_cdf.read_distributions(tmp_path, read_results(tmp_path).frame)
+    fig = plots.latency_cdf_figure(found.points, plots.variant_colors(["dataplane"], "baseline"),
+                                   "TCG")
+    axes = _visible_axes(fig)
+    assert [ax.get_title().rsplit("· ", 1)[1] for ax in axes] == ["QD1", "QD16"]
+    # the bold line of each variant: the median over the repetitions of each percentile
+    for ax, depth in zip(axes, (1, 16)):
+        bold = {line.get_label(): line for line in ax.get_lines() if line.get_linewidth() == 2.0}
+        assert set(bold) == {"baseline", "dataplane"}
+        raws = [json.loads((tmp_path / "raw" / f"{row_key(r)}.json").read_text())
+                for r in rows(depths=(1, 16))
+                if r["variant"] == "dataplane" and r["iodepth"] == depth]
+        p50 = np.median([r["jobs"][0]["read"]["clat_ns"]["percentile"]["50.000000"] / 1000
+                         for r in raws])
+        line = bold["dataplane"]
+        assert line.get_xdata()[list(line.get_ydata()).index(0.5)] == pytest.approx(p50)
+
+
+def test_micro_guest_run_has_no_latency_cdf(tmp_path):
+    records = [{**r, "guest": "microguest-irq", "log": f"raw/{row_key(r)}.json"} for r in rows()]
+    for row in records:                             # the micro-guest's lines: no percentiles
+        (tmp_path / "raw").mkdir(exist_ok=True)
+        (tmp_path / row["log"]).write_text(json.dumps({"iops": row["iops"]}))
+    text = write_report(_store(tmp_path, records), "baseline").read_text()
+    assert not (tmp_path / "plots" / "latency-cdf.png").exists()
+    assert "latency-cdf" not in text and "latency distribution" not in text
+
+
+def test_fio_run_without_its_raw_json_says_so(tmp_path):
+    text = write_report(_fio_run(tmp_path, keep_raw=False), "baseline").read_text()
+    assert not (tmp_path / "plots" / "latency-cdf.png").exists()
+    assert "No fio latency distribution: the fio points' raw JSON" in text.split("## Plots")[1]
+
+
+def test_clat_percentiles_of_writes_are_the_writes():
+    write = latency_cdf.clat_percentiles(fio_json("randwrite", 100.0), "randwrite")
+    read = latency_cdf.clat_percentiles(fio_json("randread", 100.0), "randread")
+    assert set(write) == set(read) == set(PERCENTILES)
+    assert write[50.0] == read[50.0] == pytest.approx(100.0 * 3.5)
+    assert latency_cdf.clat_percentiles({"jobs": []}, "randread") == {}
