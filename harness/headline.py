@@ -56,7 +56,7 @@ class Panel:
         accel = f" · {self.key['accel']}" if show_accel else ""
         jobs = self.key["numjobs"]
         return (f"{where}{self.key['guest']}{accel}\n{self.key['rw']} {self.key['bs']} · "
-                f"{jobs} job{'s' if jobs > 1 else ''} · disk {self.key['disk']}")
+                f"{jobs} job{'s' if jobs > 1 else ''} · disk: {self.key['disk']}")
 
 
 def speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
