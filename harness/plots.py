@@ -430,7 +430,8 @@ def _ratio_point(ax, x: float, point, color: str, rotation: int) -> None:
             markerfacecolor="white" if point.bound else color)
     top = point.ci_high if np.isfinite(point.ci_high) else point.ratio
     ax.annotate(fmt_ratio(point.ratio), (x, top), textcoords="offset points", xytext=(0, 3),
-                rotation=rotation, ha="center", va="bottom", fontsize=7, color=color)
+                rotation=rotation, ha="center", va="bottom", fontsize=7, color=color,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
 
 
 def _headline_cpu(ax, panel, colors: dict) -> None:
