@@ -18,6 +18,7 @@ point, so the tracing overhead is the same point with and without tracing.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,7 +52,9 @@ def ensure_trace_builds(config: BenchConfig, say: Say) -> None:
     missing = [name for name in names if not _is_built(name)]
     if not missing:
         return
-    cache = SourceCache(cache_dir(), config.source or DEFAULT_SOURCE)
+    # the same source as `harness build` takes (the cache's clone is reused either way)
+    cache = SourceCache(cache_dir(), config.source or os.environ.get("HARNESS_SOURCE")
+                        or DEFAULT_SOURCE)
     builder = Builder(cache, jobs=2, progress=say)
     plans, notices = builder.plan(missing)
     for notice in notices:
