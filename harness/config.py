@@ -338,7 +338,7 @@ class BenchConfig(_Spec):
 
 
 def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> None:
-    """accel kvm-nested carries our builds and our guests into L1 (harness/nested.py)."""
+    """accel kvm-nested carries our builds and our guests into L1 (harness/nested/)."""
     for variant in variants:
         if not variant.build:
             raise ValueError(f"variant {variant.name!r}: accel kvm-nested runs built variants "

@@ -14,9 +14,13 @@ def harness_imports(module: str) -> set[str]:
     """The harness modules that harness/<module>.py imports, anywhere in the file;
     module may be dotted (runners.nested), and so are the names of a package's modules."""
     parts = module.split(".")
+    if HARNESS.joinpath(*parts).is_dir():  # a package: what its modules import from outside it
+        inside = {".".join(parts + [p.stem]) for p in HARNESS.joinpath(*parts).glob("*.py")}
+        found = set().union(*(harness_imports(name) for name in inside))
+        return {name for name in found if not name.startswith(module + ".")}
     tree = ast.parse((HARNESS.joinpath(*parts[:-1]) / f"{parts[-1]}.py").read_text())
     package = parts[:-1]
-    found: set[str] = set()
+    found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[:len(package) - (node.level - 1)]

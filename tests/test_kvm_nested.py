@@ -198,7 +198,7 @@ class FakeL1:
         return self.answer
 
 
-def _micro(ok: bool, error: str = "") -> "nested.MicroResult":
+def _micro(ok: bool, error: str = "") -> "MicroResult":
     from harness.microguest import MicroResult
 
     return MicroResult(ok=ok, rw="randwrite", bs=4096, qd=8, n=10, done=10 if ok else 0,
@@ -218,7 +218,7 @@ def _scripted_runs(monkeypatch, outcomes):
             raise outcome
         return outcome
 
-    monkeypatch.setattr(nested, "run_micro_point", run_micro_point)
+    monkeypatch.setattr(nested.l2, "run_micro_point", run_micro_point)
     return calls
 
 
@@ -664,3 +664,15 @@ def _fio_guest_checks(l1, spec: VariantSpec, record_property) -> None:
     print(f"{variant}: L2 QEMU gone {gone_s:.1f} s after quit (exit status {status})")
     assert state == "exited", "the L2 QEMU did not exit after QMP quit"
     assert gone_s < 5.0, f"quit took {gone_s:.1f} s as seen from L0 (5 s allowed)"
+
+
+def test_the_l1_scripts_are_files_with_the_harness_values_in_place():
+    from harness.nested import scripts
+
+    for name in ("l1-init", "l2-start", "l2-wait", "l1-diagnose"):
+        text = scripts.script(name)
+        assert "@" not in text.replace('"$@"', ""), f"{name}: a value left out: {text}"
+    assert f"echo \"{scripts.L1_READY} $(cut" in scripts.L1_INIT
+    assert f"mkdir -p {scripts.L2_DIR}" in scripts.L1_INIT
+    assert f"wc -l < {scripts.L1_FREEZES}" in scripts.L2_START
+    assert scripts.L1_INIT.startswith("#!/bin/sh\n# /init of the harness's L1")
