@@ -28,7 +28,7 @@ class Accel:
     needs_kvm_device: bool  # /dev/kvm must open
     cpu: str | None = None  # -cpu model, None: QEMU's default
     #: the point runs one level down: in an L2 under this accel, inside an L1 Linux
-    #: that this Accel's machine_accel and cpu boot (harness/nested.py); None: directly
+    #: that this Accel's machine_accel and cpu boot (harness/nested/); None: directly
     inner: str | None = None
 
     def __str__(self) -> str:
@@ -52,7 +52,7 @@ def accel_named(name: str) -> Accel:
 
 
 def l0_qemu() -> str:
-    """Debian's qemu-system-x86_64, which runs kvm-nested's L1 under TCG (harness/nested.py)."""
+    """Debian's qemu-system-x86_64, which runs kvm-nested's L1 under TCG (harness/nested/)."""
     found = shutil.which("qemu-system-x86_64")
     if not found:
         raise UserError("accel kvm-nested boots L1 with Debian's QEMU: install the Debian "

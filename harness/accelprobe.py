@@ -101,7 +101,7 @@ def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None 
         problem = kvm_device_problem() if accel.needs_kvm_device else None
         if problem:
             raise UserError(f"accel {requested}: {problem}; use accel auto or tcg")
-        if accel.inner:  # L1 is booted by Debian's QEMU (harness/nested.py)
+        if accel.inner:  # L1 is booted by Debian's QEMU (harness/nested/)
             l0_qemu()
         return accel, None
     problem = kvm_device_problem()
