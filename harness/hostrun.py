@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .accel import TCG, Accel, accel_named
-from .accelprobe import probe_for, probe_kvm
+from .accelprobe import Probe, probe_for, probe_kvm
 from .build import BINARY
 from .config import DiskSpec, VariantSpec
 from .errors import UserError
