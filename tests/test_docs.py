@@ -67,3 +67,12 @@ def test_every_shipped_config_dry_runs(config):
                           capture_output=True, text=True, timeout=100, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-800:]
     assert "points" in done.stdout, done.stdout[-800:]
+
+
+def test_the_layout_page_names_every_module():
+    text = (ROOT / "docs" / "layout.md").read_text()
+    harness = ROOT / "harness"
+    modules = {p.name for p in harness.glob("*.py") if p.name != "__init__.py"}
+    packages = {f"{p.name}/" for p in harness.iterdir() if (p / "__init__.py").exists()}
+    missing = sorted(name for name in modules | packages if f"`{name}`" not in text)
+    assert not missing, f"docs/layout.md does not name {missing}"
