@@ -11,6 +11,7 @@ Which accelerator `auto` picks is decided in accelprobe.py.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from typing import get_args
 
@@ -27,7 +28,7 @@ class Accel:
     needs_kvm_device: bool  # /dev/kvm must open
     cpu: str | None = None  # -cpu model, None: QEMU's default
     #: the point runs one level down: in an L2 under this accel, inside an L1 Linux
-    #: that this Accel's machine_accel and cpu boot (harness/nested.py); None: directly
+    #: that this Accel's machine_accel and cpu boot (harness/nested/); None: directly
     inner: str | None = None
 
     def __str__(self) -> str:
@@ -48,6 +49,15 @@ def accel_named(name: str) -> Accel:
         return ACCELS[name]
     except KeyError:
         raise UserError(f"accel {name!r}: choose one of {', '.join(ACCELS)}") from None
+
+
+def l0_qemu() -> str:
+    """Debian's qemu-system-x86_64, which runs kvm-nested's L1 under TCG (harness/nested/)."""
+    found = shutil.which("qemu-system-x86_64")
+    if not found:
+        raise UserError("accel kvm-nested boots L1 with Debian's QEMU: install the Debian "
+                        "package qemu-system-x86 (apt-get install qemu-system-x86)")
+    return found
 
 
 def kvm_device_problem() -> str | None:

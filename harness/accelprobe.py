@@ -8,7 +8,10 @@ guest is the cheapest one that stands for the run: the micro-guest (seconds,
 no packages) when the run boots only micro-guests, else the run's own Linux
 guest, already prepared for the run — a micro-guest that runs says nothing
 about Linux on such a host.  The verdict is cached per binary, probe guest and
-day, because a failing probe costs the whole deadline.
+day, because a failing probe costs the whole deadline; but only KVM's own
+answer (the guest ran, hung, or QEMU refused it), never a host lost on the
+way (HostLost is raised), a QEMU killed by a signal or one whose QMP did not
+answer: those are the moment's, and the next run probes again.
 """
 
 from __future__ import annotations
@@ -22,16 +25,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem
-from .errors import InfraError, UserError
-from .guest import GuestImage
+from .accel import KVM, KVM_DEVICE, TCG, Accel, accel_named, kvm_device_problem, l0_qemu
+from .errors import HostLost, InfraError, UserError
+from .guest import GuestAssets, GuestImage
 from .microguest.cmdline import microguest_spec
 from .microguest.elf import build_microguest
 from .microguest.output import RESULT_PREFIX
 from .paths import cache_dir
 from .util import Say, quiet
 from .hostexec import LOCAL, Executor
-from .vm import VM, VMSpec, linux_spec
+from .vm import VM, QemuExited, VMSpec, linux_spec
 
 PROBE_TIMEOUT_S = 25.0
 MICRO_PROBE_CMDLINE = "n=16 wait=irq timeout_ms=2000"
@@ -67,8 +70,9 @@ class LinuxProbe(Probe):
                           legacy=legacy, memory_mb=max(512, self.guest.min_memory_mb))
 
 
-def micro_probe() -> MicroProbe:
-    kernel = build_microguest()
+def micro_probe(kernel: Path | None = None) -> MicroProbe:
+    """The micro-guest as the probe (kernel: its ELF where the probe runs; built here if None)."""
+    kernel = kernel or build_microguest()
     return MicroProbe("the micro-guest", RESULT_PREFIX, (str(kernel), MICRO_PROBE_CMDLINE),
                       kernel=kernel)
 
@@ -77,6 +81,13 @@ def linux_probe(guest: GuestImage) -> LinuxProbe:
     return LinuxProbe("the Linux guest", guest.marker or "Linux version",
                       (str(guest.kernel), str(guest.initrd), str(guest.boot_image), guest.append),
                       guest=guest)
+
+
+def probe_for(assets: GuestAssets) -> Probe:
+    """The guest `accel: auto` boots under KVM: the run's Linux guest if it has one."""
+    if assets.images:
+        return linux_probe(next(iter(assets.images.values())))
+    return micro_probe(assets.kernel)
 
 
 def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None = None,
@@ -90,8 +101,7 @@ def choose_accel(requested: str, binary: str, legacy: bool, probe: Probe | None 
         problem = kvm_device_problem() if accel.needs_kvm_device else None
         if problem:
             raise UserError(f"accel {requested}: {problem}; use accel auto or tcg")
-        if accel.inner:  # L1 is booted by Debian's QEMU (harness/nested.py)
-            from .nested import l0_qemu
+        if accel.inner:  # L1 is booted by Debian's QEMU (harness/nested/)
             l0_qemu()
         return accel, None
     problem = kvm_device_problem()
@@ -120,31 +130,60 @@ def probe_kvm(binary: str, legacy: bool, probe: Probe, say: Say = quiet,
         pass
     say(f"probing KVM: booting {probe.what} with {Path(binary).name} "
         f"(up to {PROBE_TIMEOUT_S:.0f} s)")
-    works, detail = _boot(binary, legacy, probe, host)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"works": works, "detail": detail, "binary": binary,
-                                 "probe": probe.what}) + "\n")
-    return works, detail
+    verdict = _boot(binary, legacy, probe, host)
+    if verdict.final:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"works": verdict.works, "detail": verdict.detail,
+                                     "binary": binary, "probe": probe.what}) + "\n")
+    return verdict.works, verdict.detail
 
 
-def _boot(binary: str, legacy: bool, probe: Probe, host: Executor = LOCAL) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class Verdict:
+    """What one probe boot showed; final when it is KVM's own answer (cached for the day)."""
+
+    works: bool
+    detail: str
+    final: bool = True
+
+
+def _boot(binary: str, legacy: bool, probe: Probe, host: Executor = LOCAL) -> Verdict:
+    """Boot the probe guest under KVM; HostLost if the host went away meanwhile."""
     with tempfile.TemporaryDirectory(prefix="kvm-probe-") as tmp:
         there = Path(tmp) if host.is_local else Path(host.path(Path(tmp), Path(tmp).parent))
         spec = probe.spec(binary, legacy, there)
         vm = VM(spec, host=host)
+        launched = False
         try:
             vm.launch()
+            launched = True
             vm.wait_until(lambda text: probe.ready in text, PROBE_TIMEOUT_S,
                           f"ready line from {probe.what}")
-            return True, f"{probe.what} ready in {time.monotonic() - vm.started_at:.1f} s under KVM"
+            return Verdict(True, f"{probe.what} ready in "
+                                 f"{time.monotonic() - vm.started_at:.1f} s under KVM")
+        except HostLost:
+            raise
+        except QemuExited as exc:
+            return Verdict(False, f"QEMU could not run it with KVM: {exc}",
+                           final=not _killed(exc.status))
         except InfraError as exc:
+            status = vm.returncode
+            if status is not None:  # it exited while a QMP command ran
+                return Verdict(False, f"QEMU could not run it with KVM: {exc}",
+                               final=not _killed(status))
+            if not launched:  # QEMU runs but its QMP did not answer: says nothing about KVM
+                return Verdict(False, f"QEMU did not start ({exc}); not cached", final=False)
             printed = bool(vm.console().strip())
-            if vm.returncode is not None:
-                return False, f"QEMU could not run it with KVM: {exc}"
-            return False, (f"no ready line within {PROBE_TIMEOUT_S:.0f} s"
+            return Verdict(False, f"no ready line within {PROBE_TIMEOUT_S:.0f} s"
                            f"{' (it printed output, then stalled)' if printed else ', not one console line'}")
         finally:
             vm.kill()
+
+
+def _killed(status: int | None) -> bool:
+    """An exit status that a signal caused (-N here, 128+N from a remote shell): the
+    OOM killer or an operator, not QEMU giving up on KVM."""
+    return status is None or status < 0 or status > 128
 
 
 def _verdict_path(binary: str, probe: Probe, host: Executor = LOCAL) -> Path:

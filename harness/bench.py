@@ -21,20 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .accel import TCG, accel_named
-from .accelprobe import Probe, choose_accel, linux_probe, micro_probe
+from .accelprobe import choose_accel, probe_for
 from .build import built_binary
-from .config import BenchConfig, GuestSpec, VariantSpec, load_config
+from .config import BenchConfig, VariantSpec, load_config
 from .errors import PointsFailed, UserError
-from .fio_runner import FioRunner, linux_image
-from .guest import GuestImage
-from .hostfio import host_points, run_host_ceiling
+from .guest import GuestAssets
 from .hostinfo import disturbers, ensure_space, prepare_disk
 from .hostload import PointWatch, wait_for_quiet
 from .hostrun import prepare_host
 from .hosts import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
 from .matrix import Session, plan, skipped
-from .micro_runner import MicroRunner, hostile_todo, run_hostile
 from .microguest.elf import build_microguest
 from .paths import cache_dir, results_dir
 from .progress import RunProgress
@@ -43,9 +40,14 @@ from .report import write_report
 from .results_writer import ResultsWriter
 from .rounds import (adaptive_guests, as_sessions, by_round, disturbed_points, round_wanted,
                      run_off_target)
+from .runners import make_runner
+from .runners.ceiling import host_points, run_host_ceiling
+from .runners.fio import linux_image
+from .runners.micro import hostile_todo, run_hostile
+from .runners.nested import run_hostile as run_hostile_nested
+from .runners.trace import ensure_trace_builds
 from .runstate import Run
 from .scheduler import Scheduler, Unit, units
-from .trace_runner import ensure_trace_builds
 from .util import Say, stamp
 
 
@@ -91,18 +93,6 @@ def resumed_run_dir(config: BenchConfig, resume: str) -> Path:
     return run_dir
 
 
-@dataclass(frozen=True)
-class GuestAssets:
-    """What each guest boots, prepared before the first boot."""
-
-    images: dict[str, GuestImage]  # Linux guests by guest id
-    kernel: Path | None  # the micro-guest ELF, if any guest or the hostile cases need it
-
-    def probe(self) -> Probe:
-        """The guest `accel: auto` boots under KVM: the run's Linux guest if it has one."""
-        return linux_probe(next(iter(self.images.values()))) if self.images else micro_probe()
-
-
 def prepare_guests(config: BenchConfig, say: Say) -> GuestAssets:
     images = {g.id: linux_image(g, say) for g in config.guests if g.kind != "microguest"}
     wants_micro = config.hostile or any(g.kind == "microguest" for g in config.guests)
@@ -128,7 +118,7 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
         return Run(config, run_dir, chosen, binaries, legacy, {}, ResultsWriter(run_dir)), assets
     reference = config.baseline
     chosen, notice = choose_accel(requested, str(binaries[reference]), legacy[reference],
-                                  assets.probe() if requested == "auto" else None, say)
+                                  probe_for(assets) if requested == "auto" else None, say)
     recorded = read_run_manifest(run_dir).get("accel") if resume else None
     if recorded and recorded != chosen.name:
         raise UserError(f"--resume {run_dir.name}: the run used accel {recorded}, this one "
@@ -154,15 +144,6 @@ def pending_sessions(run: Run) -> list[Session]:
         if todo:
             sessions.append(Session(session.guest, session.variant, session.disk, session.rep, todo))
     return sessions
-
-
-def make_runner(run: Run, guest: GuestSpec, assets: GuestAssets, say: Say):
-    if run.accel.inner:  # the point runs in an L2 inside an L1 (accel kvm-nested)
-        from .nestedbench import nested_runner
-        return nested_runner(run, guest, say)
-    if guest.kind == "microguest":
-        return MicroRunner(run, guest, say, assets.kernel)
-    return FioRunner(run, guest, say, assets.images[guest.id])
 
 
 def run_bench(config_path: Path, resume: str | None = None, accel: str | None = None,
@@ -209,7 +190,7 @@ def _prepare_hosts(run: Run, specs, assets: GuestAssets, requested: str,
 @dataclass(frozen=True)
 class HostedRun:
     run: Run
-    assets: object  # hostrun.HostAssets: the guests' files there
+    assets: GuestAssets  # the guests' files there
 
 
 def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list[HostedRun],
@@ -242,7 +223,6 @@ def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list
             elif host:
                 run_host_ceiling(run, say, progress.advance)
             if hostile and run.accel.inner:
-                from .nestedbench import run_hostile as run_hostile_nested
                 run_hostile_nested(run, say, progress.advance)
             elif hostile:
                 run_hostile(run, say, assets.kernel, progress.advance)

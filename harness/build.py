@@ -19,10 +19,10 @@ from . import PINNED_COMMIT, __version__
 from .config import BUILT_VARIANTS
 from .errors import InfraError, UserError
 from .files import sha256_file, write_json_atomic
-from .paths import patches_dir
+from .paths import cache_dir, patches_dir
 from .proc import run
 from .qemuinfo import qemu_info
-from .source import Checkout, PatchFile, SourceCache, patch_series, series_key
+from .source import Checkout, PatchFile, SourceCache, is_local, patch_series, series_key
 from .trace_build import TRACE_FLAGS, TRACE_LAYERS, base_variant, is_traced
 from .util import Say, now_iso
 
@@ -313,3 +313,23 @@ def check_series(builder: Builder, repo, layers: tuple[str, ...] = ("compat", "d
         if report:
             report(label, True, "")
     return outcomes
+
+
+def portable(manifest: dict, run_dir: Path | None = None) -> dict:
+    """The manifest without this machine's paths, so that a run can be shared."""
+    text = json.dumps(manifest)
+    if run_dir is not None:
+        text = text.replace(json.dumps(str(run_dir.resolve()))[1:-1], "$RUN_DIR")
+    text = text.replace(json.dumps(str(cache_dir()))[1:-1], "$HARNESS_CACHE")
+    for source in _local_sources(manifest):
+        text = text.replace(json.dumps(source)[1:-1], "(local clone)")
+    return json.loads(text)
+
+
+def _local_sources(manifest: dict) -> set[str]:
+    found = set()
+    for variant in manifest.get("variants", {}).values():
+        url = ((variant or {}).get("build") or {}).get("source_url")
+        if url and is_local(url):
+            found.add(url)
+    return found

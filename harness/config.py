@@ -125,7 +125,7 @@ class GuestSpec(_Spec):
     kick: KickMode = "honour"
     # repetitions for this guest (default: the run's); cheap guests can afford more
     repetitions: int | None = Field(default=None, ge=1, le=100)
-    # also run each point on the variant's trace flavour and keep its trace (trace_runner.py)
+    # also run each point on the variant's trace flavour and keep its trace (runners/trace.py)
     trace: bool = False
 
     @property
@@ -338,7 +338,7 @@ class BenchConfig(_Spec):
 
 
 def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> None:
-    """accel kvm-nested carries our builds and our guests into L1 (harness/nested.py)."""
+    """accel kvm-nested carries our builds and our guests into L1 (harness/nested/)."""
     for variant in variants:
         if not variant.build:
             raise ValueError(f"variant {variant.name!r}: accel kvm-nested runs built variants "

@@ -5,11 +5,39 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
 
-def sha256_file(path: Path) -> str:
+_remembered: dict[tuple[str, int, int], str] = {}
+_remembered_lock = threading.Lock()
+
+
+def sha256_file(path: Path, remember: bool = False) -> str:
+    """The sha256 of a file's content, in hex.
+
+    remember: keep the digest for the process, keyed by real path, size and
+    mtime, for a caller that hashes the same large files again and again
+    (remote.SSHHost ships the same binaries to every host).  Off by default: a
+    file rewritten in place within one mtime tick would look unchanged, and the
+    hostile cases compare a disk image before and after a run.
+    """
+    if not remember:
+        return _sha256(path)
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _remembered_lock:
+        if key in _remembered:
+            return _remembered[key]
+    digest = _sha256(path)
+    with _remembered_lock:
+        _remembered[key] = digest
+    return digest
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -24,7 +24,7 @@ import re
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +63,15 @@ class GuestImage:
     boot_image: Path | None = None  # custom guests booting from a disk image
     device: str = "/dev/vda"  # the test disk as the guest sees it
     min_memory_mb: int = 0  # below this the guest cannot boot (0: unknown)
+
+
+@dataclass(frozen=True)
+class GuestAssets:
+    """What a run's guests boot, prepared before the first boot, as the machine that
+    runs the points sees them (here, or a remote host: hostrun ships them there)."""
+
+    images: dict[str, GuestImage] = field(default_factory=dict)  # Linux guests by guest id
+    kernel: Path | None = None  # the micro-guest ELF, if a guest or the hostile cases need it
 
 
 # ---------------------------------------------------------------- public API

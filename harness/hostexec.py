@@ -15,13 +15,13 @@ executor's machine (the same path here; the host's work folder there), and
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .errors import HarnessError, InfraError
 from .hosts import LOCAL_HOST
 from .proc import Process, Result, run
+from .util import free_port
 
 
 class Spawned(Protocol):
@@ -48,6 +48,9 @@ class Spawned(Protocol):
 class Executor(Protocol):
     label: str  # the results' host column
     is_local: bool
+    #: opens a channel to a TCP port of the executor's loopback (the fio guest's SSH,
+    #: jumped through the host's own SSH); None here, where the port is reached directly
+    channel_to: Callable[[int], Any] | None
 
     def run(self, argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
             check: bool = True, what: str | None = None,
@@ -86,6 +89,7 @@ class LocalHost:
 
     label = LOCAL_HOST
     is_local = True
+    channel_to = None
 
     def run(self, argv, *, timeout=None, check=True, what=None, error=InfraError,
             log_file=None) -> Result:
@@ -113,9 +117,7 @@ class LocalHost:
         Path(path).mkdir(parents=True, exist_ok=True)
 
     def free_port(self) -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
+        return free_port()
 
     def forward(self, port: int) -> _SamePort:
         return _SamePort(port)

@@ -11,32 +11,23 @@ from __future__ import annotations
 import os
 import shlex
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .accel import TCG, Accel, accel_named
-from .accelprobe import MICRO_PROBE_CMDLINE, MicroProbe, Probe, linux_probe, probe_kvm
+from .accelprobe import Probe, probe_for, probe_kvm
 from .build import BINARY
 from .config import DiskSpec, VariantSpec
-from .errors import InfraError, UserError
-from .guest import GuestImage
+from .errors import UserError
+from .guest import GuestAssets, GuestImage
 from .hostcheck import gather_facts, library_problems, manifest_facts, problems
 from .hostinfo import DISK_FORMAT
 from .hosts import HostSpec
-from .microguest.output import RESULT_PREFIX
 from .qemuinfo import parse_version
 from .remote import SSHHost
 from .runstate import Run
 from .util import Say
-
-
-@dataclass
-class HostAssets:
-    """The guests' files as the host sees them (bench.GuestAssets' fields)."""
-
-    images: dict[str, GuestImage]
-    kernel: Path | None
 
 
 class HostWriter:
@@ -115,7 +106,7 @@ def _system_binary(host: SSHHost, variant: VariantSpec) -> PurePosixPath:
 
 
 def ship_guests(host: SSHHost, images: dict[str, GuestImage],
-                kernel: Path | None) -> HostAssets:
+                kernel: Path | None) -> GuestAssets:
     """The guests' kernels, initramfs and images in the host's work folder."""
     shipped = {}
     for guest_id, image in images.items():
@@ -128,7 +119,7 @@ def ship_guests(host: SSHHost, images: dict[str, GuestImage],
             boot_image=Path(tree / "boot.img") if image.boot_image else None)
     micro = Path(host.put_tree({"microguest.elf": kernel}, "micro-guest") / "microguest.elf") \
         if kernel else None
-    return HostAssets(shipped, micro)
+    return GuestAssets(shipped, micro)
 
 
 def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> Path:
@@ -143,7 +134,9 @@ def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> Path:
         f"[ \"$(stat -c %s {path} 2>/dev/null)\" = {size} ] && "
         f"[ $(( $(stat -c %b {path}) * 512 )) -ge {size} ]; then exit 0; fi\n"
         f"mkdir -p \"$(dirname {path})\" && echo filling >&2 && "
-        f"dd if=/dev/urandom of={path}.partial bs=1M count={size >> 20} iflag=fullblock "
+        # count in bytes: a size of no whole MiB is filled to the byte (else the size
+        # check above fails and every run fills the image again)
+        f"dd if=/dev/urandom of={path}.partial bs=1M count={size} iflag=fullblock,count_bytes "
         f"conv=fsync status=none && mv {path}.partial {path} && "
         f"printf '%s\\n' {shlex.quote(meta)} > {sidecar}\n")
     say(f"host {host.label}: disk {disk.name}: preallocated raw image {disk.path} ({disk.size})")
@@ -170,7 +163,7 @@ def host_accel(host: SSHHost, spec: HostSpec, requested: str, facts: dict[str, s
 
 
 def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel: Path | None,
-                 requested_accel: str, lock: threading.Lock, say: Say) -> tuple[Run, HostAssets]:
+                 requested_accel: str, lock: threading.Lock, say: Say) -> tuple[Run, GuestAssets]:
     """The run as one host runs it (see the module docstring); UserError if the host is not ready."""
     config = run.config
     host, facts = connect_and_check(spec, config.disks, spec.accel or requested_accel, say)
@@ -190,7 +183,7 @@ def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel
         say(f"host {host.label}: shipped {host.shipped_bytes - before} bytes of new files")
         disks = {d.name: prepare_disk_there(host, d, say) for d in config.disks}
         accel, notice = host_accel(host, spec, requested_accel, facts, binaries[config.baseline],
-                                   legacy[config.baseline], _probe(assets), say)
+                                   legacy[config.baseline], probe_for(assets), say)
     except BaseException:
         host.close()
         raise
@@ -209,12 +202,3 @@ def _copy_config(host: SSHHost, run: Run) -> None:
     config = run.run_dir / "config.yaml"
     if config.exists():
         host.write_bytes(host.path(config, run.run_dir), config.read_bytes())
-
-
-def _probe(assets: HostAssets) -> Probe:
-    if assets.images:
-        return linux_probe(next(iter(assets.images.values())))
-    if assets.kernel is None:
-        raise InfraError("no guest to probe KVM with")
-    return MicroProbe("the micro-guest", RESULT_PREFIX, (str(assets.kernel), MICRO_PROBE_CMDLINE),
-                      kernel=assets.kernel)

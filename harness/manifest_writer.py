@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 
 from . import __version__
-from .build import read_manifest
+from .build import portable, read_manifest
 from .files import write_json_atomic
-from .hostinfo import cpu_share, cpu_times, host_facts
 from .paths import cache_dir
+from .hostinfo import cpu_share, cpu_times, host_facts
 from .qemuinfo import qemu_info
 from .results_writer import SCHEMA_VERSION
 from .runstate import Run
-from .source import is_local
 from .util import now_iso
 
 
@@ -65,23 +64,3 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
     }
     manifest.setdefault("started_at", now_iso())
     write_json_atomic(manifest_path(run.run_dir), portable(manifest, run.run_dir))
-
-
-def portable(manifest: dict, run_dir: Path | None = None) -> dict:
-    """The manifest without this machine's paths, so that a run can be shared."""
-    text = json.dumps(manifest)
-    if run_dir is not None:
-        text = text.replace(json.dumps(str(run_dir.resolve()))[1:-1], "$RUN_DIR")
-    text = text.replace(json.dumps(str(cache_dir()))[1:-1], "$HARNESS_CACHE")
-    for source in _local_sources(manifest):
-        text = text.replace(json.dumps(source)[1:-1], "(local clone)")
-    return json.loads(text)
-
-
-def _local_sources(manifest: dict) -> set[str]:
-    found = set()
-    for variant in manifest.get("variants", {}).values():
-        url = ((variant or {}).get("build") or {}).get("source_url")
-        if url and is_local(url):
-            found.add(url)
-    return found

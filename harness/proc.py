@@ -10,6 +10,18 @@ whole tree, and it is always reaped.
   the tail of its output and the log's path.
 * Process: a long-running program (QEMU) whose output goes to a log file;
   a context manager that kills and reaps it on the way out.
+
+A harness killed with SIGKILL (or by the OOM killer) runs none of that
+cleanup, so every child also dies with it by itself: it starts under a tiny
+Python wrapper (_DIE_WITH_PARENT) that sets PR_SET_PDEATHSIG to SIGKILL and
+then execs the program, keeping its pid.  A wrapper rather than preexec_fn,
+which is not safe in a process with threads.  The kernel sends that signal
+when the *thread* that forked the child exits, not the process: run() forks
+from the thread that then waits for the child, and every Process is started
+by the main thread (local runs and builds run there; the scheduler's worker
+threads drive remote hosts, whose programs die with the SSH connection), and
+the main thread lives as long as the interpreter.  A Process started from a
+thread that ends before it would be killed then.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +42,26 @@ from .errors import HarnessError, InfraError, UserError
 from .util import tail
 
 log = logging.getLogger("harness.proc")
+
+
+#: Runs in the child before the program: argv is the harness's pid, the write end of
+#: a pipe that reports a failed exec (closed unread by a successful one), the program.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+parent, report, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:   # PR_SET_PDEATHSIG
+    os.write(report, str(ctypes.get_errno()).encode())
+    os._exit(127)
+if os.getppid() != parent:   # the harness died before prctl: nothing would kill us later
+    os._exit(137)
+os.set_inheritable(report, False)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    os.write(report, str(exc.errno).encode())
+    os._exit(127)
+"""
 
 
 @dataclass(frozen=True)
@@ -65,7 +98,7 @@ def run(
         try:
             proc = None
             with _start_guard:
-                proc = subprocess.Popen(
+                proc = _popen(
                     args, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                 )
@@ -86,6 +119,40 @@ def run(
         raise error(f"{what or args[0]} failed with exit code {proc.returncode}{where}: "
                     f"{tail(text, 3)}")
     return Result(args, proc.returncode, text)
+
+
+def _popen(args: Sequence[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen of args under _DIE_WITH_PARENT: it dies when this process dies.
+
+    The program keeps the Popen's pid (the wrapper execs it).  Returns once it
+    has been exec'd; an OSError (FileNotFoundError, ...) as Popen would raise
+    when it cannot be, the wrapper reaped.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        wrapper = [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()),
+                   str(write_end), *args]
+        child = subprocess.Popen(wrapper, pass_fds=(write_end,), **kwargs)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    try:
+        with open(read_end, "rb") as report:
+            failed = report.read()
+    except BaseException:   # interrupted before the program started: it must not outlive us
+        if kwargs.get("start_new_session"):
+            kill_group(child)
+        else:
+            child.kill()
+        child.wait()
+        raise
+    if failed:
+        child.wait()
+        code = int(failed)
+        raise OSError(code, os.strerror(code), args[0])
+    return child
 
 
 def _pump(proc: subprocess.Popen, sink, timeout: float | None, what: str,
@@ -182,9 +249,9 @@ class Process:
             out.flush()
             try:
                 with _start_guard:
-                    self.popen = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
-                                                  stdout=out, stderr=subprocess.STDOUT,
-                                                  start_new_session=True)
+                    self.popen = _popen(self.argv, stdin=subprocess.DEVNULL,
+                                        stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
             except KeyboardInterrupt:
                 self.kill()  # interrupted as it started: it must not outlive us
                 raise

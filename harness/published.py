@@ -1,4 +1,4 @@
-"""Published data-plane figures (configs/published.yaml) set beside our own ratios.
+"""Published data-plane figures (harness/data/published.yaml) set beside our own ratios.
 
 Each published figure names which ratio it is (`kind`); ours is computed the
 same way where we can (data plane / baseline, QEMU / host ceiling) at the
@@ -19,11 +19,10 @@ import yaml
 
 from .config import parse_size
 from .errors import UserError
-from .paths import PROJECT_ROOT
 from .results import GUEST_BOUND, HOST_VARIANT
 from .stats import host_ceiling, is_guest_bound, ok_rows, ratio_ci, summarize
 
-DEFAULT_PATH = PROJECT_ROOT / "configs" / "published.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "published.yaml"
 RATIO_KINDS = ("dataplane/baseline", "ownaio/blocklayer", "batched/blocklayer", "qemu/host")
 KINDS = RATIO_KINDS + ("absolute",)
 SAME_AS_OURS = {"dataplane/baseline": "same comparison as ours",
@@ -56,7 +55,7 @@ class Published:
 
 
 def load_published(path: Path | str | None = None) -> list[Published]:
-    """The figures of configs/published.yaml; a malformed entry is a UserError."""
+    """The figures of harness/data/published.yaml; a malformed entry is a UserError."""
     path = Path(path) if path else DEFAULT_PATH
     try:
         data = yaml.safe_load(path.read_text())
@@ -135,7 +134,7 @@ def preferred_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class PublishedComparison:
-    ratios: pd.DataFrame     # one row per published figure × our guest × our variant
+    ratios: pd.DataFrame     # one row per published figure × our guest × disk × variant
     absolute: pd.DataFrame   # our median IOPS per workload and variant beside the host ceiling
     paragraph: str           # markdown: the accelerator, one bullet per published ratio, the setups
 
@@ -161,14 +160,17 @@ def _verdict(figure: Published, ours: dict) -> str:
     return "ours lower" if high < figure.ratio else "ours higher"
 
 
-def _bound_verdict(verdict: str, rows: pd.DataFrame, base: pd.DataFrame | None) -> str:
-    """A ratio whose side is guest-bound (stats.GUEST_BOUND_PCT) is the emulated guest's,
-    never the data plane's effect: the verdict says so first."""
+def _bound(rows: pd.DataFrame, base: pd.DataFrame | None) -> bool:
+    """Either side of the ratio is guest-bound (stats.GUEST_BOUND_PCT)."""
     sides = [rows] + ([base] if base is not None else [])
-    if any(is_guest_bound(int((side["bound"] == GUEST_BOUND).sum()), len(side))
-           for side in sides if len(side)):
-        return f"guest-bound, not the data plane's effect ({verdict})"
-    return verdict
+    return any(is_guest_bound(int((side["bound"] == GUEST_BOUND).sum()), len(side))
+               for side in sides if len(side))
+
+
+def _bound_verdict(verdict: str, bound: bool) -> str:
+    """A guest-bound ratio is the emulated guest's, never the data plane's effect: the
+    verdict says so first."""
+    return f"guest-bound, not the data plane's effect ({verdict})" if bound else verdict
 
 
 def _pairs(figure: Published, mine: pd.DataFrame, host: pd.DataFrame, baseline: str,
@@ -193,12 +195,14 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
             continue
         here = _at(mine, workload)
         same_disk = host[host["disk"] == disk]
+        main = (dataplane_variants(mine, baseline) or [baseline])[0]
         for variant, denominator, base in _pairs(figure, mine, same_disk, baseline, workload):
             rows = here[here["variant"] == variant]
             ours = {"our_ratio": np.nan, "our_ci_low": np.nan, "our_ci_high": np.nan,
                     "our_iops": rows["iops"].median() if len(rows) else np.nan, "our_n": len(rows)}
             if base is not None and len(rows) and len(base):
                 ours = _ours(rows, base)
+            bound = _bound(rows, base)
             records.append({"figure": figure.id, "source": figure.source, "kind": figure.kind,
                             "their_workload": figure.workload, "their_hardware": figure.hardware,
                             "their_storage": figure.storage, "their_cpus": figure.host_cpus,
@@ -209,9 +213,31 @@ def _figure_rows(figure: Published, good: pd.DataFrame, baseline: str) -> list[d
                             "our_variant": f"{variant}/{denominator}" if denominator else variant,
                             "our_workload": _label(workload),
                             "our_accel": ", ".join(sorted(set(rows["accel"]))) or "none",
-                            **ours, "verdict": _bound_verdict(_verdict(figure, ours), rows,
-                                                              base)})
+                            "main_variant": variant == main, "guest_bound": bound,
+                            **ours, "verdict": _bound_verdict(_verdict(figure, ours), bound)})
     return records
+
+
+def _comparability(row) -> tuple:
+    """How far one of our ratios is from the published figure's setup (lower is closer):
+    the data plane itself rather than a sibling variant, a ratio at all, the data plane's
+    effect rather than the emulated guest's, a Linux guest running fio like theirs rather
+    than the micro-guest, an interval; then by name."""
+    return (not row["main_variant"], not np.isfinite(row["our_ratio"]), bool(row["guest_bound"]),
+            str(row["guest"]).startswith("microguest"),
+            not (np.isfinite(row["our_ci_low"]) and np.isfinite(row["our_ci_high"])),
+            str(row["guest"]), str(row["disk"]))
+
+
+def most_comparable(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per published figure with a number: the ratio of ours closest to its setup
+    (`_comparability`), in the order of the figures; the others stay in the full table."""
+    if table.empty:
+        return table
+    numbered = table[table["their_ratio"].notna()]
+    picks = [min((row for _, row in rows.iterrows()), key=_comparability)
+             for _, rows in numbered.groupby("figure", sort=False)]
+    return pd.DataFrame(picks).reset_index(drop=True) if picks else numbered.iloc[:0]
 
 
 def absolute_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,6 +1,9 @@
 """A remote host over SSH (paramiko): the hostexec.Executor of a machine elsewhere.
 
 * run(): a command to completion, stdout and stderr merged, with a timeout.
+  It runs in a process group of its own there (setsid), which a timeout
+  kills: a fio or dd that overran must not go on beside the next point.  Its
+  log is written however it ended (done, failed, timed out, host lost).
 * spawn(): QEMU started there in its own session (setsid) under a tiny
   watchdog shell that reads the SSH channel's stdin: when the channel closes —
   we kill it, Ctrl-C, this process dies, the connection drops — the watchdog
@@ -26,6 +29,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import shlex
 import socket
 import stat
@@ -37,6 +41,7 @@ from typing import Mapping, Sequence
 import paramiko
 
 from .errors import HarnessError, HostLost, InfraError, UserError
+from .files import sha256_file
 from .hosts import HostSpec
 from .paths import cache_dir
 from .proc import Result
@@ -54,6 +59,10 @@ _WATCHDOG = (
     '( "$@" >>"$log" 2>&1 </dev/null & echo "pid $!"; wait $!; echo "exit $?" ) & '
     'cat >/dev/null; kill -KILL 0'
 )
+#: A command in a session of its own that first says its process group; $1 the command.
+#: It is run as a child (not exec'd), so that a signal's death is sh's 128+N status.
+_GROUP_LEADER = 'echo "harness-pgid $$"; sh -c "$1"; exit $?'
+_GROUP_LINE = re.compile(rb"harness-pgid (\d+)\n")
 
 
 class _CountingSocket:
@@ -207,34 +216,49 @@ class SSHHost:
 
     def shell(self, command: str, *, timeout: float | None = None, check: bool = True,
               what: str | None = None, error: type[HarnessError] = InfraError,
-              stdin: bytes | None = None) -> Result:
-        """A shell command line on the host to completion (stdout and stderr merged)."""
+              stdin: bytes | None = None, log_file: Path | None = None) -> Result:
+        """A shell command line on the host to completion (stdout and stderr merged).
+
+        log_file: a local file that gets the command line and what it printed,
+        also when it failed or did not finish.
+        """
+        what = what or command
         try:
             channel = self.transport.open_session(timeout=CONNECT_TIMEOUT_S)
             channel.set_combine_stderr(True)
-            channel.exec_command(self._command(command))
+            channel.exec_command(self._command(_in_own_group(command)))
             if stdin:
                 channel.sendall(stdin)
             channel.shutdown_write()
         except HostLost:
             raise
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise self.lost(what or command, exc) from exc
-        chunks = self._drain(channel, timeout, what or command, error)
+            raise self.lost(what, exc) from exc
+        chunks: list[bytes] = []
+        ended = ""
+        try:
+            self._drain(channel, chunks, timeout, what, error)
+        except BaseException as exc:
+            ended = f"# {type(exc).__name__}: {exc}\n"
+            raise
+        finally:
+            text = _split_group(b"".join(chunks))[1].decode(errors="replace")
+            if log_file:
+                with open(log_file, "ab") as sink:
+                    sink.write(f"$ {command}   # on {self.label}\n{text}{ended}".encode())
         status = channel.recv_exit_status()
         channel.close()
-        text = b"".join(chunks).decode(errors="replace")
         if status == -1:
-            raise self.lost(what or command)
+            raise self.lost(what)
         if check and status != 0:
-            raise error(f"{what or command} on host {self.label} failed with exit code "
+            raise error(f"{what} on host {self.label} failed with exit code "
                         f"{status}: {tail(text, 3)}")
         return Result(("sh", "-c", command), status, text)
 
-    def _drain(self, channel, timeout: float | None, what: str,
-               error: type[HarnessError]) -> list[bytes]:
+    def _drain(self, channel, chunks: list[bytes], timeout: float | None, what: str,
+               error: type[HarnessError]) -> None:
+        """The channel's output into chunks until it closes; on a timeout the command is killed."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        chunks: list[bytes] = []
         channel.settimeout(1.0)
         while True:
             try:
@@ -242,24 +266,32 @@ class SSHHost:
             except socket.timeout:
                 block = None
             if block == b"":
-                return chunks
+                return
             if block:
                 chunks.append(block)
             if not self.alive():
                 raise self.lost(what)
             if deadline is not None and time.monotonic() > deadline:
                 channel.close()
+                self._kill_group(_split_group(b"".join(chunks))[0], what)
                 raise error(f"{what} on host {self.label}: timed out after {timeout:.0f} s")
+
+    def _kill_group(self, group: int | None, what: str) -> None:
+        """SIGKILL the process group a timed-out command runs in there (a warning if it cannot)."""
+        if group is None:  # no setsid there, or it never started
+            log.warning("host %s: %s timed out and may still run there", self.label, what)
+            return
+        try:
+            self.shell(f"kill -KILL -{group}", check=False, timeout=30, what=f"stop {what}")
+        except InfraError as exc:  # HostLost too: nothing more can be done from here
+            log.warning("host %s: could not stop %s: %s", self.label, what, exc)
 
     def run(self, argv: Sequence[str | os.PathLike], *, timeout: float | None = None,
             check: bool = True, what: str | None = None,
             error: type[HarnessError] = InfraError, log_file: Path | None = None) -> Result:
         args = tuple(str(a) for a in argv)
         result = self.shell(shlex.join(args), timeout=timeout, check=check,
-                            what=what or args[0], error=error)
-        if log_file:
-            with open(log_file, "ab") as sink:
-                sink.write(f"$ {shlex.join(args)}   # on {self.label}\n{result.output}".encode())
+                            what=what or args[0], error=error, log_file=log_file)
         return Result(args, result.returncode, result.output)
 
     def spawn(self, argv: Sequence[str | os.PathLike], log_file: Path) -> "RemoteProcess":
@@ -363,7 +395,7 @@ class SSHHost:
 
     def put_tree(self, files: Mapping[str, Path], what: str) -> PurePosixPath:
         """Ship files (relative path → local file) into a content-addressed tree; its path."""
-        listing = sorted((rel, file_digest(src), _mode(src)) for rel, src in files.items())
+        listing = sorted((rel, sha256_file(src, remember=True), _mode(src)) for rel, src in files.items())
         tree_id = hashlib.sha256(repr(listing).encode()).hexdigest()[:24]
         tree = self.workdir / "trees" / tree_id
         if self.exists(tree / ".complete"):
@@ -406,24 +438,18 @@ class SSHHost:
         self.shipped_bytes += os.path.getsize(src)
 
 
-_digests: dict[tuple[str, int, int], str] = {}
-_digest_lock = threading.Lock()
+def _in_own_group(command: str) -> str:
+    """The shell line that runs command with sh in a session of its own, its process
+    group printed first (_split_group reads it off); a host without setsid runs it plainly."""
+    quoted = shlex.quote(command)
+    return (f"if command -v setsid >/dev/null 2>&1; then exec setsid -w sh -c "
+            f"{shlex.quote(_GROUP_LEADER)} harness-cmd {quoted}; else exec sh -c {quoted}; fi")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's content (remembered per path, size and mtime within a process)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    with _digest_lock:
-        if key in _digests:
-            return _digests[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    with _digest_lock:
-        _digests[key] = digest.hexdigest()
-    return _digests[key]
+def _split_group(data: bytes) -> tuple[int | None, bytes]:
+    """(the process group a command runs in, its output without the line that says so)."""
+    match = _GROUP_LINE.match(data)
+    return (int(match.group(1)), data[match.end():]) if match else (None, data)
 
 
 def _mode(path: Path) -> int:

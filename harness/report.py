@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import plots, published, stats, trace_report, trust_report
+from . import headline, latency_cdf, plots, published, stats, trace_report, trust_report
 from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
-from .results import HOST_VARIANT, BadLine, ResultsFile, read_results, row_key
+from .results import HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, read_results, row_key
 from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
-
-#: accel kvm-nested: one line per point whose L2 run hung at least once (nestedbench.py)
-WATCHDOG_CSV = "watchdog.csv"
 
 
 # --- facts --------------------------------------------------------------------------------
@@ -322,9 +319,19 @@ _METHOD = """## Method
   randrw are reads + writes."""
 
 
-def _plots_section(images: list[Path]) -> str:
+def _plots_section(images: list[Path], notes: list[str]) -> str:
     shown = [f"![{p.stem}](plots/{p.name})" for p in images if p.suffix == ".png"]
-    return "## Plots\n\n" + ("\n\n".join(shown) if shown else "No successful points to plot.")
+    if not shown:
+        shown = ["No successful points to plot."]
+    return "## Plots\n\n" + "\n\n".join(notes + shown)
+
+
+def _speedup_notes(ratios: pd.DataFrame) -> list[str]:
+    """The line saying why there is no speed-up plot when only functional ratios exist."""
+    if len(ratios) and headline.speed_rows(ratios).empty:
+        return [f"No speed-up plot: every ratio of this run is accel {headline.FUNCTIONAL_ACCEL}, "
+                "functional figures whose speed-ups mean nothing."]
+    return []
 
 
 @dataclass(frozen=True)
@@ -334,14 +341,47 @@ class Report:
     summary_json: Path | None
 
 
-def _draw(numbers: RunNumbers, plots_dir: Path, title: str) -> list[Path]:
-    colors = plots.variant_colors(numbers.rows["variant"], numbers.baseline)
+#: the figures write_report draws (trace_report draws its own); one not drawn is removed
+FIGURES = ("headline", "iops_vs_iodepth", "latency_percentiles", "speedup", "efficiency",
+           "published")
+
+
+def _draw(numbers: RunNumbers, plots_dir: Path, title: str, colors: dict) -> list[Path]:
     ok_summary = numbers.summary[numbers.summary["n_ok"] > 0]
+    # functional (kvm-nested) ratios are no speed-up: the plot leaves them out
     return (plots.plot_iops(ok_summary, plots_dir / "iops_vs_iodepth", colors, title)
             + plots.plot_latency(ok_summary, plots_dir / "latency_percentiles", colors, title)
-            + plots.plot_speedup(numbers.ratios, plots_dir / "speedup", colors, title,
-                                 numbers.baseline)
+            + plots.plot_speedup(headline.speed_rows(numbers.ratios), plots_dir / "speedup",
+                                 colors, title, numbers.baseline)
             + plots.plot_efficiency(ok_summary, plots_dir / "efficiency", colors, title))
+
+
+def _latency_cdf(run_dir: Path, df: pd.DataFrame, title: str,
+                 colors: dict) -> tuple[list[Path], list[str]]:
+    """plots/latency-cdf.png from the fio points' raw JSON; a line when none is here."""
+    found = latency_cdf.read_distributions(run_dir, df)
+    images = plots.plot_latency_cdf(found.points, run_dir / "plots" / latency_cdf.FILE_NAME,
+                                    colors, title)
+    return images, [found.missing_line] if found.missing_line else []
+
+
+def _remove_undrawn(plots_dir: Path, drawn: list[Path]) -> None:
+    """A figure of FIGURES this report did not draw must not linger from an earlier one."""
+    for name in FIGURES:
+        for path in (plots_dir / f"{name}.png", plots_dir / f"{name}.svg"):
+            if path not in drawn and path.exists():
+                path.unlink()
+
+
+def _headline(numbers: RunNumbers, plots_dir: Path, title: str, colors: dict,
+              run_id: str) -> tuple[str, list[Path]]:
+    """The lead section and its figure (none for a functional run)."""
+    found = headline.panels(numbers.ratios, numbers.summary)
+    images = plots.plot_headline(found, plots_dir / headline.FILE_NAME, colors, title,
+                                 numbers.baseline)
+    png = next((p.name for p in images if p.suffix == ".png"), None)
+    return (headline.section(found, png, numbers.ratios, run_id, title, numbers.baseline),
+            images)
 
 
 def _check_baseline(df: pd.DataFrame, baseline: str) -> None:
@@ -365,7 +405,12 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     facts = run_facts(manifest, df, results)
     numbers = RunNumbers.of(df, baseline)
     title = accel_title(facts["accel"]) if "," not in facts["accel"] else facts["accel"]
-    images = _draw(numbers, run_dir / "plots", title)
+    colors = plots.variant_colors(numbers.rows["variant"], numbers.baseline)
+    headline_text, headline_images = _headline(numbers, run_dir / "plots", title, colors,
+                                               facts["run_id"])
+    images = _draw(numbers, run_dir / "plots", title, colors)
+    cdf_images, cdf_notes = _latency_cdf(run_dir, df, title, colors)
+    images += cdf_images
     # kvm-nested rows are functional figures: never beside the published ones
     comparison = published.compare_with_published(df[df["accel"] != "kvm-nested"], baseline, facts)
     published_images = plots.plot_published(comparison.ratios, run_dir / "plots" / "published",
@@ -373,9 +418,9 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     trace_text, trace_images = trace_report.section(run_dir, df, run_dir / "plots")
     sections = [f"# Benchmark report: {facts['run_id']}",
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
-                trust_report.banner(df, manifest),
+                trust_report.banner(df, manifest), headline_text,
                 _facts_section(facts), trust_report.section(df, manifest), _summary_section(numbers),
-                _plots_section(images), trace_text, _failed_section(df), _hostile_section(run_dir),
+                _plots_section(images, _speedup_notes(numbers.ratios) + cdf_notes), trace_text, _failed_section(df), _hostile_section(run_dir),
                 _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
@@ -386,4 +431,6 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
                    "manifest_json": manifest.schema_version if manifest else None}
         write_json_atomic(json_path, summary_document(numbers, facts["run_id"], facts["accel"],
                                                       results.bad_lines, sources))
-    return Report(path, images + published_images + trace_images, json_path)
+    drawn = headline_images + images + published_images
+    _remove_undrawn(run_dir / "plots", drawn)
+    return Report(path, drawn + trace_images, json_path)

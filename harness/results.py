@@ -78,6 +78,10 @@ GUEST_BOUND = "guest"
 STR_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
 HOST_VARIANT = "host-fio"  # rows measuring fio on the host against the same image: the ceiling
 PERCENTILES = {"lat_p50_us": "50.000000", "lat_p99_us": "99.000000", "lat_p999_us": "99.900000"}
+#: kvm-nested's L2 watchdog: one row per point that hung at least once (nestedbench
+#: writes it, report counts it)
+WATCHDOG_CSV = "watchdog.csv"
+WATCHDOG_COLUMNS = ("point", "variant", "hangs", "outcome", "diagnoses")
 _MIXED = ("randrw", "rw", "readwrite")
 NAN = float("nan")
 

@@ -5,17 +5,20 @@ loses at most the point that was running).  What a *run* adds on top is
 resume: a file is resumed only when this harness wrote it (schema_version
 SCHEMA_VERSION), and when a point is written again (a retry on `--resume`) the
 file is rewritten without its earlier row (temp file + rename), so that every
-point has one row: its latest attempt.
+point has one row: its latest attempt.  That rewrite copies every other line
+as it was, malformed ones too (read_results goes on naming them): it never
+drops a line it did not mean to replace.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Any
 
 from .errors import UserError
-from .results import COLUMNS, SCHEMA_VERSION, ResultsStore, row_key, row_line
+from .results import COLUMNS, SCHEMA_VERSION, ResultsStore, read_results, row_key, row_line
 
 __all__ = ["ResultsWriter", "SCHEMA_VERSION"]
 
@@ -48,14 +51,33 @@ class ResultsWriter(ResultsStore):
         if not any(row_key(r) == key for r in earlier):
             super().append(row)
             return
-        kept = [r for r in earlier if row_key(r) != key]
-        self._rewrite([row_line(r) for r in kept] + [row_line(row)])
+        self._rewrite(self._text_without(key) + row_line(row, self._file_columns()))
 
-    def _rewrite(self, lines: list[str]) -> None:
+    def _text_without(self, key: str) -> str:
+        """The file's text, header included, less the well-formed rows of point `key`.
+
+        Each record is copied as its own text (a quoted field may span lines);
+        a malformed one is kept whatever its key: it is not known to be a row.
+        """
+        text = self.path.read_text(encoding="utf-8")  # as read_results reads it: same line numbers
+        bad = {b.line for b in read_results(self.path).bad_lines}
+        lines = list(io.StringIO(text, newline=""))
+        reader = csv.reader(iter(lines))
+        header = next(reader)
+        kept, start = lines[:reader.line_num], reader.line_num
+        for fields in reader:
+            end = reader.line_num
+            record, start = "".join(lines[start:end]), end
+            if (end not in bad and len(fields) == len(header)
+                    and row_key(dict(zip(header, fields))) == key):
+                continue
+            kept.append(record if record.endswith("\n") else record + "\n")
+        return "".join(kept)
+
+    def _rewrite(self, text: str) -> None:
         temp = self.path.with_name(self.path.name + ".tmp")
         with open(temp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(row_line(dict(zip(COLUMNS, COLUMNS))))
-            handle.writelines(lines)
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.path)

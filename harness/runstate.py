@@ -1,7 +1,7 @@
 """What every runner of a run shares: the resolved run, and how a point fails.
 
-bench.py resolves a Run before the first boot; the runners (fio_runner,
-micro_runner, hostfio) read it and write rows through it.  Data flows one way:
+bench.py resolves a Run before the first boot; the runners (runners/) read
+it and write rows through it.  Data flows one way:
 config → build → guest → vm → runners (this state) → results → report.
 """
 

@@ -1,6 +1,6 @@
 """The per-request latency breakdown of a run's traced points: tables, plots, prose.
 
-Reads results/<run>/traces/ (trace_runner.py) and results.csv only.  Per
+Reads results/<run>/traces/ (runners/trace.py) and results.csv only.  Per
 workload (guest, disk, rw, bs, iodepth) and variant, the requests of all its
 traced repetitions are pooled (the guest's warm-up left out) and each stage's
 median and p99 taken (tracepoints.py defines the stages).  The guest's own

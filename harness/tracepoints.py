@@ -43,7 +43,7 @@ import pandas as pd
 from .errors import UserError
 from .trace_parse import Trace
 
-#: a run's traced points: results/<run>/traces/ (trace_runner.py writes, trace_report.py reads)
+#: a run's traced points: results/<run>/traces/ (runners/trace.py writes, trace_report.py reads)
 TRACES_DIR = "traces"
 
 STAGES: tuple[str, ...] = ("kick", "picked_up", "parsed", "submitted", "completed", "used", "irq")

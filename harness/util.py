@@ -1,7 +1,8 @@
-"""Small helpers every layer uses: the message callback, UTC timestamps, output tails."""
+"""Small helpers every layer uses: the message callback, UTC timestamps, output tails, a free port."""
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -33,3 +34,10 @@ def tail(text: str, lines: int = 5, sep: str = " | ") -> str:
 def one_line(text: str) -> str:
     """Runs of white space (newlines included) folded into single spaces."""
     return " ".join(str(text).split())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

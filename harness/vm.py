@@ -12,7 +12,7 @@ VGA are switched off instead (the 2012 network ROM is slow to run under TCG
 and nothing here boots from the network).
 
 VM starts QEMU paused (-S) through proc.Process (own process group, always
-reaped), connects QMP with qemu.qmp and then lets the guest run, so that even
+reaped), connects QMP (qmp.py) and then lets the guest run, so that even
 a guest that is done in a millisecond cannot exit before QMP is there.
 shutdown() asks QMP to quit, waits, and only then kills.  A QEMU that exits
 on its own raises QemuExited: one line with its exit code, its last words and
@@ -21,29 +21,26 @@ the log's path (the command line is in that log, not in the message).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
-
-from qemu.qmp import QMPClient
+from typing import Callable, Mapping, TypeVar
 
 from .accel import Accel
 from .config import VariantSpec
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
 from .hostexec import LOCAL, Executor
+from .qmp import QMP
 from . import threads
-from .util import tail
+from .util import free_port, tail
 
 log = logging.getLogger("harness.vm")
-logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its disconnect tracebacks
+T = TypeVar("T")
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes with the NUL; keep a margin
 #: QEMU messages after which the VM is stopped for good (QEMU itself stays up).
 VM_STOP_MARKERS = ("KVM internal error", "emulation failure")
@@ -67,6 +64,9 @@ class VMSpec:
     boot_image: Path | None = None  # a disk image booted from IDE, kept pristine
     disk: Path | None = None  # the virtio-blk test disk
     variant: VariantSpec | None = None  # how the test disk is attached (aio, iothread, props)
+    #: more -drive options of the test disk; one named like a default replaces it
+    #: (cache=directsync, werror=report: the safety tests)
+    drive_options: Mapping[str, str] = field(default_factory=dict)
     ssh_port: int | None = None  # a user-mode NIC forwarding 127.0.0.1:port to :22
     qmp_port: int | None = None  # QMP on 127.0.0.1:port (a remote host) instead of qmp_socket
     debug_exit: bool = False  # isa-debug-exit, so that a guest can power off with a status
@@ -91,13 +91,6 @@ def linux_spec(binary: str, accel: Accel, guest: GuestImage, *, console_log: Pat
                   legacy=legacy, kernel=guest.kernel, initrd=guest.initrd, append=guest.append,
                   boot_image=guest.boot_image, disk=disk, variant=variant,
                   ssh_port=ssh_port if ssh_port is not None else free_port())
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------- argv
@@ -143,12 +136,14 @@ def boot_args(spec: VMSpec) -> list[str]:
 
 
 def disk_args(spec: VMSpec) -> list[str]:
-    """The test disk: raw, O_DIRECT, native AIO unless the variant says otherwise."""
+    """The test disk: raw, O_DIRECT, native AIO unless the variant or spec.drive_options
+    say otherwise."""
     if spec.disk is None:
         return []
     variant = spec.variant or VariantSpec(name="default", binary=spec.binary)
-    drive = (f"if=none,id=disk0,file={opt_value(spec.disk)},format=raw,cache=none,"
-             f"aio={variant.aio}")
+    options = {"if": "none", "id": "disk0", "file": spec.disk, "format": "raw", "cache": "none",
+               "aio": variant.aio, **spec.drive_options}
+    drive = ",".join(f"{key}={opt_value(value)}" for key, value in options.items())
     props = {"drive": "disk0"}
     argv = []
     if variant.iothread:
@@ -210,36 +205,6 @@ def qmp_path(spec: VMSpec) -> Path:
     return Path(tempfile.gettempdir()) / f"harness-qmp-{digest}.sock"
 
 
-# ------------------------------------------------------------------ QMP
-
-
-class QMP:
-    """qemu.qmp's client, driven synchronously, every step with a deadline."""
-
-    def __init__(self, path: Path, timeout: float = 10.0):
-        self.path = path
-        self.timeout = timeout
-        self.loop = asyncio.new_event_loop()
-        self.client = QMPClient("harness")
-
-    def _run(self, coroutine, timeout: float):
-        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
-
-    def connect(self, timeout: float) -> None:
-        address = self.path if isinstance(self.path, tuple) else str(self.path)
-        self._run(self.client.connect(address), timeout)
-
-    def cmd(self, name: str, timeout: float | None = None, **args):
-        return self._run(self.client.execute(name, args or None), timeout or self.timeout)
-
-    def close(self) -> None:
-        try:
-            self._run(self.client.disconnect(), 5.0)
-        except Exception:  # noqa: BLE001 - closing a dead connection
-            pass
-        self.loop.close()
-
-
 # ------------------------------------------------------------ lifecycle
 
 
@@ -256,17 +221,27 @@ class VM:
     """One running QEMU.  `with VM(spec) as vm:` launches and always cleans up.
 
     host: where QEMU runs (hostexec.LOCAL, or a remote.SSHHost); the spec's
-    paths are paths there.
+    paths are paths there.  paused: launch() leaves the guest paused once QMP
+    is up, for a caller that must act between QEMU's start and the guest's
+    first instruction (it sends `cont` itself).
+
+    Hooks, for a caller that needs more than the spec says (the safety tests):
+    add_args() puts options of its own on the command line, before_launch()
+    registers a callable that launch() runs just before QEMU starts (it may
+    still add options).  Both only before launch.
     """
 
     def __init__(self, spec: VMSpec, connect_timeout: float = 30.0,
-                 host: Executor = LOCAL) -> None:
+                 host: Executor = LOCAL, *, paused: bool = False) -> None:
         if not host.is_local and spec.qmp_port is None:
             spec = replace(spec, qmp_port=host.free_port())  # its unix socket is out of reach
         self.spec = spec
         self.host = host
-        self.argv = qemu_argv(spec)
+        self.paused = paused
         self.connect_timeout = connect_timeout
+        self._added: list[str] = []
+        self._before_launch: list[Callable[[VM], None]] = []
+        # not started; launch() makes it anew from the final command line
         self.process = host.spawn(self.argv, spec.stderr_log)
         self.qmp: QMP | None = None
         self._forward = None
@@ -281,18 +256,46 @@ class VM:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    # --------------------------------------------------------------- hooks
+
+    @property
+    def argv(self) -> list[str]:
+        """The QEMU command line: the spec's, with what add_args() added before -S."""
+        return qemu_argv(replace(self.spec, extra=(*self.spec.extra, *self._added)))
+
+    def add_args(self, *args: str | os.PathLike) -> None:
+        """More QEMU options (a device of the caller's own, say)."""
+        self._not_launched("add_args")
+        self._added += [str(arg) for arg in args]
+
+    def before_launch(self, hook: Callable[["VM"], None]) -> None:
+        """Run hook(vm) in launch(), after the console and QMP files are prepared
+        and just before QEMU starts; hooks run in the order they were added."""
+        self._not_launched("before_launch")
+        self._before_launch.append(hook)
+
+    def _not_launched(self, what: str) -> None:
+        if self.process.started:
+            raise RuntimeError(f"VM.{what}() after launch (QEMU has started)")
+
+    # ------------------------------------------------------------- launch
+
     def launch(self) -> None:
-        """Start QEMU paused, connect QMP, let the guest run."""
+        """Start QEMU paused, connect QMP, let the guest run (unless `paused`)."""
         spec = self.spec
         self.host.mkdir(spec.console_log.parent)
         self.host.write_bytes(spec.console_log, b"")
         self.host.unlink(qmp_path(spec))
+        for hook in self._before_launch:
+            hook(self)
+        self.process = self.host.spawn(self.argv, spec.stderr_log)
         self.process.start()
         self.started_at = time.monotonic()
         try:
             self._connect_qmp()
             self.vcpu_threads = self._query_vcpu_threads()
-            self.qmp_cmd("cont")
+            if not self.paused:
+                self.qmp_cmd("cont")
         except BaseException:
             self.kill()
             raise
@@ -391,13 +394,21 @@ class VM:
 
     # ----------------------------------------------------------------- QMP
 
-    def qmp_cmd(self, name: str, **args):
-        """One QMP command; InfraError if QEMU is gone or answers with an error."""
+    def qmp_cmd(self, name: str, timeout: float | None = None, **args):
+        """One QMP command's return value; InfraError if QEMU is gone or answers with an error."""
+        return self._qmp_call(name, lambda qmp: qmp.cmd(name, timeout, **args))
+
+    def qmp_reply(self, name: str, timeout: float | None = None, **args) -> dict:
+        """One QMP command's whole reply, {"return": ...} or {"error": ...} (a test of
+        QEMU's refusals); InfraError if QEMU is gone or does not answer."""
+        return self._qmp_call(name, lambda qmp: qmp.reply(name, timeout, **args))
+
+    def _qmp_call(self, name: str, call: Callable[[QMP], T]) -> T:
         self.check_alive(f"before QMP {name}")
         if self.qmp is None:
             raise InfraError(f"QMP is not connected (log: {self.spec.stderr_log})")
         try:
-            return self.qmp.cmd(name, **args)
+            return call(self.qmp)
         except Exception as exc:  # noqa: BLE001 - timeouts, hang-ups, QMP errors
             raise InfraError(f"QMP {name} failed: {type(exc).__name__}: {exc} "
                              f"(log: {self.spec.stderr_log})") from exc
@@ -406,11 +417,11 @@ class VM:
         self.qmp_cmd("system_reset")
 
     def quit(self) -> None:
-        """Ask QEMU to quit (it may hang up before it answers)."""
+        """Ask QEMU to quit (the caller waits for it to exit)."""
         if self.qmp is not None and self.process.running():
             try:
                 self.qmp.cmd("quit")
-            except Exception as exc:  # noqa: BLE001 - QEMU may close the socket first
+            except Exception as exc:  # noqa: BLE001 - a QEMU too busy to answer is killed
                 log.debug("qmp quit: %s", exc)
 
     # ------------------------------------------------------------- the end

@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from harness import bench
-from harness.errors import PointsFailed, UserError
+from harness.errors import HostLost, InfraError, PointsFailed, UserError
 from harness.results_writer import SCHEMA_VERSION
+from harness.vm import QemuExited
 
 FAKE = Path(__file__).resolve().parent / "fakeqemu.py"
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +160,8 @@ def test_a_user_error_in_a_session_stops_the_run(tmp_path, env, monkeypatch):
             started.append(session.key)
             raise UserError("guest.memory_mb 64 is too small for the guest")
 
-    monkeypatch.setattr(bench, "MicroRunner", Refusing)
+    from harness.runners import RUNNERS
+    monkeypatch.setitem(RUNNERS, ("microguest", "host"), Refusing)
     with pytest.raises(UserError, match="too small"):
         bench.run_bench(write_config(tmp_path), say=lambda _m: None)
     assert len(started) == 1  # not once per boot
@@ -169,7 +171,8 @@ def test_a_user_error_in_a_session_stops_the_run(tmp_path, env, monkeypatch):
 
 def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env, monkeypatch):
     """An InfraError from the VM fails the session's points; the next session still runs."""
-    from harness import fio_runner
+    from harness.guest import GuestAssets
+    from harness.runners import fio as fio_runner
     from harness.config import parse_config
     from harness.guest import GuestImage
     from harness.matrix import plan
@@ -196,7 +199,8 @@ def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env,
               ResultsWriter(tmp_path / "run"))
     image = GuestImage(kernel=Path("k"), initrd=Path("i"), append="", ssh_user="root",
                        ssh_key=Path("key"), description="fake")
-    runner = fio_runner.FioRunner(run, config.guests[0], lambda _m: None, image)
+    runner = fio_runner.FioRunner(run, config.guests[0], lambda _m: None,
+                                  GuestAssets({config.guests[0].id: image}))
     advanced = []
     for session in plan(config)[:2]:
         runner.run_session(session, advanced.append)
@@ -321,6 +325,74 @@ def test_auto_accel_probes_with_the_micro_guest(tmp_path, env, monkeypatch, kvm,
     assert again == accel and time.monotonic() - started < 2  # the day's verdict, cached
 
 
+class _ProbeVM:
+    """accelprobe's VM, scripted: launch() and wait_until() raise what the test gives."""
+
+    launch_error: BaseException | None = None
+    wait_error: BaseException | None = None
+    boots = 0
+
+    def __init__(self, spec, host=None):
+        self.returncode = None
+        self.started_at = time.monotonic()
+
+    def launch(self):
+        type(self).boots += 1
+        self._fail(self.launch_error)
+
+    def wait_until(self, done, timeout, what):
+        self._fail(self.wait_error)
+        return "ready"
+
+    def _fail(self, error):
+        if isinstance(error, QemuExited):
+            self.returncode = error.status
+        if error:
+            raise error
+
+    def console(self):
+        return ""
+
+    def kill(self):
+        pass
+
+
+@pytest.mark.parametrize("where, error, cached", [
+    ("wait", InfraError("no ready line from the micro-guest within 3 s"), True),
+    ("wait", QemuExited("QEMU exited with code 1: KVM internal error", 1, Path("q.log")), True),
+    ("launch", QemuExited("QEMU exited with code 1: no KVM module", 1, Path("q.log")), True),
+    ("wait", QemuExited("QEMU exited with code -9", -9, Path("q.log")), False),
+    ("launch", InfraError("QEMU's QMP did not answer within 30 s"), False),
+    ("launch", HostLost("host kvm1: connection lost during starting QEMU"), False),
+    ("wait", HostLost("host kvm1: connection lost during reading the console"), False),
+], ids=["guest-hangs", "qemu-fails", "qemu-refuses", "qemu-killed", "qmp-slow",
+        "host-lost-at-launch", "host-lost-while-waiting"])
+def test_only_kvms_own_answer_is_cached_for_the_day(tmp_path, env, monkeypatch, where, error,
+                                                     cached):
+    """A verdict stands for the day, so only one KVM gave (a guest that hangs or a
+    QEMU that refuses) is cached: not a lost host, a killed QEMU or a slow start."""
+    from harness import accelprobe
+
+    class Probe(accelprobe.Probe):
+        def spec(self, binary, legacy, tmp):
+            return None
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_ProbeVM, f"{where}_error", error)
+    monkeypatch.setattr(_ProbeVM, "boots", 0)
+    monkeypatch.setattr(accelprobe, "VM", _ProbeVM)
+    probe = Probe("the micro-guest", "ready", ("k",))
+    for _ in range(2):
+        if isinstance(error, HostLost):
+            with pytest.raises(HostLost):
+                accelprobe.probe_kvm(str(FAKE), False, probe)
+        else:
+            works, detail = accelprobe.probe_kvm(str(FAKE), False, probe)
+            assert not works and "\n" not in detail
+    assert _ProbeVM.boots == (1 if cached else 2)
+    assert bool(list((tmp_path / "cache").rglob("kvm-probe-*.json"))) == cached
+
+
 def test_a_traced_guest_on_remote_hosts_is_refused_before_anything_runs(tmp_path, env):
     path = write_config(tmp_path, guests=[{"kind": "microguest", "wait": "poll", "trace": True}],
                         hosts=[{"host": "127.0.0.1", "port": 9}])
@@ -328,3 +400,20 @@ def test_a_traced_guest_on_remote_hosts_is_refused_before_anything_runs(tmp_path
         bench.run_bench(path)
     assert not Path(env["HARNESS_RESULTS"]).exists() or not any(
         Path(env["HARNESS_RESULTS"]).iterdir())
+
+
+def test_a_paused_vm_runs_its_guest_only_on_cont(tmp_path, env):
+    """VM(paused=True): QEMU is up and QMP answers, but the guest runs only once the
+    caller sends `cont` (the safety tests act in between)."""
+    from harness.microguest import microguest_spec
+    from harness.vm import VM
+
+    spec = microguest_spec(FAKE, "tcg", None, None, "mode=bench n=5", tmp_path / "console.log",
+                           kernel=tmp_path / "no-kernel", legacy=False)
+    with VM(spec, paused=True) as vm:
+        assert vm.qmp_reply("query-status")["return"]["status"] == "running"
+        time.sleep(0.3)
+        assert vm.console() == "", "the guest ran before cont"
+        vm.qmp_cmd("cont")
+        vm.wait_until(lambda text: "MICROGUEST-RESULT" in text, 10, "the guest's result")
+        assert vm.wait_exit(10) == 33

@@ -31,6 +31,7 @@ def _available_variants(variants: list) -> list:
     return kept
 
 
+@pytest.mark.timeout(600)
 def test_smoke_end_to_end(tmp_path: Path, monkeypatch):
     system_qemu_or_skip()
     config = yaml.safe_load((PROJECT_ROOT / "configs" / "smoke.yaml").read_text())

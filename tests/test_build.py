@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -25,6 +26,16 @@ def _fake_build(tmp_path: Path, inputs: dict) -> Path:
     manifest = {"status": "ok", "binary_sha256": sha256_file(binary), **inputs}
     (build_dir / "manifest.json").write_text(json.dumps(manifest))
     return build_dir
+
+
+def test_remembered_digest_follows_a_rewritten_file(tmp_path):
+    """remote ships with remember=True: a file changed since must not keep its old digest."""
+    path = tmp_path / "binary"
+    path.write_bytes(b"first")
+    assert sha256_file(path, remember=True) == hashlib.sha256(b"first").hexdigest()
+    path.write_bytes(b"the second")
+    assert sha256_file(path, remember=True) == hashlib.sha256(b"the second").hexdigest()
+    assert sha256_file(path) == sha256_file(path, remember=True)
 
 
 def test_manifest_decides_up_to_date(tmp_path):
@@ -75,6 +86,7 @@ def test_cli_rejects_unknown_variant():
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1200)
 def test_real_build_then_noop(source_or_skip, tmp_path):
     """Builds every variant from a real qemu-kvm source (a no-op on a filled cache)."""
     import os

@@ -8,7 +8,7 @@ on baseline as the reference where it says something:
 * the micro-guest, polling / MSI-X / INTx completions, write-then-read verify
   (every variant), and a halted vCPU woken by the data plane's interrupt;
 * MSI-X mask and re-target while requests run (every variant);
-* every malformed-request case (the data-plane variants must survive all);
+* malformed requests (the data-plane variants must survive them);
 * the Linux fio guest (dataplane): fio write+verify (crc32c) at 4k/64k, QD1/32; files on
   ext2 with checksums and raw sectors, then system_reset while fio runs: after
   the reboot the files read the same and I/O works; QMP quit while fio runs:
@@ -52,7 +52,7 @@ CHURN_N = 1500
 # a run takes 25-50 s here, its first completion seconds
 CHURN_WATCHDOG_S = 150
 CHURN_TIMEOUT_MS = 30000
-HALT_WATCHDOG_S = 30                 # a halting run takes 3-15 s; its own timeout is 10 s
+HALT_WATCHDOG_S = 20                 # a halting run takes 3-15 s; its own timeout is 10 s
 DISK_MB = 96
 
 LOGIN = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"), append="console=ttyS0",
@@ -120,7 +120,7 @@ def test_system_qemu_variant_is_refused():
 
 
 def test_watchdog_note_counts_hangs(tmp_path):
-    from harness.nestedbench import WATCHDOG_COLUMNS
+    from harness.runners.nested import WATCHDOG_COLUMNS
     from harness.report import watchdog_note
 
     assert "caught no hung run" in watchdog_note(tmp_path)
@@ -142,13 +142,13 @@ def test_report_names_kvm_nested_and_never_pools_it():
 
 
 def test_an_accel_override_to_kvm_nested_is_checked_like_the_config(tmp_path):
-    from harness.nestedbench import nested_runner
+    from harness.runners import make_runner
 
     config = parse_config("name: t\nvariants: [baseline, {name: q, binary: qemu-system-x86_64}]\n"
                           "disks: [{path: /tmp/x.img}]\n")
-    run = SimpleNamespace(config=config)
+    run = SimpleNamespace(config=config, accel=accel_named("kvm-nested"))
     with pytest.raises(UserError, match="accel kvm-nested: variant 'q'"):
-        nested_runner(run, config.guests[0], print)
+        make_runner(run, config.guests[0], None, print)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -179,7 +179,7 @@ class FakeL1:
 
     def __init__(self, freezes=(), answers=True):
         self.restarts = 0
-        self.freezes = list(freezes)
+        self.freezes = freezes if isinstance(freezes, Exception) else list(freezes)
         self.conn = object()
         self.answer = answers
 
@@ -188,13 +188,17 @@ class FakeL1:
         self.conn = object()
 
     def freezes_during_l2(self):
+        if isinstance(self.freezes, Exception):     # L1 stalls while asked
+            stalled, self.freezes = self.freezes, []
+            self.conn = None
+            raise stalled
         return self.freezes
 
     def answers(self):
         return self.answer
 
 
-def _micro(ok: bool, error: str = "") -> "nested.MicroResult":
+def _micro(ok: bool, error: str = "") -> "MicroResult":
     from harness.microguest import MicroResult
 
     return MicroResult(ok=ok, rw="randwrite", bs=4096, qd=8, n=10, done=10 if ok else 0,
@@ -214,7 +218,7 @@ def _scripted_runs(monkeypatch, outcomes):
             raise outcome
         return outcome
 
-    monkeypatch.setattr(nested, "run_micro_point", run_micro_point)
+    monkeypatch.setattr(nested.l2, "run_micro_point", run_micro_point)
     return calls
 
 
@@ -255,6 +259,19 @@ def test_a_point_disturbed_every_time_fails_with_the_count(monkeypatch, tmp_path
     with pytest.raises(InfraError, match=r"3 disturbed runs; no result kept"):
         _watchdog(l1, tmp_path, nested.Attempts())
     assert l1.restarts == 2
+
+
+def test_l1_stalling_while_asked_for_its_freezes_is_booted_again(monkeypatch, tmp_path):
+    """The freeze check after a failed result runs in L1 too: a stall there is
+    one more disturbed run (a new L1, the point once more), not a dead L1 that
+    every later point fails on."""
+    l1 = FakeL1(freezes=nested.L1Stalled("L1 stopped answering (tail)"))
+    calls = _scripted_runs(monkeypatch, [_micro(False, "completion-timeout"), _micro(True)])
+    attempts = nested.Attempts()
+    assert _watchdog(l1, tmp_path, attempts).ok
+    assert l1.restarts == 1 and l1.conn is not None and attempts.retries == 1
+    assert calls[1].name == "p.console.log.retry1"
+    assert "L1 stopped answering (tail)" in Path(attempts.hangs[0]).read_text()
 
 
 HUNG_REGISTERS = """== L2 monitor: info registers
@@ -454,20 +471,30 @@ def test_msix_mask_and_retarget_under_l1_kvm(l1, variant, record_property):
     assert result.ok, f"{result.raw}; {where}"
 
 
+# The parsing of a malformed request is the same code under either accelerator, and every
+# case runs on both data-plane variants under TCG (tests/test_dataplane.py).  Under KVM what
+# differs is how the thread is woken (ioeventfd), maps guest RAM (KVM's slots) and reports
+# a broken ring (an interrupt by the irqchip route): one case each of an address outside
+# RAM across pages, an address that wraps, a loop, a ring index the guest jumped, a chain
+# longer than the ring.  All sixteen took 280 s of L2 boots here, this set 90.
+L1_HOSTILE_CASES = ("addr-outside-ram-8k", "addr-wrap", "desc-loop", "avail-idx-jump",
+                    "too-many-descs")
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("variant", DATA_PLANE)
-def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
-    """The data-plane variants survive every malformed request under KVM.
+def test_hostile_cases_under_l1_kvm(l1, variant, record_property):
+    """The data-plane variants survive malformed requests under KVM (L1_HOSTILE_CASES).
 
     Not on the baseline: the 2012 block layer exits on most of them, its
     own behaviour and no claim of ours (one case of it is recorded under
-    TCG, tests/test_microguest.py); here it cost a minute and a half of L2
-    boots."""
+    TCG, tests/test_microguest.py)."""
     spec = _variant(l1, variant)
     outcomes = {}
     stalls = nested.Attempts()
-    for case in HOSTILE_CASES:
+    assert set(L1_HOSTILE_CASES) <= set(HOSTILE_CASES)
+    for case in L1_HOSTILE_CASES:
         log = l1.work / f"hostile.{variant}.{case}.console.log"
         result = nested.retry_after_l1_stall(
             l1, lambda: nested.run_hostile_case(l1, spec, case, l1.disk, log), stalls, log)
@@ -476,7 +503,7 @@ def test_every_hostile_case_under_l1_kvm(l1, variant, record_property):
     survived = sum(r.qemu_survived for r in outcomes.values())
     record_property("survived", survived)
     record_property("l1_stalls", stalls.retries)
-    print(f"{variant}: survived {survived} of {len(HOSTILE_CASES)}: "
+    print(f"{variant}: survived {survived} of {len(L1_HOSTILE_CASES)}: "
           + ", ".join(f"{c}={r.observed}" for c, r in outcomes.items()))
     dead = {c: f"{r.qemu_state} {r.qemu_message[-120:]}" for c, r in outcomes.items()
             if not r.qemu_survived}
@@ -637,3 +664,15 @@ def _fio_guest_checks(l1, spec: VariantSpec, record_property) -> None:
     print(f"{variant}: L2 QEMU gone {gone_s:.1f} s after quit (exit status {status})")
     assert state == "exited", "the L2 QEMU did not exit after QMP quit"
     assert gone_s < 5.0, f"quit took {gone_s:.1f} s as seen from L0 (5 s allowed)"
+
+
+def test_the_l1_scripts_are_files_with_the_harness_values_in_place():
+    from harness.nested import scripts
+
+    for name in ("l1-init", "l2-start", "l2-wait", "l1-diagnose"):
+        text = scripts.script(name)
+        assert "@" not in text.replace('"$@"', ""), f"{name}: a value left out: {text}"
+    assert f"echo \"{scripts.L1_READY} $(cut" in scripts.L1_INIT
+    assert f"mkdir -p {scripts.L2_DIR}" in scripts.L1_INIT
+    assert f"wc -l < {scripts.L1_FREEZES}" in scripts.L2_START
+    assert scripts.L1_INIT.startswith("#!/bin/sh\n# /init of the harness's L1")

@@ -17,7 +17,7 @@ import pytest
 from harness import microguest as mg
 from harness.config import VariantSpec
 from harness.errors import InfraError, UserError
-from harness.hostfio import host_fio_ceiling
+from harness.runners.ceiling import host_fio_ceiling
 from harness.matrix import Point, Workload
 from harness.paths import cache_dir
 from harness.proc import cpu_seconds, run
@@ -205,6 +205,7 @@ def _check_run(result: mg.MicroResult, n: int) -> None:
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("qd", [1, 16])
 @pytest.mark.parametrize("wait", ["poll", "irq", "intx"])
 def test_randread(kernel, disk, tmp_path, qd, wait):
@@ -225,6 +226,7 @@ def test_randread(kernel, disk, tmp_path, qd, wait):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 @pytest.mark.parametrize("wait, kick", [("poll", "every"), ("irq", "every"),
                                         ("poll-irq-on", "honour"), ("poll-irq-on", "every")])
 def test_wait_and_kick_modes(kernel, disk, tmp_path, wait, kick):
@@ -248,6 +250,7 @@ def test_wait_and_kick_modes(kernel, disk, tmp_path, wait, kick):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 def test_randwrite_verify(kernel, disk, tmp_path):
     n = 1000
     result = mg.run_microguest_point(SYSTEM_QEMU, "tcg", disk, SYSTEM,
@@ -260,6 +263,7 @@ def test_randwrite_verify(kernel, disk, tmp_path):
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(120)
 def test_no_result_is_infra_error(kernel, tmp_path):
     missing = tmp_path / "absent.img"
     with pytest.raises(InfraError, match="console"):
@@ -294,6 +298,7 @@ def _check_hostile_consistent(result: mg.HostileResult, binary: str, variant: Va
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", ["unknown-type", "desc-loop", "head-out-of-range"])
 def test_hostile_system_qemu(kernel, disk, tmp_path, case):
     result = mg.run_hostile_case(SYSTEM_QEMU, "tcg", disk, SYSTEM, case,
@@ -316,13 +321,19 @@ def _baseline_binary() -> Path | None:
 
 
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_hostile_baseline_records_exit(kernel, disk, tmp_path):
+    """The 2012 baseline exits on a looped descriptor chain (README, Robustness):
+    the case must be recorded as QEMU's exit with its message, not as a survival."""
     binary = os.environ.get("HARNESS_BASELINE_QEMU") or _baseline_binary()
     if not binary:
         pytest.skip("no 2012 baseline build (set HARNESS_BASELINE_QEMU or build it first)")
     variant = VariantSpec(name="baseline")
     result = mg.run_hostile_case(binary, "tcg", disk, variant, "desc-loop",
                                  tmp_path / "console.log", timeout=120, kernel=kernel)
+    assert not result.qemu_survived and result.qemu_state == "exited"
+    assert result.qemu_exit_status == 1 and "Looped descriptor" in result.qemu_message
+    assert result.observed == "qemu-exited"
     _check_hostile_consistent(result, str(binary), variant, disk, kernel, tmp_path)
 
 
@@ -337,6 +348,7 @@ def _kvm_usable() -> str | None:
 
 @pytest.mark.e2e
 @needs_qemu
+@pytest.mark.timeout(180)
 def test_microguest_kvm(kernel, disk, tmp_path):
     reason = _kvm_usable()
     if reason:
@@ -363,6 +375,7 @@ def test_cpu_seconds_of_a_process():
 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (Debian package fio)")
+@pytest.mark.timeout(180)
 def test_host_fio_ceiling(disk):
     row = host_fio_ceiling(disk, Workload("randread", "4k", 4, 1), 1)
     assert tuple(row) == COLUMNS

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -87,3 +91,58 @@ def test_an_interrupt_while_a_child_starts_does_not_lose_it(tmp_path, monkeypatc
     assert len(started) == 2 and started[1].poll() is not None
     with pytest.raises(KeyboardInterrupt):  # outside a start, the handler interrupts at once
         proc_mod.interrupt_handler(signal.SIGTERM, None)
+
+
+# the parent of test_children_die_with_a_killed_harness: it starts a child through
+# proc (argv[1]: "process" or "run"), prints the child's pid, then waits to be killed
+_PARENT = """
+import sys, threading, time
+from pathlib import Path
+from harness.proc import Process, run
+
+how, folder = sys.argv[1], Path(sys.argv[2])
+if how == "process":
+    child = Process(["sleep", "300"], folder / "child.log").start()
+    print(child.pid, flush=True)
+else:
+    pid_file = folder / "child.pid"
+    threading.Thread(target=run, args=(["sh", "-c", f"echo $$ > {pid_file}; exec sleep 300"],),
+                     daemon=True).start()
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        time.sleep(0.05)
+    print(pid_file.read_text().strip(), flush=True)
+time.sleep(300)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only a zombie (nobody reaps it in some containers)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["process", "run"])
+def test_children_die_with_a_killed_harness(tmp_path, how):
+    """SIGKILL (or the OOM killer) gives the harness no chance to clean up: its
+    children must die with it by themselves (PR_SET_PDEATHSIG)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, how, str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert not _gone(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = not _gone(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)   # not left behind by the test either
+    assert not alive, f"child {child} outlived its killed parent"

@@ -24,6 +24,7 @@ from harness.cli import run_cli
 from harness.errors import UserError
 from harness.hosts import HostSpec, merge_hosts, parse_host
 from harness.results import COLUMNS
+from harness.util import free_port
 from sshd import make_sshd, sshd_missing
 
 from conftest import built_binary_or_skip
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.e2e
 # ------------------------------------------------------------------ pure logic
 
 
+@pytest.mark.timeout(60)
 def test_host_addresses_parse_and_label():
     spec = parse_host("lab@kvm1:2222")
     assert (spec.user, spec.host, spec.port, spec.label) == ("lab", "kvm1", 2222, "kvm1:2222")
@@ -133,6 +135,7 @@ def bench(config: Path, capsys, *extra: str) -> tuple[int, str]:
 # ------------------------------------------------------------------ end to end
 
 
+@pytest.mark.timeout(240)
 def test_micro_guest_through_one_host_matches_a_local_run(env, host_a, capsys):
     local = micro_config(env, "micro-local", [])
     remote = micro_config(env, "micro-remote", [host_a.host_yaml(env / "work-a")])
@@ -152,6 +155,7 @@ def test_micro_guest_through_one_host_matches_a_local_run(env, host_a, capsys):
     assert code == 0 and "shipped 0 bytes of new files" in said, said
 
 
+@pytest.mark.timeout(600)
 def test_smoke_config_through_one_host(env, host_a, capsys):
     config = smoke_config(env, [host_a.host_yaml(env / "work-a")])
     code, said = bench(config, capsys)
@@ -164,6 +168,7 @@ def test_smoke_config_through_one_host(env, host_a, capsys):
     assert f"on host {host_a.address}" in report
 
 
+@pytest.mark.timeout(180)
 def test_two_hosts_share_a_run_each_point_once(env, host_a, host_b, capsys):
     config = micro_config(env, "micro-two", [host_a.host_yaml(env / "work-a"),
                                              host_b.host_yaml(env / "work-b")], reps=2)
@@ -181,8 +186,8 @@ def test_two_hosts_share_a_run_each_point_once(env, host_a, host_b, capsys):
 # ------------------------------------------------------------------ failures
 
 
+@pytest.mark.timeout(60)
 def test_connection_refused_is_one_line_and_exit_2(env, capsys):
-    from sshd import free_port
     port = free_port()
     config = micro_config(env, "micro-refused", [{"host": "127.0.0.1", "port": port,
                                                   "workdir": str(env / "work-x")}])
@@ -192,6 +197,7 @@ def test_connection_refused_is_one_line_and_exit_2(env, capsys):
     assert len(lines) == 1 and "connection refused" in lines[0] and str(port) in lines[0]
 
 
+@pytest.mark.timeout(120)
 def test_host_without_fio_says_what_to_install(env, capsys):
     bare = env / "bin-without-fio"
     bare.mkdir(exist_ok=True)
@@ -239,6 +245,7 @@ def _stop_after_first_row(server, env: Path, name: str) -> threading.Thread:
     return thread
 
 
+@pytest.mark.timeout(180)
 def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
     doomed = make_sshd(env / "sshd-doomed").start()
     config = micro_config(env, "micro-lost2", [doomed.host_yaml(env / "work-d", name="doomed"),
@@ -257,6 +264,7 @@ def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
     assert not _processes_mentioning(str(env / "work-d"))
 
 
+@pytest.mark.timeout(240)
 def test_the_only_host_lost_fails_the_rest_with_the_reason_then_resume(env, host_a, capsys):
     doomed = make_sshd(env / "sshd-alone").start()
     config = micro_config(env, "micro-lost1", [doomed.host_yaml(env / "work-e", name="alone")],
@@ -286,6 +294,7 @@ def test_the_only_host_lost_fails_the_rest_with_the_reason_then_resume(env, host
     assert {r["host"] for r in again} == {"alone", host_a.address}
 
 
+@pytest.mark.timeout(600)
 def test_ctrl_c_stops_the_run_and_qemu_there(env, host_a):
     workdir = env / "work-int"
     config = micro_config(env, "micro-int", [host_a.host_yaml(workdir)], iodepth=(1, 2, 4, 8))

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import plots
+from harness import headline, latency_cdf, plots, published
 from harness.errors import UserError
 from harness.matrix import Workload
 from harness.results import COLUMNS
 from harness.published import compare_with_published, load_published
 from harness.report import write_report as _write_report
-from harness.results import ResultsStore, failed_row, frame_from_rows, new_row
+from harness.results import (ResultsStore, failed_row, frame_from_rows, new_row, read_results,
+                             row_key)
 from harness.summary import RunNumbers
 
 FAILED_LOG = "logs/dataplane.file.r2.console.log"
@@ -38,10 +39,11 @@ def write_report(run_dir, baseline: str, **kw) -> Path:
     return _write_report(run_dir, baseline, **kw).markdown
 
 
-def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True) -> list[dict]:
+def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = True,
+         depths: tuple[int, ...] = (1, 16, 64)) -> list[dict]:
     rng = np.random.default_rng(7)
     out = []
-    for qd in (1, 16, 64):
+    for qd in depths:
         for rep in range(1, reps + 1):
             for variant, scale in (("baseline", 1.0), ("dataplane", speedup), ("host-fio", 3.0)):
                 if variant == "host-fio" and not host:
@@ -59,8 +61,17 @@ def rows(accel: str = "tcg", speedup: float = 1.8, reps: int = 3, host: bool = T
                                    disk="file", workload=workload, rep=rep, log="logs/x.log",
                                    started_at="2026-11-25T04:00:00+00:00", iops=iops,
                                    lat_mean_us=lat, lat_p50_us=lat, lat_p99_us=2 * lat,
-                                   lat_p999_us=3 * lat))
+                                   lat_p999_us=3 * lat, **cpu_columns(variant, iops)))
     return out
+
+
+def cpu_columns(variant: str, iops: float) -> dict[str, float]:
+    """Host CPU µs per I/O as threads.py splits it: 1.5 cores' worth, the data plane's
+    share on its I/O thread, the baseline's on the main loop."""
+    total = 1.5e6 / iops
+    moved = "cpu_us_per_io_iothread" if variant == "dataplane" else "cpu_us_per_io_main"
+    return {"cpu_us_per_io": total, "cpu_us_per_io_vcpu": 0.6 * total, moved: 0.3 * total,
+            "cpu_us_per_io_other": 0.1 * total}
 
 
 def make_run(path, accel: str = "tcg", manifest: dict | None = None, hostile: bool = False):
@@ -95,7 +106,7 @@ def test_report_has_accelerator_table_failures_and_plots(tmp_path):
     assert "| addr-outside-ram-8k | baseline | tcg | False | exited | 1 | True | " \
         "qemu-system-x86_64: virtio: trying to map MMIO memory |" in hostile
     published = text.split("## Published figures")[1]
-    # generated from configs/published.yaml and our rows: their 1.60 beside our dataplane ratio
+    # generated from harness/data/published.yaml and our rows: their 1.60 beside our dataplane ratio
     line = next(l for l in published.splitlines() if l.startswith("| qemu.git dd67c1d7")
                 or "| ownaio/blocklayer |" in l)
     assert "| 1.60 |" in line and "dataplane/baseline (fio guest, disk file, tcg)" in line
@@ -339,3 +350,247 @@ def test_cli_report_json_warns_about_malformed_rows(tmp_path):
     assert f"summary: {run / 'summary.json'}" in result.output
     document = json.loads((run / "summary.json").read_text())
     assert document["malformed_rows"] == [{"line": line, "reason": f"3 fields, the header has {len(COLUMNS)}"}]
+
+
+def _series_lines(fig) -> list:
+    """The Line2D of every panel that joins two or more points (the 1× rule left out)."""
+    return [line for ax in fig.axes for line in ax.get_lines()
+            if len(line.get_xdata()) >= 2 and list(line.get_ydata()) != [1.0, 1.0]]
+
+
+def _line_figures(depths: tuple[int, ...]) -> dict:
+    numbers = RunNumbers.of(frame_from_rows(rows(depths=depths)), "baseline")
+    colors = plots.variant_colors(numbers.rows["variant"], "baseline")
+    ok = numbers.summary[numbers.summary["n_ok"] > 0]
+    return {"iops": plots.iops_figure(ok, colors, "TCG"),
+            "latency": plots.latency_figure(ok, colors, "TCG"),
+            "speedup": plots.speedup_figure(numbers.ratios, colors, "TCG", "baseline"),
+            "efficiency": plots.efficiency_figure(ok, colors, "TCG")}
+
+
+def test_two_depths_are_drawn_as_markers_without_a_line():
+    for name, fig in _line_figures((1, 16)).items():
+        lines = _series_lines(fig)
+        assert lines, name
+        assert {line.get_linestyle() for line in lines} == {"None"}, name
+        assert all(line.get_marker() not in (None, "None", "") for line in lines), name
+
+
+def test_three_depths_are_joined_by_lines():
+    for name, fig in _line_figures((1, 16, 64)).items():
+        joined = [line for line in _series_lines(fig) if line.get_linestyle() != "None"]
+        assert joined, name
+
+
+# --- the headline figure --------------------------------------------------------------------
+
+def _store(path: Path, records: list[dict]) -> Path:
+    store = ResultsStore(path)
+    for row in records:
+        store.append(row)
+    return path
+
+
+def _visible_axes(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_report_leads_with_the_headline_figure(tmp_path):
+    report = _write_report(make_run(tmp_path, manifest=MANIFEST), "baseline")
+    text = report.markdown.read_text()
+    banner = text.index("> **Accelerator: TCG")
+    lead = text.index("## Headline")
+    assert banner < lead < text.index("## Run facts")
+    section = text[lead:text.index("## Run facts")]
+    assert "![headline](plots/headline.png)" in section
+    # the caption: the run, the accelerator, the repetitions (2 of the dataplane's at QD64
+    # are left after a failure), what the whiskers and bars are
+    assert "Run r1, accelerator TCG (software emulation), fio 2–3 repetitions" in section
+    assert "95% Welch t interval" in section and "host CPU µs" in section
+    assert "Dashed whiskers" in section          # QD64's ratio has no CI: its min–max
+    for suffix in (".png", ".svg"):
+        assert tmp_path / "plots" / f"headline{suffix}" in report.plots
+        assert (tmp_path / "plots" / f"headline{suffix}").stat().st_size > 1000
+
+
+def test_headline_draws_the_ratios_and_cpu_of_the_summary():
+    numbers = RunNumbers.of(frame_from_rows(rows()), "baseline")
+    colors = plots.variant_colors(numbers.rows["variant"], "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [p.key["guest"] for p in found] == ["fio"]
+    fig = plots.headline_figure(found, colors, "TCG", "baseline")
+    top, bottom = _visible_axes(fig)
+    markers = [line for line in top.get_lines() if line.get_marker() == "o"]
+    expected = numbers.ratios.sort_values("iodepth")["ratio"].tolist()
+    assert sorted(float(m.get_ydata()[0]) for m in markers) == pytest.approx(sorted(expected))
+    assert [t.get_text() for t in top.get_xticklabels()] == ["QD1", "QD16", "QD64"]
+    bars = sorted(patch.get_height() for patch in bottom.patches)
+    cpu = numbers.summary[numbers.summary["variant"] != "host-fio"]["cpu_us_per_io_median"]
+    assert bars == pytest.approx(sorted(cpu.dropna()))
+    assert len(bars) == 6                         # baseline and dataplane at three depths
+
+
+def test_headline_without_cpu_has_no_cpu_row():
+    records = [{**r, **{c: np.nan for c in cpu_columns("baseline", 1.0)}} for r in rows()]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    fig = plots.headline_figure(found, plots.variant_colors(numbers.rows["variant"], "baseline"),
+                                "TCG", "baseline")
+    assert len(_visible_axes(fig)) == 1
+    assert "Host CPU per I/O was not recorded" in headline.caption(found, "r1", "TCG", "baseline",
+                                                                   False)
+
+
+def test_headline_takes_one_workload_per_guest_the_rfcs_random_reads():
+    # randwrite and 4 jobs beside randread with 1 job, and a second guest
+    records = rows() + [{**r, "rw": "randwrite"} for r in rows()] \
+        + [{**r, "numjobs": 4} for r in rows()] + [{**r, "guest": "microguest-irq"} for r in rows()]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [(p.key["guest"], p.key["rw"], p.key["numjobs"]) for p in found] == \
+        [("fio", "randread", 1), ("microguest-irq", "randread", 1)]
+    assert all(set(p.ratios["iodepth"]) == {1, 16, 64} for p in found)
+    assert all(set(p.variants["variant"]) == {"baseline", "dataplane"} for p in found)
+    fig = plots.headline_figure(found, plots.variant_colors(numbers.rows["variant"], "baseline"),
+                                "TCG", "baseline")
+    assert len(_visible_axes(fig)) == 4           # a ratio and a CPU panel per guest
+
+
+def test_kvm_nested_run_gets_no_headline_and_no_speedup_figure(tmp_path):
+    run = _store(tmp_path, rows("kvm-nested"))
+    plots_dir = tmp_path / "plots"
+    plots_dir.mkdir()
+    (plots_dir / "speedup.png").write_bytes(b"drawn by an older report")
+    report = _write_report(run, "baseline")
+    text = report.markdown.read_text()
+    assert not (plots_dir / "headline.png").exists() and not (plots_dir / "speedup.png").exists()
+    assert "![headline]" not in text and "plots/speedup.png" not in text
+    lead = text.split("## Headline")[1].split("##")[0]
+    assert "No headline figure: every ratio of this run is accel kvm-nested" in lead
+    assert "No speed-up plot: every ratio of this run is accel kvm-nested" in text
+    assert "plots/iops_vs_iodepth.png" in text    # its functional figures are still drawn
+
+
+def test_kvm_nested_rows_are_left_out_of_a_mixed_run(tmp_path):
+    records = rows("tcg") + [{**r, "guest": "microguest-irq"} for r in rows("kvm-nested")]
+    numbers = RunNumbers.of(frame_from_rows(records), "baseline")
+    found = headline.panels(numbers.ratios, numbers.summary)
+    assert [(p.key["guest"], p.key["accel"]) for p in found] == [("fio", "tcg")]
+    text = write_report(_store(tmp_path, records), "baseline").read_text()
+    assert "Rows with accel kvm-nested are left out" in text.split("## Run facts")[0]
+    fig = plots.speedup_figure(headline.speed_rows(numbers.ratios),
+                               plots.variant_colors(numbers.rows["variant"], "baseline"),
+                               "mixed", "baseline")
+    assert [ax.get_title() for ax in _visible_axes(fig)] == ["fio · file · randread 4k · 1 job"]
+
+
+# --- published.png ---------------------------------------------------------------------------
+
+def _published_rows(fio_bound: str = "") -> list[dict]:
+    """fio and a micro-guest, each with the dataplane and a sibling data-plane variant."""
+    fio = [{**r, "bound": fio_bound if r["variant"] != "host-fio" else ""} for r in rows()]
+    sibling = [{**r, "variant": "dataplane-nomerge"} for r in fio if r["variant"] == "dataplane"]
+    micro = [{**r, "guest": "microguest-irq", "bound": ""} for r in fio + sibling
+             if r["variant"] != "host-fio"]
+    return fio + sibling + micro
+
+
+def test_published_plot_has_one_row_per_published_figure():
+    table = compare_with_published(frame_from_rows(_published_rows()), "baseline").ratios
+    numbered = table[table["their_ratio"].notna()]
+    figures = list(dict.fromkeys(numbered["figure"]))
+    assert len(numbered) > len(figures)              # several of ours per published figure
+    fig = plots.published_figure(table, "TCG")
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert [label.split(" (")[0] for label in labels] == figures
+    assert len(ax.collections[0].get_offsets()) == len(figures)   # one published marker each
+    # the data plane itself (not its sibling), in the fio guest (a Linux guest like theirs)
+    assert all("ours: dataplane/" in label and "fio guest" in label for label in labels)
+
+
+def test_most_comparable_passes_over_a_guest_bound_ratio():
+    table = compare_with_published(frame_from_rows(_published_rows("guest")), "baseline").ratios
+    picked = published.most_comparable(table)
+    assert list(picked["figure"]) == list(dict.fromkeys(
+        table.loc[table["their_ratio"].notna(), "figure"]))
+    ratios = picked[picked["kind"] != "qemu/host"]   # host fio is only beside the fio guest
+    assert set(ratios["guest"]) == {"microguest-irq"} and not ratios["guest_bound"].any()
+    assert set(ratios["our_variant"]) == {"dataplane/baseline"}
+
+
+# --- fio's latency distribution ----------------------------------------------------------------
+
+PERCENTILES = (1.0, 10.0, 50.0, 90.0, 99.0, 99.9, 99.99)
+
+
+def fio_json(rw: str, scale_us: float) -> dict:
+    """fio's JSON as it keeps it: clat percentiles (ns) of the direction that did I/O."""
+    table = {f"{p:.6f}": int(scale_us * 1000 * (1 + p / 20)) for p in PERCENTILES}
+    reads = rw != "randwrite"
+    side = {"total_ios": 1000, "clat_ns": {"min": 1, "percentile": table}}
+    idle = {"total_ios": 0, "clat_ns": {"min": 0, "percentile": {"50.000000": 0}}}
+    return {"jobs": [{"read": side if reads else idle, "write": idle if reads else side}]}
+
+
+def _fio_run(path: Path, keep_raw: bool = True) -> Path:
+    """rows() with each point's fio JSON under raw/, as fio_runner keeps it."""
+    records = []
+    for row in rows(depths=(1, 16)):
+        if row["variant"] != "host-fio":
+            row = {**row, "log": f"raw/{row_key(row)}.json"}
+            if keep_raw:
+                raw = path / row["log"]
+                raw.parent.mkdir(parents=True, exist_ok=True)
+                scale = 1e6 / row["iops"] * row["iodepth"]
+                raw.write_text(json.dumps(fio_json(row["rw"], scale)))
+        records.append(row)
+    return _store(path, records)
+
+
+def test_fio_latency_cdf_is_drawn_from_the_raw_json(tmp_path):
+    report = _write_report(_fio_run(tmp_path), "baseline")
+    text = report.markdown.read_text()
+    plots_part = text.split("## Plots")[1]
+    assert "![latency-cdf](plots/latency-cdf.png)" in plots_part
+    assert (tmp_path / "plots" / "latency-cdf.png").stat().st_size > 1000
+    found = latency_cdf.read_distributions(tmp_path, read_results(tmp_path).frame)
+    fig = plots.latency_cdf_figure(found.points, plots.variant_colors(["dataplane"], "baseline"),
+                                   "TCG")
+    axes = _visible_axes(fig)
+    assert [ax.get_title().rsplit("· ", 1)[1] for ax in axes] == ["QD1", "QD16"]
+    # the bold line of each variant: the median over the repetitions of each percentile
+    for ax, depth in zip(axes, (1, 16)):
+        bold = {line.get_label(): line for line in ax.get_lines() if line.get_linewidth() == 2.0}
+        assert set(bold) == {"baseline", "dataplane"}
+        raws = [json.loads((tmp_path / "raw" / f"{row_key(r)}.json").read_text())
+                for r in rows(depths=(1, 16))
+                if r["variant"] == "dataplane" and r["iodepth"] == depth]
+        p50 = np.median([r["jobs"][0]["read"]["clat_ns"]["percentile"]["50.000000"] / 1000
+                         for r in raws])
+        line = bold["dataplane"]
+        assert line.get_xdata()[list(line.get_ydata()).index(0.5)] == pytest.approx(p50)
+
+
+def test_micro_guest_run_has_no_latency_cdf(tmp_path):
+    records = [{**r, "guest": "microguest-irq", "log": f"raw/{row_key(r)}.json"} for r in rows()]
+    for row in records:                             # the micro-guest's lines: no percentiles
+        (tmp_path / "raw").mkdir(exist_ok=True)
+        (tmp_path / row["log"]).write_text(json.dumps({"iops": row["iops"]}))
+    text = write_report(_store(tmp_path, records), "baseline").read_text()
+    assert not (tmp_path / "plots" / "latency-cdf.png").exists()
+    assert "latency-cdf" not in text and "latency distribution" not in text
+
+
+def test_fio_run_without_its_raw_json_says_so(tmp_path):
+    text = write_report(_fio_run(tmp_path, keep_raw=False), "baseline").read_text()
+    assert not (tmp_path / "plots" / "latency-cdf.png").exists()
+    assert "No fio latency distribution: the fio points' raw JSON" in text.split("## Plots")[1]
+
+
+def test_clat_percentiles_of_writes_are_the_writes():
+    write = latency_cdf.clat_percentiles(fio_json("randwrite", 100.0), "randwrite")
+    read = latency_cdf.clat_percentiles(fio_json("randread", 100.0), "randread")
+    assert set(write) == set(read) == set(PERCENTILES)
+    assert write[50.0] == read[50.0] == pytest.approx(100.0 * 3.5)
+    assert latency_cdf.clat_percentiles({"jobs": []}, "randread") == {}

@@ -250,3 +250,28 @@ def test_a_newer_file_or_a_foreign_csv_is_refused(tmp_path):
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="not a harness results.csv"):
         read_results(tmp_path)
+
+
+def test_a_retry_rewrites_the_file_without_losing_a_malformed_line(tmp_path):
+    """Replacing a point's row rewrites results.csv: every other line, malformed
+    ones included, must come through as it was (read_results names them)."""
+    from harness.results_writer import ResultsWriter
+
+    writer = ResultsWriter(tmp_path)
+    ok = parse(HOST_DIR / "randread-4k-qd4-j1.json")
+    writer.append(ok)
+    writer.append(failed())
+    writer.append({**ok, "rep": 2, "status": "failed", "error": "two\nlines"})  # quoted newline
+    good = (tmp_path / "results.csv").read_text().splitlines()[1]
+    foreign = ["run1,fio,too,short", good.replace(",1,ok,", ",one,ok,")]
+    with open(tmp_path / "results.csv", "a") as handle:
+        handle.write("\n".join(foreign) + "\n")
+    before = (tmp_path / "results.csv").read_text().splitlines()
+    writer.append({**failed(), "status": "ok", "error": ""})   # the retry of the failed point
+    after = (tmp_path / "results.csv").read_text().splitlines()
+    assert after[:2] == before[:2] and after[2:-1] == before[3:]   # the failed row replaced
+    assert all(line in after for line in foreign)
+    results = read_results(tmp_path)
+    assert len(results.bad_lines) == 2 and len(results.records) == 3
+    assert [r["status"] for r in results.records] == ["ok", "failed", "ok"]
+    assert results.records[1]["error"] == "two\nlines"

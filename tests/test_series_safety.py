@@ -32,12 +32,8 @@ opened.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -51,8 +47,7 @@ from harness import microguest as mg
 from harness.config import VariantSpec
 from harness.errors import UserError
 from harness.matrix import Workload
-from harness.proc import kill_group
-from harness.vm import qemu_argv
+from harness.vm import VM, VMSpec, qemu_argv
 
 from conftest import built_binary_or_skip
 
@@ -88,13 +83,6 @@ def _kvm_or_skip(accel: str) -> None:
     os.close(fd)
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_bytes().decode(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
 @pytest.fixture(scope="session")
 def kernel() -> Path:
     try:
@@ -113,35 +101,36 @@ def disk(tmp_path) -> Path:
 
 # ---------------------------------------------------------------- a running guest
 
+QMP_TIMEOUT_S = 20.0  # a monitor busy beside a TCG guest on a loaded host answers late
+
 
 @dataclass
 class Guest:
-    proc: subprocess.Popen
-    console: Path
-    stderr: Path
-    qmp: Path
-    argv: list[str]
+    """A launched micro-guest (vm.VM) and what the tests ask of it."""
+
+    vm: VM
 
     def text(self) -> str:
-        return _read(self.console)
+        return self.vm.console()
 
     def where(self) -> str:
-        return f"console: {self.console}, QEMU output: {self.stderr}"
+        return f"console: {self.vm.spec.console_log}, QEMU output: {self.vm.spec.stderr_log}"
 
     def qemu_output(self) -> str:
-        return _read(self.stderr)
+        return self.vm.process.output()
+
+    @property
+    def pid(self) -> int | None:
+        return self.vm.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """QEMU's exit status once it has exited, else None."""
+        return self.vm.returncode
 
     def wait_for(self, marker: str, timeout: float, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while self.text().count(marker) < count:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"QEMU exited with {self.proc.returncode} before the guest "
-                                     f"printed {marker!r}: {self.qemu_output()[-800:]}; "
-                                     f"{self.where()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the guest did not print {marker!r} within {timeout:.0f} s; "
-                                     f"{self.where()}")
-            time.sleep(0.05)
+        self.vm.wait_until(lambda text: text.count(marker) >= count, timeout,
+                           f"{marker!r} from the guest")
 
     def result(self, timeout: float, count: int = 1) -> dict[str, Any]:
         self.wait_for(mg.RESULT_PREFIX, timeout, count)
@@ -152,123 +141,52 @@ class Guest:
         assert data is not None, self.where()
         return data
 
+    def exit_status(self, timeout: float) -> int:
+        """QEMU's exit status once the guest has powered off."""
+        status = self.vm.wait_exit(timeout)
+        if status is None:
+            raise AssertionError(f"QEMU still runs {timeout:.0f} s after the guest finished; "
+                                 f"{self.where()}")
+        return status
+
     def qmp_cmd(self, command: str, **arguments: Any) -> dict[str, Any]:
         """One QMP command; the whole reply ({"return": ...} or {"error": ...})."""
-        return qmp_raw(self.qmp, command, arguments)
+        return self.vm.qmp_reply(command, QMP_TIMEOUT_S, **arguments)
 
     def hmp(self, command_line: str) -> str:
         reply = self.qmp_cmd("human-monitor-command", **{"command-line": command_line})
         assert "return" in reply, reply
         return reply["return"]
 
-    def quit(self, grace_s: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            try:
-                self.qmp_cmd("quit")
-            except (OSError, ValueError):
-                pass
-        try:
-            return self.proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            kill_group(self.proc)
-            self.proc.wait()
-            raise AssertionError(f"QEMU did not exit within {grace_s:.0f} s of QMP quit") from None
+    def quit(self, grace_s: float = 20.0) -> int | None:
+        """QMP quit; QEMU's exit status (killed after grace_s: a signal's)."""
+        return self.vm.shutdown(grace_s)
 
 
-def _connected(sock_path: Path, timeout: float, within_s: float = 10.0) -> socket.socket:
-    """A socket connected to QMP.  QEMU binds its socket before it listens: a
-    connection refused right after the file appears is retried for a while."""
-    deadline = time.monotonic() + within_s
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(sock_path))
-            return sock
-        except ConnectionRefusedError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def qmp_raw(sock_path: Path, command: str, arguments: dict[str, Any] | None = None,
-            timeout: float = 20.0) -> dict[str, Any]:
-    """Connect, negotiate capabilities, send one command; its reply, errors included."""
-    with _connected(sock_path, timeout) as sock:
-        reader = sock.makefile("rb")
-
-        def reply() -> dict[str, Any]:
-            while True:
-                line = reader.readline()
-                if not line:
-                    raise OSError("QMP connection closed")
-                msg = json.loads(line)
-                if "return" in msg or "error" in msg:
-                    return msg
-
-        greeting = json.loads(reader.readline())
-        assert "QMP" in greeting, greeting
-        sock.sendall(b'{"execute": "qmp_capabilities"}\n')
-        reply()
-        cmd: dict[str, Any] = {"execute": command}
-        if arguments:
-            cmd["arguments"] = arguments
-        sock.sendall(json.dumps(cmd).encode() + b"\n")
-        return reply()
-
-
-def _wait_qmp(path: Path, proc: subprocess.Popen, stderr: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"QEMU exited with {proc.returncode}: {_read(stderr)[-800:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no QMP socket within {timeout:.0f} s: {_read(stderr)[-800:]}")
-        time.sleep(0.05)
-
-
-def guest_argv(binary: str, accel: str, disk: Path, spec: VariantSpec, cmdline: str,
-               console: Path, kernel: Path, qmp: Path, *, drive_opts: str = "",
-               aio: str = "native", cache: str = "none", extra: tuple[str, ...] = (),
-               reboot: bool = False, paused: bool = False, memory_mb: int = 128) -> list[str]:
-    """The micro-guest's command line (vm.qemu_argv) with the drive options and devices a
-    test needs; the test starts QEMU itself (cgroups, rlimits, a paused start)."""
-    vm_spec = replace(mg.microguest_spec(binary, accel, disk, spec, cmdline, console,
-                                         kernel=kernel, memory_mb=memory_mb), qmp_socket=qmp)
-    argv = qemu_argv(vm_spec, paused=False)
-    i = argv.index("-drive") + 1
-    argv[i] = argv[i].replace("cache=none,aio=native", f"cache={cache},aio={aio}") + drive_opts
-    if reboot:
-        argv.remove("-no-reboot")
-    if paused:
-        argv.append("-S")
-    return argv + list(extra)
+def guest_spec(binary: str, accel: str, disk: Path, spec: VariantSpec, cmdline: str,
+               console: Path, kernel: Path, *, drive_opts: str = "", aio: str = "native",
+               cache: str = "none", reboot: bool = False, memory_mb: int = 128) -> VMSpec:
+    """The micro-guest's VM (microguest_spec) with the drive options a test needs;
+    drive_opts: more of them as written on QEMU's command line (",werror=stop")."""
+    options = {"cache": cache, "aio": aio,
+               **dict(item.split("=", 1) for item in drive_opts.split(",") if item)}
+    return replace(mg.microguest_spec(binary, accel, disk, spec, cmdline, console,
+                                      kernel=kernel, memory_mb=memory_mb),
+                   drive_options=options, no_reboot=not reboot)
 
 
 @contextmanager
-def running_guest(argv: list[str], tmp_path: Path, *, preexec=None) -> Iterator[Guest]:
-    console = Path(argv[argv.index("-serial") + 1].removeprefix("file:"))
-    qmp = Path(argv[argv.index("-qmp") + 1].removeprefix("unix:").split(",")[0])
-    stderr = tmp_path / "qemu.log"
-    with open(stderr, "wb") as err:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=preexec)
-    guest = Guest(proc, console, stderr, qmp, argv)
+def running_guest(vm_spec: VMSpec, *, paused: bool = False,
+                  extra: tuple[str, ...] = ()) -> Iterator[Guest]:
+    """The guest launched (VM; paused: until the test sends cont, QEMU's own options
+    plus extra); QEMU killed and reaped afterwards, whatever happened."""
+    vm = VM(vm_spec, paused=paused)
+    vm.add_args(*extra)
     try:
-        _wait_qmp(qmp, proc, stderr)
-        yield guest
+        vm.launch()
+        yield Guest(vm)
     finally:
-        if proc.poll() is None:
-            kill_group(proc)
-            proc.wait()
-        shutil.rmtree(qmp.parent, ignore_errors=True)
-
-
-def _qmp_path() -> Path:
-    # AF_UNIX paths are short: not under pytest's tmp_path
-    return Path(tempfile.mkdtemp(prefix="s2-qmp-")) / "qmp.sock"
+        vm.kill()
 
 
 def bench_cmdline(rw: str, qd: int, n: int, wait: str, *, extra: str = "",
@@ -325,11 +243,10 @@ def test_msix_mask_and_retarget_lose_no_completion(variant, accel, kernel, disk,
     _kvm_or_skip(accel)
     n = 3000
     cmdline = bench_cmdline("randread", 4, n, "irq", extra="mode=msix-churn churn=4")
-    argv = guest_argv(binary, accel, disk, spec, cmdline, tmp_path / "console.log", kernel,
-                      _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, accel, disk, spec, cmdline, tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=240)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     churn = result.get("churn", {})
     print(f"{variant}/{accel}: {result.get('done')} done, churn {churn}")
     where = guest.where()
@@ -372,11 +289,10 @@ def test_block_commands_refused_while_data_plane_runs(variant, kernel, disk, tmp
     new_image.write_bytes(b"\0" * (1 << 20))
     n = 1500
     cmdline = bench_cmdline("randwrite", 4, n, "poll", verify=True, timeout_ms=60000)
-    argv = guest_argv(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel,
-                      _qmp_path())
+    vm_spec = guest_spec(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel)
     refused: dict[str, str] = {}
     accepted: list[str] = []
-    with running_guest(argv, tmp_path) as guest:
+    with running_guest(vm_spec) as guest:
         guest.wait_for(mg.BEGIN_MARK, 60)
         for name, command, args in _block_commands(snapshot, new_image):
             reply = guest.qmp_cmd(command, **args)
@@ -390,7 +306,7 @@ def test_block_commands_refused_while_data_plane_runs(variant, kernel, disk, tmp
         else:
             accepted.append("drive_del")
         result = guest.result(timeout=240)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     print(f"{variant}: refused {refused}; accepted {accepted}")
     assert not accepted, f"accepted while the data plane runs: {accepted} (refused: {refused})"
     for name, desc in refused.items():
@@ -408,10 +324,10 @@ def test_block_commands_refused_while_data_plane_runs(variant, kernel, disk, tmp
 @pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
 def test_error_action_it_cannot_honour_is_refused(variant, option, kernel, disk, tmp_path):
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, bench_cmdline("randread", 1, 10, "poll"),
-                      tmp_path / "console.log", kernel, _qmp_path(), drive_opts=f",{option}")
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+    vm_spec = guest_spec(binary, "tcg", disk, spec, bench_cmdline("randread", 1, 10, "poll"),
+                         tmp_path / "console.log", kernel, drive_opts=f",{option}")
+    result = subprocess.run(qemu_argv(vm_spec, paused=False), capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
     message = result.stderr + result.stdout
     assert result.returncode != 0, f"QEMU started with {option} on a data-plane drive"
     assert "disk0" in message and option.split("=")[0] in message, message[-500:]
@@ -423,9 +339,9 @@ def test_error_action_it_cannot_honour_is_refused(variant, option, kernel, disk,
 @pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
 def test_error_action_report_is_accepted(variant, option, kernel, disk, tmp_path):
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, bench_cmdline("randread", 1, 50, "poll"),
-                      tmp_path / "console.log", kernel, _qmp_path(), drive_opts=option)
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec, bench_cmdline("randread", 1, 50, "poll"),
+                         tmp_path / "console.log", kernel, drive_opts=option)
+    with running_guest(vm_spec) as guest:
         data = guest.result(timeout=90)
     assert data.get("ok") == 1, f"{data}; {guest.qemu_output()[-500:]}"
 
@@ -470,17 +386,17 @@ def test_small_aio_context_requeues_instead_of_failing(variant, kernel, disk, tm
     cmdline = bench_cmdline("randwrite", 128, n, "poll", verify=True, timeout_ms=60000,
                             extra="indirect=1")
     # aio=threads: the block layer's own Linux AIO context is not the point
-    argv = guest_argv(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel,
-                      _qmp_path(), aio="threads", paused=True)
+    vm_spec = guest_spec(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel,
+                         aio="threads")
     with ExitStack() as stack:
         with aio_max_nr_headroom(1):
-            guest = stack.enter_context(running_guest(argv, tmp_path))
+            guest = stack.enter_context(running_guest(vm_spec, paused=True))
             # the monitor answers once the devices (and their AIO contexts) exist
             guest.qmp_cmd("query-status")
         reply = guest.qmp_cmd("cont")
         assert "return" in reply, reply
         result = guest.result(timeout=240)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     output = guest.qemu_output()
     print(f"{variant}: {result.get('done')} done, {result.get('errors')} errors; QEMU: "
           f"{output.strip()[-300:]}")
@@ -520,12 +436,12 @@ def test_cache_mode_is_honoured(variant, cache, kernel, disk, tmp_path):
     no write cache is offered (the guest would never flush); cache=none: a
     write cache is offered, flushes reach fdatasync."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec,
-                      bench_cmdline("randwrite", 4, 300, "poll", extra="halt=1"),
-                      tmp_path / "console.log", kernel, _qmp_path(), cache=cache)
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec,
+                         bench_cmdline("randwrite", 4, 300, "poll", extra="halt=1"),
+                         tmp_path / "console.log", kernel, cache=cache)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=120)
-        fds = _image_fds(guest.proc.pid, disk)
+        fds = _image_fds(guest.pid, disk)
         assert_clean_quit(guest)
     direct = [f for f in fds if f & O_DIRECT]
     print(f"{variant}/{cache}: image fds flags {[oct(f) for f in fds]}")
@@ -574,28 +490,28 @@ def test_thread_creation_failure_is_an_error_not_an_abort(variant, kernel, disk,
     the device: pthread_create fails.  QEMU must report it, stay up and
     answer QMP; after the limit is lifted a system_reset makes the device work."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec,
-                      bench_cmdline("randread", 4, 200, "poll", extra="halt=1",
-                                    timeout_ms=3000),
-                      tmp_path / "console.log", kernel, _qmp_path(), paused=True, reboot=True)
-    with pids_cgroup() as group, running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec,
+                         bench_cmdline("randread", 4, 200, "poll", extra="halt=1",
+                                       timeout_ms=3000),
+                         tmp_path / "console.log", kernel, reboot=True)
+    with pids_cgroup() as group, running_guest(vm_spec, paused=True) as guest:
         # once the monitor answers, the devices exist with their threads (TCG
         # vCPU, the block layer's AIO thread of the geometry probe)
         guest.qmp_cmd("query-status")
-        (group / "cgroup.procs").write_text(f"{guest.proc.pid}\n")
-        threads = len(list(Path(f"/proc/{guest.proc.pid}/task").iterdir()))
+        (group / "cgroup.procs").write_text(f"{guest.pid}\n")
+        threads = len(list(Path(f"/proc/{guest.pid}/task").iterdir()))
         (group / "pids.max").write_text(f"{threads}\n")
         assert "return" in guest.qmp_cmd("cont")
         deadline = time.monotonic() + 120
         while "data plane thread" not in guest.qemu_output():
-            assert guest.proc.poll() is None, \
-                f"QEMU died ({guest.proc.returncode}): {guest.qemu_output()[-800:]}"
+            assert guest.returncode is None, \
+                f"QEMU died ({guest.returncode}): {guest.qemu_output()[-800:]}"
             assert time.monotonic() < deadline, \
                 f"no thread-creation error reported: {guest.qemu_output()[-800:]}"
             time.sleep(0.1)
         time.sleep(2.0)
-        assert guest.proc.poll() is None, \
-            f"QEMU died ({guest.proc.returncode}) after the failed start: " \
+        assert guest.returncode is None, \
+            f"QEMU died ({guest.returncode}) after the failed start: " \
             f"{guest.qemu_output()[-800:]}"
         status = guest.qmp_cmd("query-status")
         assert status.get("return", {}).get("status") == "running", status
@@ -622,11 +538,11 @@ def test_misaligned_buffers_are_bounced(variant, kernel, disk, tmp_path):
     """mode=misaligned: data buffers at odd addresses and of odd lengths (the
     total a multiple of 512) are written and read back correctly."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, "mode=misaligned n=200 seed=3 timeout_ms=20000",
-                      tmp_path / "console.log", kernel, _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec, "mode=misaligned n=200 seed=3 timeout_ms=20000",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=240)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     print(f"{variant}: {result}")
     assert result.get("mode") == "misaligned"
     assert result.get("aligned_errors") == 0, f"even aligned requests failed: {result}"
@@ -657,12 +573,12 @@ def _ram_change_run(variant: str, kernel: Path, disk: Path, tmp_path: Path,
             fh.write(data)
     shm_name = f"s2-safety-{uuid.uuid4().hex[:8]}"
     shm = Path("/dev/shm") / shm_name
-    argv = guest_argv(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel,
-                      _qmp_path(), extra=("-device", f"ivshmem,shm={shm_name},size=1M"))
+    vm_spec = guest_spec(binary, "tcg", disk, spec, cmdline, tmp_path / "console.log", kernel)
     try:
-        with running_guest(argv, tmp_path) as guest:
+        ivshmem = ("-device", f"ivshmem,shm={shm_name},size=1M")
+        with running_guest(vm_spec, extra=ivshmem) as guest:
             result = guest.result(timeout=120)
-            guest.proc.wait(timeout=30)
+            guest.exit_status(30)
         shared = shm.read_bytes()[:4096] if shm.exists() else b""
     finally:
         shm.unlink(missing_ok=True)
@@ -717,15 +633,15 @@ def test_failed_read_reports_only_the_status_byte(variant, kernel, disk, tmp_pat
     length of 1, the status byte: no data was written to the guest."""
     binary, spec = _variant(variant)
     n = 40
-    argv = guest_argv(binary, "tcg", disk, spec,
-                      f"mode=misaligned rw=read n={n} seed=3 timeout_ms=20000",
-                      tmp_path / "console.log", kernel, _qmp_path(), paused=True)
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec,
+                         f"mode=misaligned rw=read n={n} seed=3 timeout_ms=20000",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec, paused=True) as guest:
         guest.qmp_cmd("query-status")      # the drive is open
         os.truncate(disk, 0)
         assert "return" in guest.qmp_cmd("cont")
         result = guest.result(timeout=120)
-        guest.proc.wait(timeout=30)
+        guest.exit_status(30)
     print(f"{variant}: {result}")
     assert result.get("reads_only") == 1 and result.get("done") == n, result
     assert result.get("errors") == n, f"reads past the end of the file succeeded: {result}"
@@ -742,10 +658,10 @@ def test_broken_vring_stays_broken_across_stop_cont(variant, kernel, disk, tmp_p
     valid read must still get no completion (broken until reset), and after
     the guest resets the device it works."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec,
-                      "mode=hostile case=status-readonly timeout_ms=1500 halt=1 pause_ms=6000",
-                      tmp_path / "console.log", kernel, _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec,
+                         "mode=hostile case=status-readonly timeout_ms=1500 halt=1 pause_ms=6000",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         guest.wait_for("MICROGUEST-PAUSE", 90)
         assert "return" in guest.qmp_cmd("stop")
         time.sleep(0.5)
@@ -762,6 +678,7 @@ def test_broken_vring_stays_broken_across_stop_cont(variant, kernel, disk, tmp_p
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("variant", DATA_PLANE_VARIANTS)
 def test_build_has_no_redundant_declarations(variant):
     """iosched.h includes iov.h again after virtio-blk.c did: without an
@@ -809,11 +726,11 @@ def test_code_read_from_disk_runs_not_its_stale_translation(variant, kernel, dis
     translated from the page, and the data plane's writes into guest RAM (Linux
     AIO, bounce copies) must do the same."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, "mode=stale-code n=6 timeout_ms=20000",
-                      tmp_path / "console.log", kernel, _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec, "mode=stale-code n=6 timeout_ms=20000",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=120)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     print(f"{variant}: {result}")
     assert result.get("mode") == "stale-code", f"{result}; {guest.where()}"
     assert result.get("io") == "ok", f"the guest's requests failed: {result}; {guest.where()}"
@@ -836,15 +753,15 @@ def test_msix_message_into_vga_registers_leaves_one_thread(variant, kernel, disk
     "dataplane" exist afterwards (the thread must never restart itself from
     inside), and QMP quit must end QEMU cleanly."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, "mode=msix-vga n=24 timeout_ms=5000 halt=1",
-                      tmp_path / "console.log", kernel, _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec, "mode=msix-vga n=24 timeout_ms=5000 halt=1",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=120)
         guest.wait_for("MICROGUEST-HALT", 30)
         time.sleep(0.5)
-        alive = guest.proc.poll() is None
-        threads = _threads_named(guest.proc.pid, "dataplane") if alive else []
-        status = guest.quit() if alive else guest.proc.returncode
+        alive = guest.returncode is None
+        threads = _threads_named(guest.pid, "dataplane") if alive else []
+        status = guest.quit() if alive else guest.returncode
         output = guest.qemu_output()
     print(f"{variant}: {result}; dataplane threads {threads}; exit {status}")
     assert alive, f"QEMU died: {output[-800:]}"
@@ -872,11 +789,11 @@ def test_intx_after_msix_disabled_is_raised(variant, kernel, disk, tmp_path):
     believe the line is up (issue 21 item 5).  A completion the guest only
     found when its 10 Hz timer woke it counts in missed_irqs."""
     binary, spec = _variant(variant)
-    argv = guest_argv(binary, "tcg", disk, spec, "mode=msix-then-intx n=16 timeout_ms=5000",
-                      tmp_path / "console.log", kernel, _qmp_path())
-    with running_guest(argv, tmp_path) as guest:
+    vm_spec = guest_spec(binary, "tcg", disk, spec, "mode=msix-then-intx n=16 timeout_ms=5000",
+                         tmp_path / "console.log", kernel)
+    with running_guest(vm_spec) as guest:
         result = guest.result(timeout=120)
-        status = guest.proc.wait(timeout=30)
+        status = guest.exit_status(30)
     print(f"{variant}: {result}")
     assert result.get("mode") == "msix-then-intx", f"{result}; {guest.where()}"
     assert result.get("msix_done") == 16, f"reads under MSI-X failed: {result}"

@@ -18,7 +18,7 @@ from harness import microguest as mg
 from harness import stats, threads
 from harness.config import VariantSpec
 from harness.errors import UserError
-from harness.hostfio import host_fio_ceiling
+from harness.runners.ceiling import host_fio_ceiling
 from harness.matrix import Point, Workload
 from harness.proc import Result
 from harness.report import write_report
@@ -416,7 +416,7 @@ def test_interrupt_guest_on_dataplane_leaves_the_data_plane_mostly_idle(kernel, 
 # ---- a fio-guest point, QEMU and the guest faked ----------------------------------------------
 
 class _FakeVM:
-    """What fio_runner._point asks of a VM: CPU time, thread samples over 2 s of wall."""
+    """What runners.fio.FioRunner._point asks of a VM: CPU time, thread samples over 2 s of wall."""
 
     def __init__(self):
         self.calls = 0
@@ -437,7 +437,7 @@ class _FakeVM:
 def test_fio_guest_point_fills_cpu_per_io_and_bound(monkeypatch, tmp_path, guest_cpu, bound):
     from types import SimpleNamespace
 
-    from harness import fio_runner
+    from harness.runners import fio as fio_runner
     from harness.fio_jobs import FioRun
 
     text = (DATA / "fio" / "randread-4k-qd4-j2.json").read_text()

@@ -207,6 +207,7 @@ def _final_rows(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.integration
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_a_short_hog_disturbs_the_points_it_overlaps_and_they_are_run_again(tmp_path, real_env):
     messages: list[str] = []
     started: list[float] = []
@@ -235,6 +236,7 @@ def test_a_short_hog_disturbs_the_points_it_overlaps_and_they_are_run_again(tmp_
 
 @pytest.mark.integration
 @pytest.mark.e2e
+@pytest.mark.timeout(300)
 def test_a_hog_that_stays_leaves_the_rows_flagged_and_the_report_says_so(tmp_path, real_env):
     messages: list[str] = []
     config = _micro_config(tmp_path, repetitions=1, retries=1, iodepth=(1,))

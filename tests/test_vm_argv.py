@@ -18,7 +18,7 @@ from harness.hostinfo import ensure_space, host_facts, prepare_disk
 from harness.matrix import Workload
 from harness.qemuinfo import parse_version
 from harness.results import parse_fio_output
-from harness.vm import VMSpec, linux_spec, qemu_argv, qmp_path
+from harness.vm import VM, QemuExited, VMSpec, linux_spec, qemu_argv, qmp_path
 
 FIO_DATA = Path(__file__).parent / "data" / "fio"
 
@@ -138,6 +138,87 @@ def test_a_long_qmp_socket_path_gets_a_short_stand_in():
 def test_argv_is_printable():
     argv = qemu_argv(spec(VariantSpec(name="baseline")))
     assert shlex.split(shlex.join(argv)) == argv
+
+
+# ------------------------------------------------------------------ VM hooks
+
+
+def test_drive_options_replace_defaults_and_add_their_own():
+    options = {"cache": "directsync", "aio": "threads", "werror": "report", "serial": "a,b"}
+    argv = qemu_argv(spec(VariantSpec(name="baseline"), drive_options=options))
+    assert option(argv, "-drive") == ["if=none,id=disk0,file=d/disk.raw,format=raw,"
+                                      "cache=directsync,aio=threads,werror=report,serial=a,,b"]
+
+
+class _ExitsAtOnce:
+    """A QEMU that has exited as soon as it started (proc.Process's interface)."""
+
+    def __init__(self, starts: list[list[str]], argv: list[str]):
+        self.starts, self.argv, self.started = starts, argv, False
+
+    def start(self):
+        self.starts.append(self.argv)
+        self.started = True
+        return self
+
+    @property
+    def returncode(self):
+        return 1 if self.started else None
+
+    def running(self):
+        return False
+
+    def output(self):
+        return "no QEMU here"
+
+    def kill(self):
+        pass
+
+
+class _NoQemuHere:
+    """An executor that records the command line of every start; no process, no files."""
+
+    is_local = True
+
+    def __init__(self):
+        self.starts: list[list[str]] = []
+
+    def spawn(self, argv, log_file):
+        return _ExitsAtOnce(self.starts, list(argv))
+
+    def mkdir(self, path):
+        pass
+
+    def write_bytes(self, path, data):
+        pass
+
+    def unlink(self, path):
+        pass
+
+
+def test_vm_hooks_change_the_command_line_it_starts():
+    host = _NoQemuHere()
+    vm = VM(spec(VariantSpec(name="baseline")), host=host)
+    plain = vm.argv
+    assert plain == qemu_argv(vm.spec)
+    vm.add_args("-device", "ivshmem,shm=s2,size=1M")
+    with_device = plain[:-1] + ["-device", "ivshmem,shm=s2,size=1M", "-S"]
+    assert vm.argv == with_device
+
+    seen = []
+
+    def hook(hooked: VM) -> None:
+        seen.append((list(hooked.argv), len(host.starts)))
+        hooked.add_args("-no-hpet")
+
+    vm.before_launch(hook)
+    with pytest.raises(QemuExited, match="no QEMU here"):
+        vm.launch()
+    assert seen == [(with_device, 0)]  # the hook ran once, before QEMU started
+    assert host.starts == [plain[:-1] + ["-device", "ivshmem,shm=s2,size=1M", "-no-hpet", "-S"]]
+    with pytest.raises(RuntimeError, match="after launch"):
+        vm.add_args("-no-acpi")
+    assert vm.argv[-2] == "-no-hpet"
 
 
 # ------------------------------------------------------------------ fio

@@ -11,67 +11,74 @@ import json
 import shlex
 from pathlib import Path
 
-from .config import GuestSpec
-from .errors import InfraError
-from .matrix import Session
-from .files import append_csv_row
-from .microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, HostileResult, find_line,
+from ..config import GuestSpec
+from ..errors import InfraError
+from ..matrix import Point, Session
+from ..files import append_csv_row
+from ..microguest import (HOSTILE_CASES, HOSTILE_COLUMNS, RESULT_PREFIX, HostileResult, find_line,
                          micro_row, run_hostile_case, run_microguest_point)
-from .microguest.cmdline import guest_cmdline, microguest_spec
-from .runstate import Advance, Run, host_lost, is_host_lost
-from .trace_runner import Tracer
-from .util import Say, now_iso
-from .vm import qemu_argv
+from ..microguest.cmdline import guest_cmdline, microguest_spec
+from ..runstate import Advance, Run, is_host_lost
+from ..util import Say, now_iso
+from ..vm import qemu_argv
+from .base import GuestAssets, PointLoop
+from .registry import register
+from .trace import Tracer
 
 
 HOSTILE_CSV = "hostile.csv"
 
 
+@register("microguest")
 class MicroRunner:
-    def __init__(self, run: Run, spec: GuestSpec, say: Say, kernel: Path):
+    def __init__(self, run: Run, spec: GuestSpec, say: Say, assets: GuestAssets):
         self.run = run
         self.spec = spec
         self.say = say
-        self.kernel = kernel
-        self.description = f"bare-metal micro-guest ({spec.wait}, kick {spec.kick}), {kernel.name}"
-        self.tracer = Tracer(run, say, kernel, spec.wait, spec.memory_mb,
+        self.kernel = assets.kernel
+        self.description = (f"bare-metal micro-guest ({spec.wait}, kick {spec.kick}), "
+                            f"{self.kernel.name}")
+        self.tracer = Tracer(run, say, self.kernel, spec.wait, spec.memory_mb,
                              spec.kick) if spec.trace else None
 
     def run_session(self, session: Session, advance: Advance) -> None:
         """Each point is its own boot; an InfraError fails that point only."""
-        for point in session.points:
-            log_file = self.run.log_path(f"{point.key}.console.log")
-            self._record_command_line(point.variant, point.workload, point.disk, log_file)
-            started_at = now_iso()
-            watch = self.run.watch.start()
-            try:
-                result = run_microguest_point(
-                    self.run.binaries[point.variant], self.run.accel, self.run.disks[point.disk],
-                    self.run.config.variant(point.variant), point.workload,
-                    self.run.config.workloads.requests, self.spec.wait,
-                    self.run.host_path(log_file), self.run.config.timeouts.point_s,
-                    memory_mb=self.spec.memory_mb, kernel=self.kernel,
-                    warmup=max(1, self.run.config.workloads.requests // 10),
-                    legacy=self.run.legacy[point.variant], host=self.run.host,
-                    kick=self.spec.kick)
-                self.run.collect_vm_logs(log_file)
-            except InfraError as exc:
-                if is_host_lost(self.run, exc):  # the scheduler moves it to another host
-                    raise host_lost(self.run, exc) from exc
-                self.run.collect_vm_logs(log_file)
-                self.say(f"{point.key}: failed: {exc}")
-                row = micro_row(self.run.run_id, point, self.run.accel, None,
-                                started_at=started_at, error=str(exc),
-                                log_path=self.run.relative(log_file))
-            else:
-                line = find_line(log_file.read_text(errors="replace"), RESULT_PREFIX)
-                raw = self.run.writer.save_raw(point.key, json.dumps(line, indent=1))
-                row = micro_row(self.run.run_id, point, self.run.accel, result,
-                                started_at=started_at, log_path=self.run.relative(raw))
-            self.run.writer.append({**row, **self.run.watch.stop(watch).columns()})
-            if self.tracer and row["status"] == "ok":
-                self.tracer.trace_point(point)
-            advance(point.key)
+        log_file = self.run.log_path(f"{session.key}.console.log")
+        with PointLoop(self.run, session, advance, self.say, log_file) as loop:
+            loop.for_each(self._point)
+
+    def _point(self, point: Point) -> None:
+        log_file = self.run.log_path(f"{point.key}.console.log")
+        self._record_command_line(point.variant, point.workload, point.disk, log_file)
+        started_at = now_iso()
+        watch = self.run.watch.start()
+        try:
+            result = run_microguest_point(
+                self.run.binaries[point.variant], self.run.accel, self.run.disks[point.disk],
+                self.run.config.variant(point.variant), point.workload,
+                self.run.config.workloads.requests, self.spec.wait,
+                self.run.host_path(log_file), self.run.config.timeouts.point_s,
+                memory_mb=self.spec.memory_mb, kernel=self.kernel,
+                warmup=max(1, self.run.config.workloads.requests // 10),
+                legacy=self.run.legacy[point.variant], host=self.run.host,
+                kick=self.spec.kick)
+            self.run.collect_vm_logs(log_file)
+        except InfraError as exc:
+            if is_host_lost(self.run, exc):  # PointLoop hands it to the scheduler
+                raise
+            self.run.collect_vm_logs(log_file)
+            self.say(f"{point.key}: failed: {exc}")
+            row = micro_row(self.run.run_id, point, self.run.accel, None,
+                            started_at=started_at, error=str(exc),
+                            log_path=self.run.relative(log_file))
+        else:
+            line = find_line(log_file.read_text(errors="replace"), RESULT_PREFIX)
+            raw = self.run.writer.save_raw(point.key, json.dumps(line, indent=1))
+            row = micro_row(self.run.run_id, point, self.run.accel, result,
+                            started_at=started_at, log_path=self.run.relative(raw))
+        self.run.writer.append({**row, **self.run.watch.stop(watch).columns()})
+        if self.tracer and row["status"] == "ok":
+            self.tracer.trace_point(point)
 
     def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:
         if variant in self.run.command_lines:

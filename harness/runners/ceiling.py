@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import parse_size
-from .errors import InfraError, UserError
-from .matrix import Point, Workload, workloads
-from .hostexec import LOCAL, Executor
-from .results import HOST_VARIANT, parse_fio_output, row_from_fio
-from .threads import cpu_per_io
-from .runstate import Advance, Run, fail_points, host_lost, is_host_lost
-from .util import Say, now_iso
+from ..config import parse_size
+from ..errors import InfraError, UserError
+from ..matrix import Point, Workload, workloads
+from ..hostexec import LOCAL, Executor
+from ..results import HOST_VARIANT, parse_fio_output, row_from_fio
+from ..threads import cpu_per_io
+from ..runstate import Advance, Run, fail_points, host_lost, is_host_lost
+from ..util import Say, now_iso
 
 
 def host_fio_argv(disk_path: Path, workload: Workload, runtime_s: int,

@@ -18,23 +18,23 @@ point, so the tracing overhead is the same point with and without tracing.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from .build import Builder, built_binary, read_manifest
-from .config import BenchConfig
-from .errors import InfraError, UserError
-from .files import write_json_atomic
-from .manifest_writer import portable
-from .matrix import Point
-from .microguest import RESULT_PREFIX, find_line, run_microguest_point
-from .paths import cache_dir
-from .runstate import Run
-from .trace_build import traced
-from .trace_parse import event_names
-from .tracepoints import TRACES_DIR, events_file_text
-from .util import Say
+from ..build import Builder, built_binary, portable, read_manifest
+from ..config import BenchConfig
+from ..errors import InfraError, UserError
+from ..files import write_json_atomic
+from ..matrix import Point
+from ..microguest import RESULT_PREFIX, find_line, run_microguest_point
+from ..paths import cache_dir
+from ..runstate import Run
+from ..trace_build import traced
+from ..trace_parse import event_names
+from ..tracepoints import TRACES_DIR, events_file_text
+from ..util import Say
 
 
 def trace_variants(config: BenchConfig) -> list[str]:
@@ -46,13 +46,15 @@ def trace_variants(config: BenchConfig) -> list[str]:
 
 def ensure_trace_builds(config: BenchConfig, say: Say) -> None:
     """Build the trace flavours a config needs that are not built yet."""
-    from . import DEFAULT_SOURCE
-    from .source import SourceCache
+    from .. import DEFAULT_SOURCE
+    from ..source import SourceCache
     names = [traced(name) for name in trace_variants(config)]
     missing = [name for name in names if not _is_built(name)]
     if not missing:
         return
-    cache = SourceCache(cache_dir(), config.source or DEFAULT_SOURCE)
+    # the same source as `harness build` takes (the cache's clone is reused either way)
+    cache = SourceCache(cache_dir(), config.source or os.environ.get("HARNESS_SOURCE")
+                        or DEFAULT_SOURCE)
     builder = Builder(cache, jobs=2, progress=say)
     plans, notices = builder.plan(missing)
     for notice in notices:
@@ -153,7 +155,7 @@ class Tracer:
 
 
 def _sha(path: Path) -> str:
-    from .files import sha256_file
+    from ..files import sha256_file
     return sha256_file(path)
 
 

@@ -16,34 +16,20 @@ import shlex
 import time
 from pathlib import Path
 
-from . import nested
-from .config import GuestSpec, check_kvm_nested
-from .errors import InfraError, UserError
-from .fio_jobs import GuestStalled, run_fio
-from .matrix import Point, Session
-from .files import append_csv_row
-from .microguest import RESULT_PREFIX, find_line, guest_cmdline, micro_row
-from .micro_runner import hostile_todo, record_hostile
-from .report import WATCHDOG_CSV
-from .results import row_from_fio
-from .runstate import Advance, Run, fail_points
-from .util import Say, now_iso
-from .vm import qemu_argv
-
-WATCHDOG_COLUMNS = ("point", "variant", "hangs", "outcome", "diagnoses")
-
-
-def nested_runner(run: Run, guest: GuestSpec, say: Say):
-    try:
-        check_kvm_nested(run.config.variants, run.config.guests)  # also when --accel chose it
-    except ValueError as exc:
-        raise UserError(f"accel kvm-nested: {exc}") from None
-    if guest.kind == "microguest":
-        return NestedMicroRunner(run, guest, say)
-    if guest.kind == "fio":
-        return NestedFioRunner(run, guest, say)
-    raise InfraError(f"guest {guest.id}: accel kvm-nested runs the micro-guest and the fio guest "
-                     "(a custom guest is not carried into L1)")
+from .. import nested
+from ..config import GuestSpec, check_kvm_nested
+from ..errors import InfraError, UserError
+from ..fio_jobs import run_fio
+from ..matrix import Point, Session
+from ..files import append_csv_row
+from ..microguest import RESULT_PREFIX, find_line, guest_cmdline, micro_row
+from ..results import WATCHDOG_COLUMNS, WATCHDOG_CSV, row_from_fio
+from ..runstate import Advance, Run
+from ..util import Say, now_iso
+from ..vm import qemu_argv
+from .base import GuestAssets, PointLoop, fio_point
+from .micro import hostile_todo, record_hostile
+from .registry import L1, register
 
 
 def _image(run: Run, fio_guest: bool, say: Say) -> nested.L1Image:
@@ -61,7 +47,11 @@ class _NestedRunner:
 
     fio_guest = False
 
-    def __init__(self, run: Run, spec: GuestSpec, say: Say):
+    def __init__(self, run: Run, spec: GuestSpec, say: Say, assets: GuestAssets | None = None):
+        try:
+            check_kvm_nested(run.config.variants, run.config.guests)  # also when --accel chose it
+        except ValueError as exc:
+            raise UserError(f"accel kvm-nested: {exc}") from None
         self.run = run
         self.spec = spec
         self.say = say
@@ -77,14 +67,14 @@ class _NestedRunner:
             variant, f"{shlex.join(qemu_argv(l1.spec))} ; in L1: {shlex.join(l2_argv)}")
 
 
+@register("microguest", where=L1)
 class NestedMicroRunner(_NestedRunner):
     def what(self) -> str:
         return f"bare-metal micro-guest ({self.spec.wait})"
 
     def run_session(self, session: Session, advance: Advance) -> None:
-        remaining = list(session.points)
         l1_log = self.run.log_path(f"{session.key}.l1.console.log")
-        try:
+        with PointLoop(self.run, session, advance, self.say, l1_log) as loop:
             with _l1(self.run, self.image, session.key, session.disk) as l1:
                 self.run.boot_seconds[f"{session.key}.l1"] = round(l1.boot_seconds, 2)
                 cmdline = guest_cmdline(session.points[0].workload,
@@ -92,15 +82,7 @@ class NestedMicroRunner(_NestedRunner):
                                         kick=self.spec.kick)
                 self.record_command_line(l1, session.variant, nested.l2_micro_argv(
                     self.run.config.variant(session.variant), cmdline, self.spec.memory_mb))
-                while remaining:
-                    point = remaining.pop(0)
-                    self._point(l1, point)
-                    advance(point.key)
-        except InfraError as exc:
-            self.say(f"{session.key}: failed: {exc}")
-            fail_points(self.run, remaining, str(exc), l1_log)
-            for point in remaining:
-                advance(point.key)
+                loop.for_each(lambda point: self._point(l1, point))
 
     def _point(self, l1: nested.L1, point: Point) -> None:
         config = self.run.config
@@ -142,6 +124,7 @@ def record_hangs(run: Run, point: Point, attempts: nested.Attempts, outcome: str
                     "diagnoses": " ".join(run.relative(Path(p)) for p in attempts.hangs)})
 
 
+@register("fio", where=L1)
 class NestedFioRunner(_NestedRunner):
     fio_guest = True
 
@@ -149,11 +132,10 @@ class NestedFioRunner(_NestedRunner):
         return "fio guest"
 
     def run_session(self, session: Session, advance: Advance) -> None:
-        remaining = list(session.points)
         l1_log = self.run.log_path(f"{session.key}.l1.console.log")
         timeouts = self.run.config.timeouts
         variant = self.run.config.variant(session.variant)
-        try:
+        with PointLoop(self.run, session, advance, self.say, l1_log) as loop:
             with _l1(self.run, self.image, session.key, session.disk) as l1:
                 self.record_command_line(l1, session.variant, nested.l2_fio_argv(
                     variant, l1.login, self.spec.memory_mb, self.spec.vcpus))
@@ -162,35 +144,19 @@ class NestedFioRunner(_NestedRunner):
                                           self.spec.vcpus)
                 self.run.boot_seconds[session.key] = round(time.monotonic() - started, 2)
                 try:
-                    while remaining:
-                        point = remaining.pop(0)
-                        try:
-                            self._point(conn, point)
-                        finally:
-                            advance(point.key)
+                    loop.for_each(lambda point: fio_point(
+                        self.run, self.say, point, self.run.log_path(f"{point.key}.log"),
+                        lambda: self._point(conn, point)))
                 finally:
                     conn.close()
                     self.run.log_path(f"{session.key}.console.log").write_text(
                         l1.l2_file("console.log"))
-        except InfraError as exc:
-            self.say(f"{session.key}: failed: {exc}")
-            fail_points(self.run, remaining, str(exc), l1_log)
-            for point in remaining:
-                advance(point.key)
 
     def _point(self, conn, point: Point) -> None:
         config = self.run.config
         started_at = now_iso()
-        try:
-            result = run_fio(conn, point.workload, config.workloads.runtime_s,
-                             config.workloads.ramp_s, config.timeouts.point_s)
-        except GuestStalled as exc:
-            fail_points(self.run, [point], str(exc), self.run.log_path(f"{point.key}.log"))
-            raise InfraError(f"not run: the L2 guest stalled earlier in this boot ({point.key})") from exc
-        except InfraError as exc:
-            self.say(f"{point.key}: failed: {exc}")
-            fail_points(self.run, [point], str(exc), self.run.log_path(f"{point.key}.log"))
-            return
+        result = run_fio(conn, point.workload, config.workloads.runtime_s,
+                         config.workloads.ramp_s, config.timeouts.point_s)
         raw = self.run.writer.save_raw(point.key, result.json_text)
         self.run.writer.append(row_from_fio(
             result.data, run_id=self.run.run_id, guest=point.guest, variant=point.variant,
