@@ -147,15 +147,18 @@ def pending_sessions(run: Run) -> list[Session]:
 
 
 def run_bench(config_path: Path, resume: str | None = None, accel: str | None = None,
-              say: Say = print, bar=None, hosts: list[str] | None = None) -> Path:
+              say: Say = print, bar=None, hosts: list[str] | None = None,
+              accept_new_host_keys: bool = False) -> Path:
     """The whole run; returns the run directory (report written there).
 
     hosts: `[USER@]HOST[:PORT]`s to run on instead of the config's `hosts:`; with
-    neither, the points run here.  Raises PointsFailed (after the report) when
-    points failed, UserError when the config or a machine needs a change.
+    neither, the points run here.  accept_new_host_keys: a host's unknown SSH key
+    is recorded and trusted (else refused).  Raises PointsFailed (after the
+    report) when points failed, UserError when the config or a machine needs a
+    change.
     """
     config = load_config(config_path)
-    specs = merge_hosts(config.hosts, hosts or [])
+    specs = merge_hosts(config.hosts, hosts or [], accept_new_host_keys)
     traced = [guest.id for guest in config.guests if guest.trace]
     if specs and traced:
         raise UserError(f"guest {traced[0]}: trace: true runs on this machine only (the trace "

@@ -30,6 +30,13 @@ AccelOption = Enum("AccelOption", {name: name for name in ACCEL_CHOICES}, type=s
 SeriesChoice = Enum("SeriesChoice", {name: name for name in SERIES_LAYERS}, type=str)
 
 
+#: --accept-new-host-keys, on every command that connects to hosts
+_ACCEPT_NEW_HELP = ("Accept a host's SSH key that is in neither ~/.ssh/known_hosts nor the "
+                    "harness's known_hosts, record it in the latter and say so (like ssh's "
+                    "StrictHostKeyChecking=accept-new). Without it an unknown key is refused; "
+                    "a key that differs from a known one is always refused.")
+
+
 def _progress(message: str) -> None:
     console.print(f"[dim]…[/dim] {message}")
 
@@ -155,9 +162,13 @@ def bench(
                                                 help="Accelerator (overrides the config)."),
     host: List[str] = typer.Option([], "--host", metavar="[USER@]HOST[:PORT]",
                                    help="Run the points on this host over SSH instead of here "
-                                        "(repeatable; replaces the config's hosts:). Each host "
+                                        "(repeatable; replaces the config's hosts:). HOST may "
+                                        "be a Host alias of ~/.ssh/config (USER and PORT given "
+                                        "here win over it). Each host "
                                         "is checked, sent what it lacks, and runs one point at "
                                         "a time; rows name their host."),
+    accept_new_host_keys: bool = typer.Option(
+        False, "--accept-new-host-keys", help=_ACCEPT_NEW_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the config, print the plan "
                                  "(points, boots, estimated time) and run nothing."),
 ):
@@ -191,7 +202,8 @@ def bench(
             console=console, transient=False)
     try:
         run_dir = run_bench(config, resume=resume, accel=accel.value if accel else None,
-                            say=_progress, bar=bar, hosts=host)
+                            say=_progress, bar=bar, hosts=host,
+                            accept_new_host_keys=accept_new_host_keys)
     except PointsFailed as exc:
         for key, error in exc.failed:
             console.print(f"[red]failed:[/red] {key}: {error}", highlight=False, soft_wrap=True)
@@ -296,6 +308,8 @@ def hosts_check(
                                           help="Also check the free space for its disks and "
                                                "/dev/kvm if its accel asks for KVM."),
     accel: Optional[AccelOption] = typer.Option(None, "--accel", help="The accel to check for."),
+    accept_new_host_keys: bool = typer.Option(
+        False, "--accept-new-host-keys", help=_ACCEPT_NEW_HELP),
 ):
     """Only the checks: SSH, architecture, kernel, /dev/kvm, fio and tools, free space.
 
@@ -307,12 +321,12 @@ def hosts_check(
     from .hosts import merge_hosts
 
     loaded = load_config(config) if config else None
-    specs = merge_hosts(loaded.hosts if loaded else [], host)
+    specs = merge_hosts(loaded.hosts if loaded else [], host, accept_new_host_keys)
     if not specs:
         raise UserError("no host to check: give --host [USER@]HOST[:PORT] or a config with hosts:")
     wanted = accel.value if accel else (loaded.accel if loaded else "auto")
     bad = 0
-    for spec, lines in check_hosts(specs, loaded.disks if loaded else [], wanted):
+    for spec, lines in check_hosts(specs, loaded.disks if loaded else [], wanted, _progress):
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         bad += any(not line.startswith(f"host {spec.label}: ok") for line in lines)

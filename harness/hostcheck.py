@@ -19,6 +19,7 @@ from .config import DiskSpec
 from .errors import UserError
 from .hosts import HostSpec
 from .remote import SSHHost
+from .util import Say
 
 #: Tools the harness runs on a host, and the Debian package that has each.
 TOOLS = {"fio": "fio", "setsid": "util-linux", "python3": "python3", "ldd": "libc-bin"}
@@ -114,12 +115,14 @@ def _int(text: str | None) -> int | None:
     return int(text) if text and text.strip().isdigit() else None
 
 
-def check_hosts(specs: list[HostSpec], disks: list[DiskSpec],
-                accel: str) -> Iterable[tuple[HostSpec, list[str]]]:
-    """Each host with its lines: its problems, or one "ok" line with its facts."""
+def check_hosts(specs: list[HostSpec], disks: list[DiskSpec], accel: str,
+                say: Say = print) -> Iterable[tuple[HostSpec, list[str]]]:
+    """Each host with its lines: its problems, or one "ok" line with its facts.
+
+    say: a new host key accepted (the host's accept_new_host_key)."""
     for spec in specs:
         try:
-            with SSHHost(spec) as host:
+            with SSHHost(spec, say) as host:
                 facts = gather_facts(host, disks)
         except UserError as exc:
             yield spec, [str(exc)]

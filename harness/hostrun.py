@@ -53,7 +53,7 @@ class HostWriter:
 def connect_and_check(spec: HostSpec, disks: list[DiskSpec], accel: str,
                       say: Say) -> tuple[SSHHost, dict[str, str]]:
     """A connected host whose checks passed, and its facts; a UserError lists the problems."""
-    host = SSHHost(spec).connect()
+    host = SSHHost(spec, say).connect()
     facts = gather_facts(host, disks)
     found = problems(spec.label, facts, disks, accel)
     if found:

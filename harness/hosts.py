@@ -4,7 +4,9 @@ A HostSpec is data only (checked when it is made); connecting is remote.py's
 job, checking hostcheck.py's.  On the command line a host is
 `[USER@]HOST[:PORT]`; in a config a `hosts:` entry is that string or a
 mapping with the same fields plus an identity file, a work folder, an
-accelerator and a name for the results' `host` column.
+accelerator, a name for the results' `host` column and whether an unknown
+host key may be accepted.  HOST may be an alias of ~/.ssh/config
+(sshconfig.py): what is given here explicitly wins over that file.
 
 The `host` column of a local run is LOCAL_HOST ("local"): the machine's name
 is deliberately not recorded (results are meant to be shared), and a remote
@@ -42,6 +44,9 @@ class HostSpec(BaseModel):
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
     #: extra environment for every command there (say, PATH); the shell's otherwise
     env: dict[str, str] = Field(default_factory=dict)
+    #: an unknown host key is recorded and trusted (OpenSSH's StrictHostKeyChecking=accept-new);
+    #: default: refused (--accept-new-host-keys sets it for every host of the run)
+    accept_new_host_key: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -87,12 +92,16 @@ def parse_host(text: str) -> HostSpec:
     return HostSpec.model_validate(address_fields(text))
 
 
-def merge_hosts(from_config: list[HostSpec], from_cli: list[str]) -> list[HostSpec]:
+def merge_hosts(from_config: list[HostSpec], from_cli: list[str],
+                accept_new_host_keys: bool = False) -> list[HostSpec]:
     """--host replaces the config's hosts: list (a command line names where to run now).
 
-    Labels must be unique: they tell the hosts' rows apart.
+    Labels must be unique: they tell the hosts' rows apart.  accept_new_host_keys
+    (--accept-new-host-keys) lets every host's unknown key be accepted.
     """
     hosts = [parse_host(h) for h in from_cli] if from_cli else list(from_config)
+    if accept_new_host_keys:
+        hosts = [h.model_copy(update={"accept_new_host_key": True}) for h in hosts]
     labels = [h.label for h in hosts]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:

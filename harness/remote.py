@@ -20,7 +20,9 @@
   the host).  Nothing listens on anything but loopback.
 
 A dropped connection is HostLost (an InfraError), so the scheduler can move
-the host's unfinished points elsewhere.
+the host's unfinished points elsewhere.  Where a host is and how to log in
+come from its spec and ~/.ssh/config (sshconfig.py), through ProxyJump hosts
+if it names them; its key must be known (hostkeys.py).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ import paramiko
 
 from .errors import HarnessError, HostLost, InfraError, UserError
 from .files import sha256_file
+from .hostkeys import changed_key_problem, trust
 from .hosts import HostSpec
-from .paths import cache_dir
 from .proc import Result
-from .util import tail
+from .sshconfig import Endpoint, resolve
+from .util import Say, tail
 
 log = logging.getLogger("harness.remote")
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -91,27 +94,18 @@ class _CountingSocket:
         return getattr(self._sock, name)
 
 
-def known_hosts_path() -> Path:
-    """Host keys the harness has seen (trust on first use); $HARNESS_KNOWN_HOSTS overrides."""
-    explicit = os.environ.get("HARNESS_KNOWN_HOSTS")
-    return Path(explicit) if explicit else cache_dir() / "known_hosts"
-
-
-def connect_problem(exc: BaseException, spec: HostSpec) -> str:
-    """One line saying why connecting failed and what to change."""
-    where = f"host {spec.label} ({spec.address})"
+def connect_problem(exc: BaseException, where: str, end: Endpoint) -> str:
+    """One line saying why connecting to end failed and what to change; where names it."""
     if isinstance(exc, ConnectionRefusedError):
-        return f"{where}: connection refused: is sshd running there and listening on port {spec.port}?"
+        return f"{where}: connection refused: is sshd running there and listening on port {end.port}?"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"{where}: no answer within {CONNECT_TIMEOUT_S:.0f} s: check the address and firewall"
     if isinstance(exc, socket.gaierror):
         return f"{where}: unknown host name: check the spelling or use an IP address"
-    if isinstance(exc, paramiko.BadHostKeyException):
-        return (f"{where}: its host key changed since the harness first saw it; if that is "
-                f"expected, remove its line from {known_hosts_path()}")
     if isinstance(exc, paramiko.AuthenticationException):
-        return (f"{where}: SSH login refused for user {spec.user or 'default'}: give the "
-                "right user or an identity file (identity: in hosts:, or ssh-agent)")
+        return (f"{where}: SSH login refused for user {end.user or 'default'}: give the "
+                "right user or an identity file (identity: in hosts:, IdentityFile in "
+                "~/.ssh/config, or ssh-agent)")
     return f"{where}: cannot connect over SSH: {type(exc).__name__}: {exc}"
 
 
@@ -120,10 +114,13 @@ class SSHHost:
 
     is_local = False
 
-    def __init__(self, spec: HostSpec):
+    def __init__(self, spec: HostSpec, say: Say = print):
         self.spec = spec
         self.label = spec.label
+        self.say = say  # a new host key accepted (spec.accept_new_host_key)
         self.client: paramiko.SSHClient | None = None
+        self._target: Endpoint | None = None  # the spec through ~/.ssh/config
+        self._jumps: list[paramiko.SSHClient] = []  # ProxyJump hosts, the first first
         self._sftp: paramiko.SFTPClient | None = None
         self._sock: _CountingSocket | None = None
         self._lock = threading.RLock()
@@ -134,32 +131,68 @@ class SSHHost:
     # ------------------------------------------------------------ connection
 
     def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> "SSHHost":
-        spec = self.spec
+        target = self._target = resolve(self.spec)
         try:
-            raw = socket.create_connection((spec.host, spec.port), timeout=timeout)
-        except OSError as exc:
-            raise UserError(connect_problem(exc, spec)) from exc
-        self._sock = _CountingSocket(raw)
-        client = paramiko.SSHClient()
-        known = known_hosts_path()
-        known.parent.mkdir(parents=True, exist_ok=True)
-        known.touch(exist_ok=True)
-        client.load_host_keys(str(known))
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect(spec.host, port=spec.port, username=spec.user, sock=self._sock,
-                           key_filename=str(spec.identity.expanduser()) if spec.identity
-                           else None,
-                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                           allow_agent=spec.identity is None, look_for_keys=spec.identity is None)
-        except (paramiko.SSHException, OSError) as exc:
-            raw.close()
-            raise UserError(connect_problem(exc, spec)) from exc
-        client.save_host_keys(str(known))
-        client.get_transport().set_keepalive(5)
-        self.client = client
+            self._sock = _CountingSocket(self._path_to(target, timeout))
+            self.client = self._login(target, self._sock, timeout)
+        except BaseException:
+            self.close()
+            raise
         self.workdir = PurePosixPath(self._resolve_workdir())
         return self
+
+    def _where(self, end: Endpoint) -> str:
+        """How messages name the host, or one of its jump hosts."""
+        if end is self._target:
+            return f"host {self.label} ({end.address})"
+        return f"host {self.label}: jump host {end.name} ({end.address})"
+
+    def _path_to(self, target: Endpoint, timeout: float):
+        """A socket to the target: TCP, or a channel through each of its ProxyJump hosts."""
+        hops = [*target.jumps, target]
+        try:
+            sock = socket.create_connection((hops[0].hostname, hops[0].port), timeout=timeout)
+        except OSError as exc:
+            raise UserError(connect_problem(exc, self._where(hops[0]), hops[0])) from exc
+        for hop, after in zip(hops, hops[1:]):
+            client = self._login(hop, sock, timeout)
+            self._jumps.append(client)
+            sock = self._tunnel(client, hop, after, timeout)
+        return sock
+
+    def _tunnel(self, client: paramiko.SSHClient, hop: Endpoint, after: Endpoint,
+                timeout: float) -> paramiko.Channel:
+        """A direct-tcpip channel from the jump host hop to the next one's port."""
+        try:
+            return client.get_transport().open_channel(
+                "direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0), timeout=timeout)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise UserError(f"{self._where(hop)}: cannot reach {after.hostname}:{after.port} "
+                            f"from there: {exc or type(exc).__name__} (AllowTcpForwarding "
+                            "there?)") from exc
+
+    def _login(self, end: Endpoint, sock, timeout: float) -> paramiko.SSHClient:
+        """An SSH session over sock to end, its host key checked (hostkeys.py)."""
+        where = self._where(end)
+        client = paramiko.SSHClient()
+        try:
+            known = trust(client, end.key_name, where, self.spec.accept_new_host_key, self.say)
+            client.connect(end.hostname, port=end.port, username=end.user, sock=sock,
+                           key_filename=[str(p) for p in end.identities] or None,
+                           timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                           allow_agent=not end.identities_only,
+                           look_for_keys=not end.identities)
+        except paramiko.BadHostKeyException as exc:
+            _close(client, sock)
+            raise UserError(changed_key_problem(where, end.key_name, exc, known)) from exc
+        except (paramiko.SSHException, OSError) as exc:
+            _close(client, sock)
+            raise UserError(connect_problem(exc, where, end)) from exc
+        except BaseException:
+            _close(client, sock)
+            raise
+        client.get_transport().set_keepalive(5)
+        return client
 
     def _resolve_workdir(self) -> str:
         folder = self.spec.workdir
@@ -188,6 +221,9 @@ class SSHHost:
         if self.client is not None:
             self.client.close()
             self.client = None
+        for jump in reversed(self._jumps):
+            jump.close()
+        self._jumps = []
 
     def alive(self) -> bool:
         transport = self.client.get_transport() if self.client else None
@@ -436,6 +472,15 @@ class SSHHost:
                 raise self.lost(f"shipping {what}", exc) from exc
             raise InfraError(f"host {self.label}: cannot ship {src.name} ({what}): {exc}") from exc
         self.shipped_bytes += os.path.getsize(src)
+
+
+def _close(client: paramiko.SSHClient, sock) -> None:
+    """A client and its socket after a failed login."""
+    client.close()
+    try:
+        sock.close()
+    except Exception:  # noqa: BLE001 - already closed with the client
+        pass
 
 
 def _in_own_group(command: str) -> str:

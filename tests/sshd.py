@@ -5,6 +5,11 @@ the current user with `-D -e` (in the foreground, logging to its stderr),
 UsePAM no and StrictModes no.  `path` sets PATH for the sessions (SetEnv),
 so a test can make a host without fio.  stop() ends the listener and the
 per-connection processes it forked: a host lost mid-run.
+
+own_ssh_files() points the harness at a test's own ssh config and known hosts
+files (never the user's), and trust() writes a server's host key into the
+"user's" known_hosts, as an `ssh` to it would have: the harness refuses
+unknown host keys unless asked to accept them.
 """
 
 from __future__ import annotations
@@ -15,12 +20,32 @@ import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from harness.util import free_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+#: Where the harness finds the ssh config and the known hosts (its own, the user's).
+SSH_FILES = {"HARNESS_SSH_CONFIG": "ssh_config", "HARNESS_SSH_KNOWN_HOSTS": "ssh_known_hosts",
+             "HARNESS_KNOWN_HOSTS": "known_hosts"}
+
+
+@contextmanager
+def own_ssh_files(root: Path) -> Iterator[Path]:
+    """The ssh config and known hosts files under root (none exists yet), restored after."""
+    saved = {key: os.environ.get(key) for key in SSH_FILES}
+    os.environ.update({key: str(root / name) for key, name in SSH_FILES.items()})
+    try:
+        yield root
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def sshd_missing() -> str | None:
@@ -34,6 +59,7 @@ def sshd_missing() -> str | None:
 
 @dataclass
 class TestSSHD:
+    __test__ = False  # not a test class, for pytest
     root: Path
     port: int
     client_key: Path
@@ -43,6 +69,18 @@ class TestSSHD:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def known_hosts_line(self, name: str | None = None) -> str:
+        """Its host key as a known_hosts line: `NAME TYPE KEY`, by default NAME [127.0.0.1]:PORT."""
+        kind, key = (self.root / "host_key.pub").read_text().split()[:2]
+        return f"{name or f'[127.0.0.1]:{self.port}'} {kind} {key}\n"
+
+    def trust(self, known_hosts: Path | None = None) -> "TestSSHD":
+        """Its host key added to known_hosts (default: the user's, $HARNESS_SSH_KNOWN_HOSTS)."""
+        path = known_hosts or Path(os.environ["HARNESS_SSH_KNOWN_HOSTS"])
+        with open(path, "a") as handle:
+            handle.write(self.known_hosts_line())
+        return self
 
     def host_yaml(self, workdir: Path, name: str | None = None) -> dict:
         """This server as an entry of a config's hosts:."""

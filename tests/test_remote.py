@@ -25,7 +25,7 @@ from harness.errors import UserError
 from harness.hosts import HostSpec, merge_hosts, parse_host
 from harness.results import COLUMNS
 from harness.util import free_port
-from sshd import make_sshd, sshd_missing
+from sshd import make_sshd, own_ssh_files, sshd_missing
 
 from conftest import built_binary_or_skip
 
@@ -54,34 +54,36 @@ def test_host_addresses_parse_and_label():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """Results, known hosts and shipped files in a temporary place, restored after."""
+    """Results, ssh config, known hosts and shipped files in a temporary place, restored after.
+
+    Each test sshd's key is written into the "user's" known_hosts (TestSSHD.trust):
+    the harness refuses unknown keys."""
     missing = sshd_missing()
     if missing:
         pytest.skip(missing)
     built_binary_or_skip("baseline")
     built_binary_or_skip("dataplane")
     root = tmp_path_factory.mktemp("remote")
-    saved = {k: os.environ.get(k) for k in ("HARNESS_RESULTS", "HARNESS_KNOWN_HOSTS")}
+    saved = os.environ.get("HARNESS_RESULTS")
     os.environ["HARNESS_RESULTS"] = str(root / "results")
-    os.environ["HARNESS_KNOWN_HOSTS"] = str(root / "known_hosts")
-    yield root
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with own_ssh_files(root):
+        yield root
+    if saved is None:
+        os.environ.pop("HARNESS_RESULTS", None)
+    else:
+        os.environ["HARNESS_RESULTS"] = saved
 
 
 @pytest.fixture(scope="module")
 def host_a(env):
-    server = make_sshd(env / "sshd-a").start()
+    server = make_sshd(env / "sshd-a").start().trust()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def host_b(env):
-    server = make_sshd(env / "sshd-b").start()
+    server = make_sshd(env / "sshd-b").start().trust()
     yield server
     server.stop()
 
@@ -204,7 +206,7 @@ def test_host_without_fio_says_what_to_install(env, capsys):
     for tool in Path("/usr/bin").iterdir():
         if tool.name != "fio" and not (bare / tool.name).exists():
             (bare / tool.name).symlink_to(tool)
-    server = make_sshd(env / "sshd-nofio", path=f"{bare}:/usr/sbin").start()
+    server = make_sshd(env / "sshd-nofio", path=f"{bare}:/usr/sbin").start().trust()
     try:
         config = micro_config(env, "micro-nofio", [server.host_yaml(env / "work-c")])
         code, said = bench(config, capsys)
@@ -247,7 +249,7 @@ def _stop_after_first_row(server, env: Path, name: str) -> threading.Thread:
 
 @pytest.mark.timeout(180)
 def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
-    doomed = make_sshd(env / "sshd-doomed").start()
+    doomed = make_sshd(env / "sshd-doomed").start().trust()
     config = micro_config(env, "micro-lost2", [doomed.host_yaml(env / "work-d", name="doomed"),
                                                host_a.host_yaml(env / "work-a")], reps=2)
     watcher = _stop_after_first_row(doomed, env, "micro-lost2")
@@ -266,7 +268,7 @@ def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
 
 @pytest.mark.timeout(240)
 def test_the_only_host_lost_fails_the_rest_with_the_reason_then_resume(env, host_a, capsys):
-    doomed = make_sshd(env / "sshd-alone").start()
+    doomed = make_sshd(env / "sshd-alone").start().trust()
     config = micro_config(env, "micro-lost1", [doomed.host_yaml(env / "work-e", name="alone")],
                           iodepth=(1, 2, 4))
     watcher = _stop_after_first_row(doomed, env, "micro-lost1")

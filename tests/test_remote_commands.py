@@ -21,28 +21,23 @@ from harness.errors import InfraError
 from harness.hostrun import prepare_disk_there
 from harness.hosts import HostSpec
 from harness.remote import SSHHost
-from sshd import make_sshd, sshd_missing
+from sshd import make_sshd, own_ssh_files, sshd_missing
 
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    """A connected SSHHost on a test sshd; known hosts in a temporary place."""
+    """A connected SSHHost on a test sshd whose key the user knows; ssh files in a temporary place."""
     missing = sshd_missing()
     if missing:
         pytest.skip(missing)
     root = tmp_path_factory.mktemp("remote-commands")
-    saved = os.environ.get("HARNESS_KNOWN_HOSTS")
-    os.environ["HARNESS_KNOWN_HOSTS"] = str(root / "known_hosts")
-    server = make_sshd(root / "sshd").start()
-    try:
-        with SSHHost(HostSpec.model_validate(server.host_yaml(root / "work"))) as connected:
-            yield connected
-    finally:
-        server.stop()
-        if saved is None:
-            os.environ.pop("HARNESS_KNOWN_HOSTS", None)
-        else:
-            os.environ["HARNESS_KNOWN_HOSTS"] = saved
+    with own_ssh_files(root):
+        server = make_sshd(root / "sshd").start().trust()
+        try:
+            with SSHHost(HostSpec.model_validate(server.host_yaml(root / "work"))) as connected:
+                yield connected
+        finally:
+            server.stop()
 
 
 def _running(pid: int) -> bool:
