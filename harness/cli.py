@@ -22,8 +22,21 @@ from .errors import (EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USER, HarnessError,
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build, benchmark and report the 2012 virtio-blk data-plane RFC.\n\n"
                        + EXIT_CODES_HELP)
-console = Console(stderr=True)
-out = Console()
+#: Piped (not a terminal), lines print whole at any length: no wrapping, no `…` in tables.
+WHOLE_LINES = 1_000_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """The terminal's width on a terminal; elsewhere every line whole, to grep or copy."""
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=WHOLE_LINES)
+
+
+console = _console(stderr=True)
+out = _console()
 # command-line choices, from the names defined once in config.py and build.py
 BuildChoice = Enum("BuildChoice", {name: name for name in BUILT_VARIANTS}, type=str)
 AccelOption = Enum("AccelOption", {name: name for name in ACCEL_CHOICES}, type=str)
@@ -94,14 +107,25 @@ def build(
         _print_plan(cache, builder, plans, configure_argv)
         return
     repo = cache.ensure(progress=_progress)
-    table = Table("variant", "status", "seconds", "binary", "version")
+    rows = []
     for plan in plans:
         outcome = builder.build(plan, repo)
-        manifest = outcome.manifest
-        table.add_row(plan.name, "built" if outcome.rebuilt else "up to date",
-                      str(manifest.get("build_seconds", "")) if outcome.rebuilt else "0",
-                      manifest.get("binary", ""), manifest.get("version", "").split(", Copyright")[0])
-    out.print(table)
+        rows.append(_built_row(plan.name, outcome.rebuilt, outcome.manifest))
+    out.print(_built_table(rows))
+
+
+def _built_row(name: str, rebuilt: bool, manifest: dict) -> tuple[str, ...]:
+    return (name, "built" if rebuilt else "up to date",
+            str(manifest.get("build_seconds", "")) if rebuilt else "0",
+            manifest.get("binary", ""), manifest.get("version", "").split(", Copyright")[0])
+
+
+def _built_table(rows: list[tuple[str, ...]]) -> Table:
+    """What `harness build` built: one row per variant, its binary's path in full."""
+    table = Table("variant", "status", "seconds", "binary", "version")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _print_plan(cache, builder, plans, configure_argv) -> None:

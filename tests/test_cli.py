@@ -1,0 +1,79 @@
+"""The `harness` command as a pipe or a script sees it: stdout is not a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import DEFAULT_SOURCE, PINNED_COMMIT
+from harness.matrix import Workload
+from harness.results import ResultsStore, new_row
+
+ROOT = Path(__file__).resolve().parent.parent
+# a directory name long enough that every path under it runs past 80 columns
+DEEP = "a-directory-name-long-enough-to-push-every-path-under-it-beyond-eighty-columns"
+
+
+def harness(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`harness ARGS` with stdout and stderr piped, run from this checkout."""
+    return subprocess.run([sys.executable, "-c", "from harness.cli import main; main()", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=env if env is not None else clean_env())
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The environment without HARNESS_* (a developer's own source or cache), plus values."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
+    return {**kept, "COLUMNS": "80", **values}
+
+
+def test_build_plan_prints_every_line_whole(tmp_path):
+    cache = tmp_path / DEEP / "cache"
+    done = harness("build", "--dry-run", "--variant", "dataplane",
+                   env=clean_env(HARNESS_CACHE=str(cache)))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"source: {DEFAULT_SOURCE} @ {PINNED_COMMIT}" in lines
+    patches = [line for line in lines if line.startswith("  git am ")]
+    assert len(patches) > 27 and all(line.endswith(".patch") for line in patches), patches
+    configure = [line for line in lines if line.startswith(f"  in {cache}/build/dataplane: ")]
+    assert len(configure) == 1 and configure[0].endswith(" --disable-strip"), lines
+    assert all(line.startswith(("source: ", "cache: ", "dataplane: ", "  ")) or not line
+               for line in lines), lines
+
+
+def test_bench_plan_prints_every_line_whole():
+    done = harness("bench", "--config", "configs/smoke.yaml", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    first = done.stdout.splitlines()[0]
+    assert first.startswith("config smoke: variants ") and first.endswith("2 round(s)"), first
+    assert len(first) > 80
+
+
+def test_build_table_keeps_the_whole_binary_path(tmp_path):
+    binary = str(tmp_path / DEEP / "build" / "poll" / "x86_64-softmmu" / "qemu-system-x86_64")
+    row = ("poll", "built", "312.5", binary, "QEMU emulator version 1.2.50 (qemu-kvm-devel)")
+    done = subprocess.run([sys.executable, "-c", "import sys; from harness import cli; "
+                           "cli.out.print(cli._built_table([tuple(sys.argv[1:])]))", *row],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert binary in done.stdout and "…" not in done.stdout, done.stdout
+    assert row[4] in done.stdout
+
+
+def test_report_prints_its_paths_whole(tmp_path):
+    run = tmp_path / DEEP / "r1"
+    store = ResultsStore(run)
+    for rep in (1, 2, 3):
+        for variant, iops in (("baseline", 1000.0 + rep), ("dataplane", 1500.0 - rep)):
+            store.append(new_row(run_id="r1", guest="fio", variant=variant, accel="tcg",
+                                 disk="file", workload=Workload("randread", "4k", 1, 1),
+                                 rep=rep, log="logs/x.log", started_at="2026-11-25T04:00:00Z",
+                                 iops=iops, lat_mean_us=1e6 / iops, lat_p50_us=1e6 / iops,
+                                 lat_p99_us=2e6 / iops, lat_p999_us=3e6 / iops))
+    done = harness("report", str(run), "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"report: {run / 'report.md'}",
+                                        f"summary: {run / 'summary.json'}"]
