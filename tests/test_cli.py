@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,61 @@ def test_report_prints_its_paths_whole(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"report: {run / 'report.md'}",
                                         f"summary: {run / 'summary.json'}"]
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command and subcommand: (), ("build",), …, ("hosts", "check")."""
+    import typer
+
+    from harness.cli import app
+
+    def walk(command, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path]
+        for name, sub in getattr(command, "commands", {}).items():
+            found += walk(sub, (*path, name))
+        return found
+
+    return walk(typer.main.get_command(app), ())
+
+
+def flags(path: tuple[str, ...]) -> list[str]:
+    """The long names of a command's boolean options: --dry-run, --json, …"""
+    import typer
+
+    from harness.cli import app
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return [opt for param in command.params if getattr(param, "is_flag", False)
+            for opt in param.opts if opt.startswith("--")]
+
+
+def test_every_help_reads_well_piped():
+    paths = command_paths()
+    assert ("hosts", "check") in paths and ("compare",) in paths
+    for path in paths:
+        done = harness(*path, "--help")
+        assert done.returncode == 0, done.stderr
+        text = done.stdout
+        assert text.startswith(f"Usage: {' '.join(('harness', *path))} "), text[:200]
+        assert "<bool>" not in text, text
+        assert not [line for line in text.splitlines()[1:] if line.endswith("...")], text
+        assert all(len(line) <= 80 for line in text.splitlines()), text
+        for flag in flags(path):  # a flag, then its help: no value to give
+            assert re.search(rf"^  (-\w, )?{re.escape(flag)}  +\S", text, re.MULTILINE), (flag, text)
+
+
+def test_build_help_shows_the_default_source():
+    done = harness("build", "--help")
+    assert done.returncode == 0, done.stderr
+    assert DEFAULT_SOURCE in done.stdout.split(), done.stdout
+
+
+def test_compare_help_keeps_its_sentences_and_exit_codes_whole():
+    listing = harness("--help").stdout.splitlines()
+    assert "  compare       Compare two runs: B/A per workload, with a verdict." in listing
+    lines = harness("compare", "--help").stdout.splitlines()
+    assert "  Compare two runs: B/A per workload, with a verdict." in lines
+    assert "    0  compared, and no gate tripped" in lines
+    assert "    4  --fail-on-regression and a workload regressed" in lines
