@@ -87,7 +87,8 @@ def build(
                                               help="A variant to build (repeatable)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Take the source from this bench config."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Check this bench config and "
+                                          "take its source: (see below)."),
     trace: bool = typer.Option(False, "--trace", help="Build the variants' trace flavours "
                                "(<variant>+trace: our trace points, the simple trace backend)."),
 ):
@@ -97,9 +98,8 @@ def build(
     from .paths import cache_dir
     from .source import SourceCache
 
-    if config and not source:
-        source = load_config(config).source
-    source = source or DEFAULT_SOURCE
+    configured = load_config(config).source if config else None  # checked like bench's
+    source = source or configured or DEFAULT_SOURCE
     cache = SourceCache(cache_dir(), source)
     check_prerequisites()
     builder = Builder(cache, jobs=jobs, progress=_progress)

@@ -136,3 +136,15 @@ def test_compare_help_keeps_its_sentences_and_exit_codes_whole():
     assert "  Compare two runs: B/A per workload, with a verdict." in lines
     assert "    0  compared, and no gate tripped" in lines
     assert "    4  --fail-on-regression and a workload regressed" in lines
+
+
+def test_build_checks_its_config_like_bench(tmp_path):
+    config = tmp_path / "unknown-field.yaml"
+    config.write_text((ROOT / "configs" / "smoke.yaml").read_text() + "bogus_field: 3\n")
+    env = clean_env(HARNESS_CACHE=str(tmp_path / "cache"), HARNESS_SOURCE=str(tmp_path / "src"))
+    bench = harness("bench", "--config", str(config), "--dry-run", env=env)
+    assert bench.returncode == 2 and "unknown field 'bogus_field'" in bench.stderr, bench.stderr
+    for source in ([], ["--source", str(tmp_path / "src")]):  # the source from elsewhere, too
+        build = harness("build", "--config", str(config), "--dry-run", *source, env=env)
+        assert (build.returncode, build.stderr) == (2, bench.stderr), build.stdout
+        assert build.stdout == "" and len(build.stderr.splitlines()) == 1
