@@ -9,6 +9,8 @@ boot each, through the runners) → rows in results.csv → report.
   PointsFailed names them (exit code 3).
 * A UserError (say, a guest that cannot fit in its memory) is the same for
   every boot: the run stops at once (exit code 2).
+* A UserError before anything was measured leaves no run behind: the new run
+  directory goes (a resumed one, or one with rows, always stays).
 * Ctrl-C or SIGTERM stops after writing what has finished; `--resume RUN`
   goes on from there, retrying failed points (their rows are replaced).
 """
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import shutil
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .accel import TCG, accel_named
 from .accelprobe import choose_accel, probe_for
@@ -77,6 +81,32 @@ def new_run_dir(config: BenchConfig, config_path: Path) -> Path:
     return run_dir
 
 
+@contextmanager
+def discarded_unless_measured(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """On a UserError, a fresh run directory without rows is removed (nothing to report).
+
+    fresh: new_run_dir made it for this run; a resumed run's directory always stays.
+    """
+    try:
+        yield
+    except UserError:
+        if fresh and not measured(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def measured(run_dir: Path) -> bool:
+    """Whether a CSV of the run (results.csv, hostile.csv, …) holds a row, even a malformed one."""
+    return any(_has_rows(path) for path in run_dir.glob("*.csv"))
+
+
+def _has_rows(path: Path) -> bool:
+    """A line after the header."""
+    with open(path, "rb") as handle:
+        handle.readline()
+        return any(line.strip() for line in handle)
+
+
 def resumed_run_dir(config: BenchConfig, resume: str) -> Path:
     """The run to go on with; a UserError if its config differs from this one."""
     run_dir = find_run(resume)
@@ -111,8 +141,16 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
     for disk in config.disks if not remote else []:
         ensure_space(disk.path, disk.size_bytes)
     run_dir = resumed_run_dir(config, resume) if resume else new_run_dir(config, config_path)
+    with discarded_unless_measured(run_dir, fresh=not resume):
+        return _prepare_run(config, run_dir, resume, accel or config.accel, binaries, legacy, say,
+                            remote)
+
+
+def _prepare_run(config: BenchConfig, run_dir: Path, resume: str | None, requested: str,
+                 binaries: dict[str, Path], legacy: dict[str, bool], say: Say,
+                 remote: bool) -> tuple[Run, GuestAssets]:
+    """prepare's steps once the run directory exists: guests, accelerator, disks."""
     assets = prepare_guests(config, say)
-    requested = accel or config.accel
     if remote:
         chosen = TCG if requested == "auto" else accel_named(requested)  # each host decides
         return Run(config, run_dir, chosen, binaries, legacy, {}, ResultsWriter(run_dir)), assets
@@ -164,12 +202,13 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
         raise UserError(f"guest {traced[0]}: trace: true runs on this machine only (the trace "
                         "flavour is not shipped to hosts): drop --host/hosts: or the trace")
     run, assets = prepare(config, Path(config_path), resume, accel, say, remote=bool(specs))
-    hosted = _prepare_hosts(run, specs, assets, accel or config.accel, say) if specs else []
-    try:
-        return _run_prepared(config_path, run, assets, hosted, say, bar)
-    finally:
-        for each in hosted:
-            each.run.host.close()
+    with discarded_unless_measured(run.run_dir, fresh=not resume):
+        hosted = _prepare_hosts(run, specs, assets, accel or config.accel, say) if specs else []
+        try:
+            return _run_prepared(config_path, run, assets, hosted, say, bar)
+        finally:
+            for each in hosted:
+                each.run.host.close()
 
 
 def _prepare_hosts(run: Run, specs, assets: GuestAssets, requested: str,

@@ -19,15 +19,33 @@ from .config import ACCEL_CHOICES, BUILT_VARIANTS
 from .errors import (EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USER, HarnessError, PointsFailed,
                      UserError)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# plain help (rich_markup_mode=None): flags print without a value, text wraps at word breaks
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Build, benchmark and report the 2012 virtio-blk data-plane RFC.\n\n"
                        + EXIT_CODES_HELP)
-console = Console(stderr=True)
-out = Console()
+#: Piped (not a terminal), lines print whole at any length: no wrapping, no `…` in tables.
+WHOLE_LINES = 1_000_000
+
+
+def _console(stderr: bool = False) -> Console:
+    """The terminal's width on a terminal; elsewhere every line whole, to grep or copy."""
+    stream = sys.stderr if stderr else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=WHOLE_LINES)
+
+
+console = _console(stderr=True)
+out = _console()
 # command-line choices, from the names defined once in config.py and build.py
 BuildChoice = Enum("BuildChoice", {name: name for name in BUILT_VARIANTS}, type=str)
 AccelOption = Enum("AccelOption", {name: name for name in ACCEL_CHOICES}, type=str)
 SeriesChoice = Enum("SeriesChoice", {name: name for name in SERIES_LAYERS}, type=str)
+# the default source in a paragraph of its own: an option's help column would split the URL
+SOURCE_HELP = f"The source: --source, else $HARNESS_SOURCE, else {DEFAULT_SOURCE}"
+BUILD_SOURCE_HELP = ("The source: --source, else $HARNESS_SOURCE, else the source: of --config, "
+                     f"else {DEFAULT_SOURCE}")
 
 
 #: --accept-new-host-keys, on every command that connects to hosts
@@ -66,27 +84,29 @@ def version():
     out.print(__version__)
 
 
-@app.command()
+@app.command(epilog=BUILD_SOURCE_HELP)
 def build(
     source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
-                                         help=f"qemu-kvm git URL or local clone [default: {DEFAULT_SOURCE}]"),
+                                         metavar="URL|PATH",
+                                         help="qemu-kvm git URL or local clone (default: below)."),
     variant: List[BuildChoice] = typer.Option(list(BuildChoice), "--variant",
-                                              help="Variants to build."),
+                                              metavar=f"[{'|'.join(BUILT_VARIANTS)}]",
+                                              help="A variant to build (repeatable)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Take the source from this bench config."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Check this bench config and "
+                                          "take its source: (see below)."),
     trace: bool = typer.Option(False, "--trace", help="Build the variants' trace flavours "
                                "(<variant>+trace: our trace points, the simple trace backend)."),
 ):
-    """Clone the pinned tree, apply the patches and build each variant."""
+    """Clone the pinned tree, patch it and build each variant."""
     from .build import Builder, check_prerequisites, configure_argv
     from .config import load_config
     from .paths import cache_dir
     from .source import SourceCache
 
-    if config and not source:
-        source = load_config(config).source
-    source = source or DEFAULT_SOURCE
+    configured = load_config(config).source if config else None  # checked like bench's
+    source = source or configured or DEFAULT_SOURCE
     cache = SourceCache(cache_dir(), source)
     check_prerequisites()
     builder = Builder(cache, jobs=jobs, progress=_progress)
@@ -101,14 +121,25 @@ def build(
         _print_plan(cache, builder, plans, configure_argv)
         return
     repo = cache.ensure(progress=_progress)
-    table = Table("variant", "status", "seconds", "binary", "version")
+    rows = []
     for plan in plans:
         outcome = builder.build(plan, repo)
-        manifest = outcome.manifest
-        table.add_row(plan.name, "built" if outcome.rebuilt else "up to date",
-                      str(manifest.get("build_seconds", "")) if outcome.rebuilt else "0",
-                      manifest.get("binary", ""), manifest.get("version", "").split(", Copyright")[0])
-    out.print(table)
+        rows.append(_built_row(plan.name, outcome.rebuilt, outcome.manifest))
+    out.print(_built_table(rows))
+
+
+def _built_row(name: str, rebuilt: bool, manifest: dict) -> tuple[str, ...]:
+    return (name, "built" if rebuilt else "up to date",
+            str(manifest.get("build_seconds", "")) if rebuilt else "0",
+            manifest.get("binary", ""), manifest.get("version", "").split(", Copyright")[0])
+
+
+def _built_table(rows: list[tuple[str, ...]]) -> Table:
+    """What `harness build` built: one row per variant, its binary's path in full."""
+    table = Table("variant", "status", "seconds", "binary", "version")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _print_plan(cache, builder, plans, configure_argv) -> None:
@@ -126,15 +157,19 @@ def _print_plan(cache, builder, plans, configure_argv) -> None:
         out.print(f"  make -j{builder.jobs}")
 
 
-@app.command("check-series")
+@app.command("check-series", epilog=SOURCE_HELP)
 def check_series_cmd(
     source: Optional[str] = typer.Option(None, "--source", envvar="HARNESS_SOURCE",
-                                         help="qemu-kvm git URL or local clone."),
+                                         metavar="URL|PATH",
+                                         help="qemu-kvm git URL or local clone (default: below)."),
     layer: SeriesChoice = typer.Option("dataplane", "--layer",
                                        help="The series to check (with the layers below it)."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="make -j (default: all cores)."),
 ):
-    """Build a patch series patch by patch: every patch must compile on its own."""
+    """Check that each patch of a series compiles on its own.
+
+    The series is built patch by patch, on top of the layers below it.
+    """
     from .build import Builder, check_prerequisites, check_series
     from .paths import cache_dir
     from .source import SourceCache
@@ -157,7 +192,8 @@ def check_series_cmd(
 @app.command()
 def bench(
     config: Path = typer.Option(..., "--config", "-c", help="Benchmark config (configs/*.yaml)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Go on with an interrupted run (results/<run-id>)."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_ID",
+                                         help="Go on with an interrupted run (results/<run-id>)."),
     accel: Optional[AccelOption] = typer.Option(None, "--accel",
                                                 help="Accelerator (overrides the config)."),
     host: List[str] = typer.Option([], "--host", metavar="[USER@]HOST[:PORT]",
@@ -172,7 +208,10 @@ def bench(
     dry_run: bool = typer.Option(False, "--dry-run", help="Check the config, print the plan "
                                  "(points, boots, estimated time) and run nothing."),
 ):
-    """Boot guests under each variant, run the matrix, write results and the report.
+    """Run a config's matrix and write results and the report.
+
+    Guests boot under each variant and run every point of the matrix; the rows
+    go to results/<run-id>/results.csv, then report.md and the plots.
 
     With --host (or hosts: in the config) the points run on those machines over
     SSH: QEMU runs there, results come back into the one results.csv here, and a
@@ -213,13 +252,18 @@ def bench(
 
 
 @app.command()
-def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
-           baseline: Optional[str] = typer.Option(None, help="Reference variant for ratios."),
+def report(run: str = typer.Argument(..., metavar="RUN", help="results/<run-id> or its path"),
+           baseline: Optional[str] = typer.Option(None, metavar="VARIANT",
+                                                  help="Reference variant for ratios (default: "
+                                                       "the run's config's baseline)."),
            json_summary: bool = typer.Option(False, "--json", help="Also write summary.json: "
                                              "per workload and variant the medians, spread, "
                                              "p99, ratio to the baseline with its CI and the "
                                              "verdict flags (schema_version 3: per host).")):
-    """Redraw plots and report.md from a run's results.csv, without rerunning."""
+    """Redraw a run's plots and report.md from its results.csv.
+
+    Nothing is run again.
+    """
     from .bench import find_run
     from .report import write_report
     from .results import read_results
@@ -237,8 +281,9 @@ def report(run: str = typer.Argument(..., help="results/<run-id> or its path"),
 
 
 @app.command()
-def compare(run_a: str = typer.Argument(..., help="The reference run (A)"),
-            run_b: str = typer.Argument(..., help="The run to compare with it (B)"),
+def compare(run_a: str = typer.Argument(..., metavar="RUN_A", help="The reference run (A)."),
+            run_b: str = typer.Argument(..., metavar="RUN_B",
+                                        help="The run to compare with it (B)."),
             tolerance: str = typer.Option("5%", "--tolerance", metavar="FRACTION|PERCENT",
                                           help="Changes within ±this count as none: a fraction "
                                                "(0.05) or a percentage (5% or 5)."),
@@ -254,19 +299,22 @@ def compare(run_a: str = typer.Argument(..., help="The reference run (A)"),
             json_output: bool = typer.Option(False, "--json",
                                              help="Print the verdicts as JSON instead of the "
                                                   "markdown table.")):
-    """The same workloads (same host, accelerator, guest, variant, disk, rw, bs, iodepth,
-    numjobs) from two runs: the ratio B/A with a Welch t interval on log IOPS and a verdict:
-    regressed, improved, unchanged (interval inside ±tolerance) or inconclusive.
+    """Compare two runs: B/A per workload, with a verdict.
 
+    The same workloads (same host, accelerator, guest, variant, disk, rw, bs,
+    iodepth, numjobs) from two runs: the ratio B/A with a Welch t interval on log
+    IOPS and a verdict: regressed, improved, unchanged (interval inside
+    ±tolerance) or inconclusive.
+
+    \b
     Exit codes:
-
-    0 compared, and no gate tripped;
-
-    2 a run is missing or unreadable, the runs share no workload, or --tolerance is nonsense;
-
-    4 --fail-on-regression and a workload regressed;
-
-    5 --fail-on-inconclusive and a workload is inconclusive (4 wins when both hold)."""
+      0  compared, and no gate tripped
+      2  a run is missing or unreadable, the runs share no workload, or
+         --tolerance is nonsense
+      4  --fail-on-regression and a workload regressed
+      5  --fail-on-inconclusive and a workload is inconclusive (4 wins when
+         both hold)
+    """
     import json
 
     from .bench import find_run
@@ -296,7 +344,8 @@ def compare(run_a: str = typer.Argument(..., help="The reference run (A)"),
         raise typer.Exit(EXIT_INCONCLUSIVE)
 
 
-hosts_app = typer.Typer(no_args_is_help=True, help="Remote hosts: check them before a run.")
+hosts_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Remote hosts: check them before a run.")
 app.add_typer(hosts_app, name="hosts")
 
 
@@ -311,10 +360,11 @@ def hosts_check(
     accept_new_host_keys: bool = typer.Option(
         False, "--accept-new-host-keys", help=_ACCEPT_NEW_HELP),
 ):
-    """Only the checks: SSH, architecture, kernel, /dev/kvm, fio and tools, free space.
+    """Check the hosts as a run would, and run nothing.
 
-    One line per problem, saying what to install or change.  Exit codes: 0 every
-    host is ready; 2 a host is not (unreachable, or something to install or change).
+    SSH, architecture, kernel, /dev/kvm, fio and tools, free space: one line per
+    problem, saying what to install or change.  Exit codes: 0 every host is
+    ready; 2 a host is not (unreachable, or something to install or change).
     """
     from .config import load_config
     from .hostcheck import check_hosts
@@ -358,7 +408,7 @@ def main() -> None:
 def run_cli(args: list[str] | None = None) -> int:
     """The command line's exit code (errors.EXIT_CODES_HELP); messages on stderr."""
     try:
-        code = app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="harness", standalone_mode=False)
     except HarnessError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return exc.exit_code

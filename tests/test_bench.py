@@ -165,8 +165,66 @@ def test_a_user_error_in_a_session_stops_the_run(tmp_path, env, monkeypatch):
     with pytest.raises(UserError, match="too small"):
         bench.run_bench(write_config(tmp_path), say=lambda _m: None)
     assert len(started) == 1  # not once per boot
-    manifest = json.loads((only_run(env) / "manifest.json").read_text())
-    assert manifest["status"] == "aborted"
+    assert list(Path(env["HARNESS_RESULTS"]).iterdir()) == []  # nothing measured, nothing kept
+
+
+def test_a_user_error_after_the_first_rows_keeps_the_run(tmp_path, env, monkeypatch):
+    from harness.runners import RUNNERS
+
+    real = RUNNERS[("microguest", "host")]
+
+    class RefusingSecond(real):
+        def run_session(self, session, advance):
+            if self.run.writer.rows():
+                raise UserError("guest.memory_mb 64 is too small for the guest")
+            super().run_session(session, advance)
+
+    monkeypatch.setitem(RUNNERS, ("microguest", "host"), RefusingSecond)
+    with pytest.raises(UserError, match="too small"):
+        bench.run_bench(write_config(tmp_path), say=lambda _m: None)
+    run_dir = only_run(env)
+    assert len(rows(run_dir)) == 2  # the first boot's points
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "aborted"
+
+
+def test_a_run_that_fails_before_its_first_point_leaves_nothing(tmp_path, env):
+    missing = tmp_path / "no-such-key"
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_text("")
+    config = write_config(tmp_path, guests=[{"kind": "custom", "kernel": str(kernel),
+                                             "ssh_key": str(missing)}])
+    done = harness("bench", "--config", str(config), env=env)
+    assert done.returncode == 2, done.stderr
+    assert f"error: guest.ssh_key: no such private key file: {missing}" in done.stderr.splitlines()
+    results = Path(env["HARNESS_RESULTS"])
+    assert not results.exists() or list(results.iterdir()) == []
+
+
+def test_a_resumed_run_is_kept_when_it_fails_before_its_first_point(tmp_path, env, monkeypatch):
+    config_path = write_config(tmp_path)
+    config = bench.load_config(config_path)
+    made = bench.new_run_dir(config, config_path)
+    run_dir = made.rename(made.parent / "fake-earlier")  # the next new run's name is free
+    (run_dir / "results.csv").write_text("")  # resumable, nothing measured yet
+
+    def refuse(*_args):
+        raise UserError("guest.ssh_key: no such private key file: /nowhere")
+
+    monkeypatch.setattr(bench, "prepare_guests", refuse)
+    with pytest.raises(UserError, match="ssh_key"):
+        bench.prepare(config, config_path, run_dir.name, None, lambda _m: None)
+    assert (run_dir / "config.yaml").exists()
+    with pytest.raises(UserError, match="ssh_key"):
+        bench.prepare(config, config_path, None, None, lambda _m: None)
+    assert list(Path(env["HARNESS_RESULTS"]).iterdir()) == [run_dir]  # the new one is gone
+
+
+def test_measured_counts_rows_not_headers(tmp_path):
+    assert not bench.measured(tmp_path)
+    (tmp_path / "results.csv").write_text("run_id,guest\n")
+    assert not bench.measured(tmp_path)
+    (tmp_path / "hostile.csv").write_text("case,variant\nbad-desc,baseline\n")
+    assert bench.measured(tmp_path)
 
 
 def test_fio_session_failure_fails_its_points_and_the_run_goes_on(tmp_path, env, monkeypatch):
