@@ -23,7 +23,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .errors import UserError  # noqa: E402
 from .results import row_key  # noqa: E402
 from .trace_parse import read_trace  # noqa: E402
 from .tracepoints import (HOST_SPAN, SEEN_SHARE, STAGE_LABELS, STAGES, TRACES_DIR,  # noqa: E402
