@@ -25,6 +25,7 @@ from harness.errors import UserError
 from harness.hosts import HostSpec, merge_hosts, parse_host
 from harness.results import COLUMNS
 from harness.util import free_port
+from procs import processes_mentioning
 from sshd import make_sshd, own_ssh_files, sshd_missing
 
 from conftest import built_binary_or_skip
@@ -217,20 +218,6 @@ def test_host_without_fio_says_what_to_install(env, capsys):
     assert "fio not found in PATH: install it there (Debian: apt-get install fio)" in said
 
 
-def _processes_mentioning(text: str, grace_s: float = 10.0) -> list[int]:
-    """Pids whose command line holds text, after waiting up to grace_s for them to go."""
-    deadline = time.monotonic() + grace_s
-    while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and text in (entry / "cmdline").read_text():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.2)
 
 
 def _stop_after_first_row(server, env: Path, name: str) -> threading.Thread:
@@ -263,7 +250,7 @@ def test_a_host_lost_mid_run_hands_its_points_to_the_other(env, host_a, capsys):
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
     assert "host doomed: connection lost" in said and "move to" in said
     # its QEMU died with the connection (the watchdog kills the process group)
-    assert not _processes_mentioning(str(env / "work-d"))
+    assert not processes_mentioning(str(env / "work-d"), grace_s=10.0)
 
 
 @pytest.mark.timeout(240)
@@ -320,4 +307,4 @@ def test_ctrl_c_stops_the_run_and_qemu_there(env, host_a):
     assert "interrupted" in output and "--resume" in output
     _, rows = rows_of(env, "micro-int")
     assert rows and all(r["status"] == "ok" for r in rows)
-    assert not _processes_mentioning(str(workdir))
+    assert not processes_mentioning(str(workdir), grace_s=10.0)

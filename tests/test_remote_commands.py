@@ -21,6 +21,7 @@ from harness.errors import InfraError
 from harness.hostrun import prepare_disk_there
 from harness.hosts import HostSpec
 from harness.remote import SSHHost
+from procs import processes_mentioning
 from sshd import make_sshd, own_ssh_files, sshd_missing
 
 
@@ -48,15 +49,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and text in (entry / "cmdline").read_text():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def _gone_within(pids: list[int], seconds: float) -> list[int]:
@@ -78,7 +70,7 @@ def test_a_timed_out_command_is_killed_there_and_its_log_kept(host, tmp_path):
         host.run(["sh", "-c", f"sleep 300 & echo child $!; wait; : {token}"], timeout=2,
                  log_file=log, what="host fio ceiling")
     assert time.monotonic() - started < 20
-    left = _gone_within(_processes_mentioning(token), 5)
+    left = _gone_within(processes_mentioning(token), 5)
     text = log.read_text() if log.exists() else ""
     child = re.search(r"child (\d+)", text)
     if child:
