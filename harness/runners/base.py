@@ -60,13 +60,12 @@ class PointLoop:
     """
 
     def __init__(self, run: Run, session: Session, advance: Advance, say: Say,
-                 log_file: Path, on_failure: Callable[[], None] | None = None):
+                 log_file: Path):
         self.run = run
         self.session = session
         self.advance = advance
         self.say = say
         self.log_file = log_file  # the log a failed row names
-        self.on_failure = on_failure  # e.g. bring the boot's logs back from the host
         self.remaining: list[Point] = list(session.points)
         self.current: Point | None = None
 
@@ -87,8 +86,6 @@ class PointLoop:
             return False
         if is_host_lost(self.run, exc):  # the scheduler moves the points to another host
             raise host_lost(self.run, exc) from exc
-        if self.on_failure:
-            self.on_failure()
         self.say(f"{self.session.key}: failed: {exc}")
         unfinished = [self.current] if self.current and not isinstance(exc, SessionEnded) else []
         fail_points(self.run, unfinished + self.remaining, str(exc), self.log_file)

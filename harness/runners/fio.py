@@ -54,14 +54,7 @@ class FioRunner:
         spec = self.vm_spec(session, self.run.host_path(log_file))
         self.run.command_lines.setdefault(session.variant, shlex.join(qemu_argv(spec)))
         timeouts = self.run.config.timeouts
-        collected = False
-
-        def collect_logs() -> None:
-            nonlocal collected
-            self.run.collect_vm_logs(log_file)
-            collected = True
-
-        with PointLoop(self.run, session, advance, self.say, log_file, collect_logs) as loop:
+        with PointLoop(self.run, session, advance, self.say, log_file) as loop:
             with VM(spec, host=self.run.host) as vm:
                 if self.image.marker:
                     vm.wait_for_marker(self.image.marker, timeouts.boot_s)
@@ -77,8 +70,8 @@ class FioRunner:
                 finally:
                     connection.close()
                 vm.shutdown(timeouts.shutdown_s)
-        if not collected:
-            collect_logs()
+        # reached whether the session went well or failed; a lost host raised past it
+        self.run.collect_vm_logs(log_file)
 
     def _point(self, vm: VM, connection, point: Point) -> None:
         config = self.run.config
