@@ -87,22 +87,17 @@ static inline void irq_disable(void)
  * not about halting use this to keep out of that hang. */
 extern int mg_idle_spin;
 
-/* Let pending interrupts in, waiting for one; callers loop on their own
- * condition, so the spin variant may return before anything arrived.
+/* Let pending interrupts in and wait for one: HLT, or with idle=spin a loop
+ * with interrupts enabled until any interrupt (the device's, the 10 Hz
+ * timer's) has been taken, bounded by SPIN_WAIT_MS.  Callers loop on their
+ * own condition.
  *
- * The spin variant's window is two instructions and a jump rather than
- * "sti; pause; cli": an emulator that looks for interrupts only between
- * translated blocks (QEMU's TCG, and so the SVM it emulates for nested KVM)
- * never finds the one-instruction window open; the jump ends a block with
- * interrupts enabled. */
-static inline void safe_halt(void)
-{
-    if (mg_idle_spin) {
-        asm volatile("sti; nop; jmp 1f; 1: cli" ::: "memory", "cc");
-        return;
-    }
-    asm volatile("sti; hlt; cli" ::: "memory", "cc");
-}
+ * The spin has to stay open until something arrives: a window of a few
+ * instructions let MSI-X in under nested KVM but not INTx, which L1's KVM
+ * injects only after an interrupt-window exit (a CI run counted 0 INTx
+ * interrupts in 1000 requests that way).  Each turn of the loop ends a
+ * translated block, where TCG, and the SVM it emulates, looks for them. */
+void safe_halt(void);
 
 /* 64-by-32 division without libgcc (two divl). */
 static inline uint64_t div_u64_u32(uint64_t n, uint32_t d, uint32_t *rem)

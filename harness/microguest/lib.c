@@ -323,6 +323,27 @@ void lapic_init(void)
     lapic_write(LAPIC_TMR_INIT, 100000000);             /* 100 ms at 1 GHz */
 }
 
+/* The spin's bound: the timer ends it sooner unless interrupts are lost. */
+#define SPIN_WAIT_MS 200
+
+void safe_halt(void)
+{
+    uint32_t irqs = irq_count, ticks = timer_ticks, others = unexpected_irqs;
+    uint64_t deadline;
+
+    if (!mg_idle_spin) {
+        asm volatile("sti; hlt; cli" ::: "memory", "cc");
+        return;
+    }
+    deadline = rdtsc() + ms_to_cycles(SPIN_WAIT_MS);
+    asm volatile("sti" ::: "memory", "cc");
+    while (irq_count == irqs && timer_ticks == ticks && unexpected_irqs == others &&
+           rdtsc() < deadline) {
+        cpu_relax();
+    }
+    asm volatile("cli" ::: "memory", "cc");
+}
+
 void mg_interrupt(uint32_t vector)
 {
     if (vector < 32) {
