@@ -144,6 +144,7 @@ uint64_t ms_to_cycles(uint32_t ms);
 #define VEC_TIMER       0x30
 #define VEC_MSIX_QUEUE  0x41
 #define VEC_MSIX_QUEUE2 0x42            /* MSI-X entry 1 (mode=msix-churn) */
+#define VEC_MSIX_DISK   0x50            /* disks=N: disk i > 0 raises 0x50 + i */
 #define VEC_PIC_BASE    0x20
 #define VEC_SPURIOUS    0xff
 #define LAPIC_BASE      0xfee00000u
@@ -152,8 +153,22 @@ extern volatile uint32_t irq_count;
 extern volatile uint32_t irq_count_alt;     /* of VEC_MSIX_QUEUE2 */
 extern volatile uint32_t timer_ticks;
 extern volatile uint32_t unexpected_irqs;
+
+/* disks=N: at most this many virtio-blk devices are driven at once */
+#define MG_MAX_DISKS    8
+
+/* interrupts per disk: its MSI-X vector, or its ISR found set on an INTx line */
+extern volatile uint32_t disk_irqs[MG_MAX_DISKS];
+
+/* INTx sources: disk 0's line and ISR port (intx_line, intx_ack_port) and those
+ * of disks 1.. added with intx_add(); a line may be shared by several disks */
+extern int intx_line;
+extern uint16_t intx_ack_port;
+void intx_add(int disk, int line, uint16_t isr_port);
+
 void idt_init(void);
 void pic_init(int unmask_line);
+void pic_unmask(int line);
 void lapic_init(void);
 void mg_interrupt(uint32_t vector);
 
@@ -164,6 +179,7 @@ uint8_t pci_read8(int bdf, int off);
 void pci_write32(int bdf, int off, uint32_t val);
 void pci_write16(int bdf, int off, uint16_t val);
 int pci_find(uint16_t vendor, uint16_t device);
+int pci_find_nth(uint16_t vendor, uint16_t device, int nth);
 int pci_find_cap(int bdf, uint8_t id);
 
 #endif

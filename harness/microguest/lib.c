@@ -248,8 +248,45 @@ volatile uint32_t irq_count;
 volatile uint32_t irq_count_alt;
 volatile uint32_t timer_ticks;
 volatile uint32_t unexpected_irqs;
+volatile uint32_t disk_irqs[MG_MAX_DISKS];
 int intx_line = -1;
 uint16_t intx_ack_port;
+
+/* INTx of disks 1..MG_MAX_DISKS-1 (disk 0: intx_line, intx_ack_port) */
+static struct {
+    int line;
+    uint16_t port;
+} intx_more[MG_MAX_DISKS];
+
+void intx_add(int disk, int line, uint16_t isr_port)
+{
+    if (disk > 0 && disk < MG_MAX_DISKS) {
+        intx_more[disk].line = line;
+        intx_more[disk].port = isr_port;
+    }
+}
+
+/* Read (and so clear) the ISR of every disk on line; 1 if any is ours. */
+static int intx_ack(int line)
+{
+    int ours = 0, i;
+
+    if (line == intx_line) {
+        ours = 1;
+        if (inb(intx_ack_port) & 1) {   /* read to ack, lowers INTx */
+            disk_irqs[0]++;
+        }
+    }
+    for (i = 1; i < MG_MAX_DISKS; i++) {
+        if (intx_more[i].port && intx_more[i].line == line) {
+            ours = 1;
+            if (inb(intx_more[i].port) & 1) {
+                disk_irqs[i]++;
+            }
+        }
+    }
+    return ours;
+}
 
 void idt_init(void)
 {
@@ -283,20 +320,27 @@ void pic_init(int unmask_line)
     outb(0xa1, 0x02);
     outb(0x21, 0x01);
     outb(0xa1, 0x01);
-    if (unmask_line >= 0 && unmask_line < 16) {
-        uint16_t elcr = 0x4d0 + (unmask_line >> 3);
-
-        /* PCI INTx is level triggered */
-        outb(elcr, inb(elcr) | (1 << (unmask_line & 7)));
-        if (unmask_line < 8) {
-            m1 &= ~(1 << unmask_line);
-        } else {
-            m1 &= ~(1 << 2);
-            m2 &= ~(1 << (unmask_line - 8));
-        }
-    }
     outb(0x21, m1);
     outb(0xa1, m2);
+    pic_unmask(unmask_line);
+}
+
+/* Unmask one more 8259 line (level triggered, as PCI INTx is). */
+void pic_unmask(int line)
+{
+    uint16_t elcr;
+
+    if (line < 0 || line >= 16) {
+        return;
+    }
+    elcr = 0x4d0 + (line >> 3);
+    outb(elcr, inb(elcr) | (1 << (line & 7)));
+    if (line < 8) {
+        outb(0x21, inb(0x21) & ~(1 << line));
+    } else {
+        outb(0x21, inb(0x21) & ~(1 << 2));
+        outb(0xa1, inb(0xa1) & ~(1 << (line - 8)));
+    }
 }
 
 #define LAPIC_EOI       0x0b0
@@ -357,6 +401,11 @@ void mg_interrupt(uint32_t vector)
         lapic_write(LAPIC_EOI, 0);
     } else if (vector == VEC_MSIX_QUEUE) {
         irq_count++;
+        disk_irqs[0]++;
+        lapic_write(LAPIC_EOI, 0);
+    } else if (vector > VEC_MSIX_DISK && vector < VEC_MSIX_DISK + MG_MAX_DISKS) {
+        irq_count++;
+        disk_irqs[vector - VEC_MSIX_DISK]++;
         lapic_write(LAPIC_EOI, 0);
     } else if (vector == VEC_MSIX_QUEUE2) {
         irq_count++;
@@ -365,8 +414,7 @@ void mg_interrupt(uint32_t vector)
     } else if (vector >= VEC_PIC_BASE && vector < VEC_PIC_BASE + 16) {
         int line = vector - VEC_PIC_BASE;
 
-        if (line == intx_line) {
-            inb(intx_ack_port);         /* virtio ISR: read to ack, lowers INTx */
+        if (intx_ack(line)) {
             irq_count++;
         } else if (line != 7 && line != 15) {
             unexpected_irqs++;
@@ -421,6 +469,12 @@ void pci_write16(int bdf, int off, uint16_t val)
 /* Bus 0 only (i440FX/Q35 put the device there); returns bdf or -1. */
 int pci_find(uint16_t vendor, uint16_t device)
 {
+    return pci_find_nth(vendor, device, 0);
+}
+
+/* The nth (from 0) function with these IDs in scan order, or -1. */
+int pci_find_nth(uint16_t vendor, uint16_t device, int nth)
+{
     int dev, fn;
 
     for (dev = 0; dev < 32; dev++) {
@@ -434,7 +488,7 @@ int pci_find(uint16_t vendor, uint16_t device)
                 }
                 continue;
             }
-            if ((id & 0xffff) == vendor && (id >> 16) == device) {
+            if ((id & 0xffff) == vendor && (id >> 16) == device && nth-- == 0) {
                 return bdf;
             }
             if (fn == 0 && !(pci_read8(bdf, 0x0e) & 0x80)) {

@@ -29,6 +29,7 @@ struct mg_config {
     int unmap_first;        /* ram-change: disable the BAR, do not move it */
     uint32_t churn_every;   /* msix-churn: batches between steps */
     int indirect;           /* bench: one indirect descriptor per request */
+    uint32_t disks;         /* bench: drive the first N virtio-blk devices */
     uint32_t pause_ms;      /* hostile: pause after a broken ring (safety) */
     char hostile_case[32];
     uint32_t timeout_ms;    /* per-wait timeout */

@@ -3,18 +3,24 @@
  */
 #include "virtio.h"
 
-extern int intx_line;
-extern uint16_t intx_ack_port;
-
 #define PCI_CAP_ID_MSIX 0x11
 
 const char *vdev_probe(struct vdev *d)
+{
+    return vdev_probe_nth(d, 0);
+}
+
+/* The nth virtio-blk function (PCI scan order), enabled; its vector is
+ * VEC_MSIX_QUEUE for the first, VEC_MSIX_DISK + nth for the others. */
+const char *vdev_probe_nth(struct vdev *d, int nth)
 {
     uint32_t bar0;
     uint16_t cmd;
 
     memset(d, 0, sizeof(*d));
-    d->bdf = pci_find(0x1af4, 0x1001);
+    d->index = nth;
+    d->msix_vector = nth == 0 ? VEC_MSIX_QUEUE : VEC_MSIX_DISK + nth;
+    d->bdf = pci_find_nth(0x1af4, 0x1001, nth);
     if (d->bdf < 0) {
         return "no-virtio-blk";
     }
@@ -60,7 +66,7 @@ static const char *msix_setup(struct vdev *d)
     d->msix_table = entry;
     writel(entry + 0, LAPIC_BASE);      /* destination: APIC ID 0 */
     writel(entry + 4, 0);
-    writel(entry + 8, VEC_MSIX_QUEUE);  /* fixed, edge */
+    writel(entry + 8, d->msix_vector);  /* fixed, edge */
     writel(entry + 12, 0);              /* unmasked */
     ctrl = (ctrl | 0x8000) & ~0x4000;   /* enable, no function mask */
     pci_write16(d->bdf, pos + 2, ctrl);
@@ -146,8 +152,12 @@ const char *vdev_init(struct vdev *d, uintptr_t ring_mem, enum wait_mode wait)
         if (d->intx_line == 0 || d->intx_line >= 16) {
             return "no-intx-line";
         }
-        intx_line = d->intx_line;
-        intx_ack_port = io + VIRTIO_PCI_ISR;
+        if (d->index == 0) {
+            intx_line = d->intx_line;
+            intx_ack_port = io + VIRTIO_PCI_ISR;
+        } else {
+            intx_add(d->index, d->intx_line, io + VIRTIO_PCI_ISR);
+        }
     }
 
     /* device config: capacity (le64) at 20, or 24 once MSI-X is enabled */
@@ -195,6 +205,62 @@ int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
         if (irq_count == irqs && timer_ticks != ticks &&
             vdev_used_idx(d) != d->last_used) {
             d->missed_irqs++;
+        }
+    }
+}
+
+static int any_used(struct vdev **d, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        if (vdev_used_idx(d[i]) != d[i]->last_used) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int vdev_wait_any(struct vdev **d, int n, enum wait_mode wait, uint64_t deadline)
+{
+    uint64_t t0;
+    int i;
+
+    if (n == 1) {
+        return vdev_wait(d[0], wait, deadline);
+    }
+    if (wait == WAIT_POLL || wait == WAIT_POLL_IRQ_ON) {
+        for (;;) {
+            if (any_used(d, n)) {
+                return 1;
+            }
+            if (rdtsc() > deadline) {
+                return 0;
+            }
+            cpu_relax();
+        }
+    }
+    for (;;) {
+        uint32_t irqs, ticks;
+
+        irq_disable();
+        for (i = 0; i < n; i++) {
+            vdev_set_used_event(d[i]);
+        }
+        if (any_used(d, n)) {
+            return 1;
+        }
+        t0 = rdtsc();
+        if (t0 > deadline) {
+            return 0;
+        }
+        irqs = irq_count;
+        ticks = timer_ticks;
+        safe_halt();
+        irq_disable();
+        d[0]->halted_cycles += rdtsc() - t0;
+        if (irq_count == irqs && timer_ticks != ticks && any_used(d, n)) {
+            d[0]->missed_irqs++;
         }
     }
 }

@@ -80,6 +80,7 @@ enum kick_mode {
 };
 
 struct vdev {
+    int index;                      /* among the virtio-blk functions, scan order */
     int bdf;
     uint16_t io;
     uint32_t host_features;
@@ -99,6 +100,7 @@ struct vdev {
     enum wait_mode wait;
     int msix;
     uintptr_t msix_table;           /* MSI-X table (memory BAR) */
+    uint8_t msix_vector;            /* IDT vector of the queue's message */
     int intx_line;
     uint64_t capacity;              /* 512-byte sectors */
     uint32_t notifies;
@@ -109,6 +111,7 @@ struct vdev {
 #define VRING_MEM_BYTES (64 * 1024)
 
 const char *vdev_probe(struct vdev *d);
+const char *vdev_probe_nth(struct vdev *d, int nth);
 const char *vdev_init(struct vdev *d, uintptr_t ring_mem, enum wait_mode wait);
 void vdev_reset(struct vdev *d);
 uint8_t vdev_status(struct vdev *d);
@@ -195,5 +198,13 @@ static inline uint16_t vdev_used_idx(struct vdev *d)
  * passes; returns 0 on timeout.  Poll mode spins; interrupt modes halt.
  */
 int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline);
+
+/*
+ * The same over n devices: until any of them has a used index that differs
+ * from its last_used.  Polling checks them in turn; interrupt modes halt
+ * until an interrupt (any device's) or the timer.  Halted time and missed
+ * interrupts are counted in d[0].
+ */
+int vdev_wait_any(struct vdev **d, int n, enum wait_mode wait, uint64_t deadline);
 
 #endif
