@@ -4,7 +4,10 @@ Guest command line, all optional::
 
     rw=randread|randwrite|read|write|randrw  bs=4096  qd=16  n=20000  warmup=0
     seq=0|1  rwmix=50  wait=poll|irq|intx|poll-irq-on  kick=honour|every  verify=0|1  seed=1
-    mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1  idle=hlt|spin
+    mode=bench|hostile  case=NAME  timeout_ms=10000  halt=0|1  idle=hlt|spin  disks=1
+
+disks=N (1..8, bench mode only): drive the first N virtio-blk devices in PCI scan
+order, n requests and qd in flight on each; the VM must have N attached.
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from ..vm import VMSpec
 #: Exit statuses of a clean guest power-off: ACPI S5, isa-debug-exit ok/failed.
 CLEAN_EXITS = (0, 33, 35)
 DEFAULT_MEMORY_MB = 128
+#: The most virtio-blk devices the guest drives at once (MG_MAX_DISKS in hw.h).
+MAX_DISKS = 8
 
 
 def guest_cmdline(workload: Workload, requests: int, wait: str = "poll", *,
                   verify: bool = False, seed: int = 1, warmup: int = 0,
-                  timeout_ms: int = 10000, kick: str = "honour") -> str:
-    """The micro-guest's -append string for one benchmark point."""
+                  timeout_ms: int = 10000, kick: str = "honour", disks: int = 1) -> str:
+    """The micro-guest's -append string for one benchmark point (disks: how many
+    virtio-blk devices it drives; the line names it only when more than one)."""
     if wait not in WAIT_MODES:
         raise UserError(f"micro-guest wait mode {wait!r}: use one of {', '.join(WAIT_MODES)}")
     if kick not in KICK_MODES:
@@ -35,9 +41,12 @@ def guest_cmdline(workload: Workload, requests: int, wait: str = "poll", *,
     if workload.numjobs != 1:
         raise UserError(f"micro-guest: numjobs={workload.numjobs}; the legacy virtio-blk device "
                         "has one queue, so the micro-guest runs numjobs 1 only")
+    if not 1 <= disks <= MAX_DISKS:
+        raise UserError(f"micro-guest: disks={disks}; it drives 1 to {MAX_DISKS} devices")
     bs = parse_size(workload.bs)
     return (f"rw={workload.rw} bs={bs} qd={workload.iodepth} n={requests} warmup={warmup} "
-            f"wait={wait} kick={kick} verify={int(verify)} seed={seed} timeout_ms={timeout_ms}")
+            f"wait={wait} kick={kick} verify={int(verify)} seed={seed} timeout_ms={timeout_ms}"
+            + (f" disks={disks}" if disks != 1 else ""))
 
 
 def hostile_cmdline(case: str, wait_timeout_ms: int = 1000, halt: bool = True) -> str:

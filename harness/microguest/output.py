@@ -44,6 +44,10 @@ class MicroResult:
     p999_ns: float
     hist: tuple[tuple[int, int, int], ...]
     error: str = ""
+    #: devices driven (disks=N); n is per device, done and iops are over all of them
+    disks: int = 1
+    #: each device's IOPS, in PCI scan order (empty in results from before disks=N)
+    per_disk_iops: tuple[float, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # filled in by run.run_microguest_point
     host_cpu_pct: float = math.nan
@@ -122,6 +126,8 @@ def parse_result(text: str) -> MicroResult | None:
         lat_max_ns=float(lat.get("max", math.nan)), p50_ns=float(lat.get("p50", math.nan)),
         p99_ns=float(lat.get("p99", math.nan)), p999_ns=float(lat.get("p999", math.nan)),
         hist=hist, error=str(data.get("error", "")), raw=data,
+        disks=int(data.get("disks", 1)),
+        per_disk_iops=tuple(float(d.get("iops", 0)) for d in data.get("per_disk") or ()),
     )
 
 

@@ -28,7 +28,8 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
                          verify: bool = False, seed: int = 1, warmup: int = 0,
                          kernel: str | os.PathLike | None = None,
                          legacy: bool | None = None, host: Executor = LOCAL,
-                         extra: tuple[str, ...] = (), kick: str = "honour") -> MicroResult:
+                         extra: tuple[str, ...] = (), kick: str = "honour",
+                         disks: int = 1) -> MicroResult:
     """Boot the micro-guest for one point and return its parsed result.
 
     Host CPU is QEMU's process CPU time (all threads) between the guest's
@@ -39,10 +40,11 @@ def run_microguest_point(binary: str | os.PathLike, accel: Accel | str,
     which micro_row turns into CPU µs per I/O.  InfraError (naming the log) when
     no result line appears before the timeout or QEMU dies first.  host: where QEMU
     runs (console_log and the paths are paths there).  extra: more QEMU arguments
-    (the trace flavour's -trace).
+    (the trace flavour's -trace).  disks: how many virtio-blk devices the guest drives
+    (the first is disk_path; the caller attaches the others through extra).
     """
     cmdline = guest_cmdline(workload, requests, wait, verify=verify, seed=seed, warmup=warmup,
-                            kick=kick)
+                            kick=kick, disks=disks)
     spec = microguest_spec(binary, accel, disk_path, variant, cmdline, console_log,
                            kernel=kernel or build_microguest(), memory_mb=memory_mb,
                            legacy=legacy)
