@@ -40,6 +40,9 @@ KVM = Accel("kvm", "kvm", needs_kvm_device=True)
 #: KVM inside an L1 Linux under TCG with emulated AMD SVM (nested paging).
 KVM_NESTED = Accel("kvm-nested", "tcg", needs_kvm_device=False, cpu="EPYC,+svm", inner="kvm")
 ACCELS: dict[str, Accel] = {accel.name: accel for accel in (KVM, TCG, KVM_NESTED)}
+#: What the points of kvm-nested run with in L1 (nested/host.py): KVM, named so that
+#: their rows are never pooled with KVM on hardware
+KVM_IN_L1 = Accel(KVM_NESTED.name, "kvm", needs_kvm_device=True)
 assert set(ACCELS) == set(get_args(AccelName)), "config.AccelName and ACCELS disagree"
 
 

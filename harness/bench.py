@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .accel import TCG, accel_named
 from .accelprobe import choose_accel, probe_for
@@ -37,6 +37,7 @@ from .hosts import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
 from .matrix import Session, plan, skipped
 from .microguest.elf import build_microguest
+from .nested.host import L1Provider
 from .paths import cache_dir, results_dir
 from .progress import RunProgress
 from .qemuinfo import qemu_info
@@ -203,12 +204,23 @@ def run_bench(config_path: Path, resume: str | None = None, accel: str | None = 
                         "flavour is not shipped to hosts): drop --host/hosts: or the trace")
     run, assets = prepare(config, Path(config_path), resume, accel, say, remote=bool(specs))
     with discarded_unless_measured(run.run_dir, fresh=not resume):
-        hosted = _prepare_hosts(run, specs, assets, accel or config.accel, say) if specs else []
+        if specs:
+            hosted = _prepare_hosts(run, specs, assets, accel or config.accel, say)
+        elif run.accel.inner:
+            hosted = [_boot_l1(run, assets, say)]
+        else:
+            hosted = []
         try:
             return _run_prepared(config_path, run, assets, hosted, say, bar)
         finally:
             for each in hosted:
                 each.run.host.close()
+
+
+def _boot_l1(run: Run, assets: GuestAssets, say: Say) -> "HostedRun":
+    """accel kvm-nested: an L1 booted here is the run's one host (nested/host.py)."""
+    provider = L1Provider(run, assets, say)
+    return HostedRun(*provider.host(), revive=provider.revive)
 
 
 def _prepare_hosts(run: Run, specs, assets: GuestAssets, requested: str,
@@ -233,12 +245,16 @@ def _prepare_hosts(run: Run, specs, assets: GuestAssets, requested: str,
 class HostedRun:
     run: Run
     assets: GuestAssets  # the guests' files there
+    #: a new host in place of this one once it is lost (kvm-nested's next L1), or None
+    revive: Callable[[], tuple[Run, GuestAssets] | None] | None = None
 
 
 def _run_prepared(config_path: Path, run: Run, assets: GuestAssets, hosted: list[HostedRun],
                   say: Say, bar) -> Path:
     config = run.config
-    runners = {guest.id: make_runner(run, guest, assets, say) for guest in config.guests}
+    runs_on = hosted[0].run if hosted else run
+    runners = {guest.id: make_runner(runs_on, guest, hosted[0].assets if hosted else assets, say)
+               for guest in config.guests}
     description = "; ".join(f"{kind}: {r.description}" for kind, r in runners.items())
     write_manifest(run, "running", description)
     for line in skipped(config):
@@ -369,19 +385,30 @@ def _record_precision(run: Run, say: Say) -> None:
 
 def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],
                   ceiling: list, say: Say, advance) -> None:
-    """The sessions and ceiling points spread over the hosts (scheduler.py)."""
-    runners = {each.run.host.label: {g.id: make_runner(each.run, g, each.assets, say)
-                                     for g in run.config.guests} for each in hosted}
+    """The sessions and ceiling points spread over the hosts (scheduler.py).
+
+    A host brought back after it was lost replaces its entry in hosted, for
+    the rest of this call and the rounds after it."""
+    runners = {id(each.run): _runners(each, run.config, say) for each in hosted}
 
     def run_unit(there: Run, unit: Unit, step) -> None:
         for session in unit.sessions:
-            runners[there.host.label][session.guest].run_session(session, step)
+            runners[id(there)][session.guest].run_session(session, step)
         if unit.ceiling:
             run_host_ceiling(there, say, step, list(unit.ceiling))
 
+    def revive(lost: Run) -> Run | None:
+        index = next(i for i, each in enumerate(hosted) if each.run is lost)
+        again = hosted[index].revive() if hosted[index].revive else None
+        if again is None:
+            return None
+        hosted[index] = HostedRun(*again, revive=hosted[index].revive)
+        runners[id(hosted[index].run)] = _runners(hosted[index], run.config, say)
+        return hosted[index].run
+
     per_point = {g.id for g in run.config.guests if g.kind == "microguest"}
     scheduler = Scheduler([each.run for each in hosted], units(sessions, ceiling, per_point),
-                          run_unit, say, advance)
+                          run_unit, say, advance, revive)
     try:
         scheduler.run()
     finally:
@@ -390,6 +417,11 @@ def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],
             say(f"host {host.label}: {scheduler.work_done[host.label]} point(s) run; sent "
                 f"{host.wire_bytes_sent} bytes over SSH, {host.shipped_bytes} of them new files"
                 + (f"; lost: {scheduler.lost[host.label]}" if host.label in scheduler.lost else ""))
+
+
+def _runners(hosted: HostedRun, config, say: Say) -> dict:
+    """A runner per guest of the config, for one host's Run."""
+    return {g.id: make_runner(hosted.run, g, hosted.assets, say) for g in config.guests}
 
 
 def _report(run: Run, say: Say) -> None:

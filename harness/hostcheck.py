@@ -3,7 +3,7 @@
 The facts are gathered with one shell script (uname, /proc, df, command -v)
 and kept for the manifest (CPU, kernel, accelerator, storage).  The checks:
 SSH reachable (remote.connect_problem), a Linux x86_64 host, the tools the
-harness drives there (fio, setsid, python3), /dev/kvm when KVM is asked for,
+harness drives there (fio, setsid, python3, ldd, getconf), /dev/kvm when KVM is asked for,
 free space for each test image, and — once the binaries are shipped — the
 shared libraries the 2012 binaries need (ldd).  Whether `auto` means KVM is
 decided by the same probe boot as here (accelprobe), run there.
@@ -22,7 +22,8 @@ from .remote import SSHHost
 from .util import Say
 
 #: Tools the harness runs on a host, and the Debian package that has each.
-TOOLS = {"fio": "fio", "setsid": "util-linux", "python3": "python3", "ldd": "libc-bin"}
+TOOLS = {"fio": "fio", "setsid": "util-linux", "python3": "python3", "ldd": "libc-bin",
+         "getconf": "libc-bin"}
 #: Shared libraries of the 2012 build and the Debian package that has each.
 LIBRARY_PACKAGES = {"libglib-2.0.so.0": "libglib2.0-0", "libgthread-2.0.so.0": "libglib2.0-0",
                     "libz.so.1": "zlib1g", "libaio.so.1": "libaio1", "librt.so.1": "libc6",
@@ -47,6 +48,7 @@ def _facts_script(disks: Iterable[DiskSpec]) -> str:
         lines.append(f'p={path}; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; '
                      f'echo "disk_{disk.name}_free_kb=$(df -Pk "$p" | awk \'NR==2{{print $4}}\')"; '
                      f'echo "disk_{disk.name}_fs=$(stat -f -c %T "$p")"; '
+                     f'if [ -b {path} ]; then echo disk_{disk.name}_block=yes; fi; '
                      f'echo "disk_{disk.name}_have_kb=$(if [ -f {path} ]; then '
                      f'du -k {path} | cut -f1; else echo 0; fi)"')
     return "\n".join(lines)
@@ -74,6 +76,8 @@ def problems(label: str, facts: dict[str, str], disks: Iterable[DiskSpec],
         found.append(f"{where}: /dev/kvm is missing or not read-writable for this user: load "
                      "kvm_intel/kvm_amd and add the user to group kvm, or use accel tcg")
     for disk in disks:
+        if facts.get(f"disk_{disk.name}_block") == "yes":
+            continue  # a block device is used as it is: nothing to fill
         free = int(facts.get(f"disk_{disk.name}_free_kb") or 0) * 1024
         have = int(facts.get(f"disk_{disk.name}_have_kb") or 0) * 1024
         need = disk.size_bytes - have
@@ -101,7 +105,7 @@ def library_problems(host: SSHHost, binaries: dict[str, PurePosixPath]) -> list[
 
 def manifest_facts(facts: dict[str, str], accel: str) -> dict:
     """The host's entry in manifest.json (like hostinfo.host_facts, plus storage)."""
-    disks = {key[5:-8]: {"free_bytes": int(value) * 1024, "filesystem":
+    disks = {key[5:-8]: {"free_bytes": (_int(value) or 0) * 1024, "filesystem":
                          facts.get(f"disk_{key[5:-8]}_fs", "")}
              for key, value in facts.items() if key.startswith("disk_") and key.endswith("_free_kb")}
     return {"kernel": facts.get("kernel"), "machine": facts.get("machine"),

@@ -13,7 +13,7 @@ import shlex
 import threading
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from .accel import TCG, Accel, accel_named
 from .accelprobe import Probe, probe_for, probe_kvm
@@ -50,10 +50,14 @@ class HostWriter:
         return getattr(self._writer, name)
 
 
-def connect_and_check(spec: HostSpec, disks: list[DiskSpec], accel: str,
-                      say: Say) -> tuple[SSHHost, dict[str, str]]:
+#: Makes the SSHHost of a spec (nested/host.py gives L1's its own kind)
+OpenHost = Callable[[HostSpec, Say], SSHHost]
+
+
+def connect_and_check(spec: HostSpec, disks: list[DiskSpec], accel: str, say: Say,
+                      open_host: OpenHost = SSHHost) -> tuple[SSHHost, dict[str, str]]:
     """A connected host whose checks passed, and its facts; a UserError lists the problems."""
-    host = SSHHost(spec, say).connect()
+    host = open_host(spec, say).connect()
     facts = gather_facts(host, disks)
     found = problems(spec.label, facts, disks, accel)
     if found:
@@ -163,10 +167,18 @@ def host_accel(host: SSHHost, spec: HostSpec, requested: str, facts: dict[str, s
 
 
 def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel: Path | None,
-                 requested_accel: str, lock: threading.Lock, say: Say) -> tuple[Run, GuestAssets]:
-    """The run as one host runs it (see the module docstring); UserError if the host is not ready."""
+                 requested_accel: str, lock: threading.Lock, say: Say, *,
+                 disk_paths: dict[str, str] | None = None,
+                 open_host: OpenHost = SSHHost) -> tuple[Run, GuestAssets]:
+    """The run as one host runs it (see the module docstring); UserError if the host is not ready.
+
+    disk_paths: where the config's disks are there, by name, instead of their `path`s
+    (L1's block devices)."""
     config = run.config
-    host, facts = connect_and_check(spec, config.disks, spec.accel or requested_accel, say)
+    disks_there = [d.model_copy(update={"path": Path(disk_paths[d.name])})
+                   if disk_paths and d.name in disk_paths else d for d in config.disks]
+    host, facts = connect_and_check(spec, disks_there, spec.accel or requested_accel, say,
+                                    open_host)
     try:
         say(f"host {host.label}: {facts.get('os_release')}, kernel {facts.get('kernel')}, "
             f"{facts.get('cores')} cores; work folder {host.workdir}")
@@ -181,7 +193,7 @@ def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel
         assets = ship_guests(host, images, kernel)
         _copy_config(host, run)
         say(f"host {host.label}: shipped {host.shipped_bytes - before} bytes of new files")
-        disks = {d.name: prepare_disk_there(host, d, say) for d in config.disks}
+        disks = {d.name: prepare_disk_there(host, d, say) for d in disks_there}
         accel, notice = host_accel(host, spec, requested_accel, facts, binaries[config.baseline],
                                    legacy[config.baseline], probe_for(assets), say)
     except BaseException:

@@ -9,7 +9,9 @@ other: two benchmarks never share a host.
 
 A host whose connection drops (HostLost) is out of the run: the points of its
 unit that have no ok row go back to the front of the queue for the other
-hosts; when no host is left they become failed rows naming the loss.  Rows
+hosts; when no host is left they become failed rows naming the loss.  A host
+that can be brought back (`revive`: kvm-nested boots a new L1) takes its place
+and goes on with the queue, the unfinished points first.  Rows
 already written stay.  `--resume` plans only the points without an ok row,
 whichever host wrote it, so it continues across hosts.
 """
@@ -67,14 +69,17 @@ def units(sessions: list[Session], ceiling: list[Point], per_point: set[str]) ->
 
 #: Runs one unit on one host's Run (bench.run_unit).
 RunUnit = Callable[[Run, Unit, Advance], None]
+#: A lost host's Run → a new Run on a host brought back, or None (it stays lost).
+Revive = Callable[[Run], "Run | None"]
 
 
 class Scheduler:
     """The shared queue and one worker per host (see the module docstring)."""
 
     def __init__(self, hosted: list[Run], work: list[Unit], run_unit: RunUnit, say: Say,
-                 advance: Advance):
-        self.hosted = hosted
+                 advance: Advance, revive: Revive | None = None):
+        self.hosted = list(hosted)  # a revived host's new Run replaces its old one
+        self.revive = revive
         self.queue: deque[Unit] = deque(work)
         self.run_unit = run_unit
         self.say = say
@@ -123,14 +128,41 @@ class Scheduler:
                 self.run_unit(run, unit, self.advance)
                 self.work_done[label] += len(unit.points)
             except HostLost as exc:
-                self._host_lost(run, unit, exc)
-                return
+                revived = self._revived(run, unit, exc)
+                if revived is None:
+                    self._host_lost(run, unit, exc)
+                    return
+                run = revived
             except BaseException as exc:  # noqa: BLE001 - a UserError stops the run
                 if self.stopping:
                     return
                 self.errors.append(exc)
                 self.stopping = True
                 return
+
+    def _revived(self, run: Run, unit: Unit, exc: HostLost) -> Run | None:
+        """The host brought back, its unit's unfinished points first in the queue; or None."""
+        if self.stopping or self.revive is None:
+            return None
+        run.host.close()
+        try:
+            revived = self.revive(run)
+        except BaseException as exc2:  # noqa: BLE001 - then it is lost, for this reason
+            self.say(f"{exc}; bringing it back failed: {exc2}")
+            return None
+        if revived is None:
+            return None
+        left = unit.without(run.writer.done_keys())
+        with self.lock:
+            if left is not None:
+                self.queue.appendleft(left)
+            self.hosted[next(i for i, r in enumerate(self.hosted) if r is run)] = revived
+        self.say(f"{exc}; brought back, its {len(left.points) if left else 0} unfinished "
+                 "point(s) run again there")
+        with self.lock, open(run.log_path("hosts.log"), "a") as log:
+            log.write(f"{now_iso()} {exc}; brought back; unfinished point(s) run again: "
+                      f"{', '.join(p.key for p in left.points) if left else ''}\n")
+        return revived
 
     def _host_lost(self, run: Run, unit: Unit, exc: HostLost) -> None:
         if self.stopping:

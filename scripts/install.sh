@@ -9,6 +9,7 @@ APT_PACKAGES=(
   build-essential gcc-multilib pkg-config git python3 python3-venv
   libglib2.0-dev zlib1g-dev libaio-dev
   qemu-system-x86 qemu-utils fio busybox-static openssh-client openssh-server
+  openssh-sftp-server
   cpio zstd xz-utils kmod
 )
 SUDO=""

@@ -120,7 +120,7 @@ def test_system_qemu_variant_is_refused():
 
 
 def test_watchdog_note_counts_hangs(tmp_path):
-    from harness.runners.nested import WATCHDOG_COLUMNS
+    from harness.results import WATCHDOG_COLUMNS
     from harness.report import watchdog_note
 
     assert "caught no hung run" in watchdog_note(tmp_path)
@@ -142,13 +142,13 @@ def test_report_names_kvm_nested_and_never_pools_it():
 
 
 def test_an_accel_override_to_kvm_nested_is_checked_like_the_config(tmp_path):
-    from harness.runners import make_runner
+    from harness.nested.host import L1Provider
 
     config = parse_config("name: t\nvariants: [baseline, {name: q, binary: qemu-system-x86_64}]\n"
                           "disks: [{path: /tmp/x.img}]\n")
     run = SimpleNamespace(config=config, accel=accel_named("kvm-nested"))
     with pytest.raises(UserError, match="accel kvm-nested: variant 'q'"):
-        make_runner(run, config.guests[0], None, print)
+        L1Provider(run, None, print)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

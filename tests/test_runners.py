@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,8 +16,8 @@ from harness.fio_jobs import GuestStalled
 from harness.hostexec import LOCAL
 from harness.matrix import plan
 from harness.results_writer import ResultsWriter
-from harness.runners import RUNNERS, PointLoop, SessionEnded, fio_point, make_runner, select
-from harness.runners.registry import HOST, L1, register
+from harness.runners import RUNNERS, GuestAssets, PointLoop, SessionEnded, fio_point, make_runner, select
+from harness.runners.registry import HOST, register
 from harness.runstate import Run
 
 CONFIG = """
@@ -48,11 +49,10 @@ def test_every_guest_kind_has_a_runner_here():
     assert {kind for kind, where in RUNNERS if where == HOST} == kinds
 
 
-def test_under_l1_a_custom_guest_is_refused_in_one_line_naming_what_can_run():
-    assert {kind for kind, where in RUNNERS if where == L1} == {"fio", "microguest"}
-    with pytest.raises(UserError, match=r"'custom' cannot run in L2 .*: use one of fio, "
+def test_a_kind_no_runner_takes_is_refused_in_one_line_naming_what_can_run():
+    with pytest.raises(UserError, match=r"'unikernel' cannot run here: use one of custom, fio, "
                                         r"microguest$"):
-        select("custom", L1)
+        select("unikernel", HOST)
 
 
 def test_a_new_guest_kind_is_one_registration(monkeypatch):
@@ -72,12 +72,18 @@ def test_a_new_guest_kind_is_one_registration(monkeypatch):
         register("unikernel")(Unikernel)
 
 
-def test_kvm_nested_selects_the_l1_runners():
-    from harness.runners.nested import NestedMicroRunner
+def test_kvm_nested_points_run_through_the_same_runners_with_kvm_in_l1(tmp_path):
+    """L1 is a host (nested/host.py): its Run has KVM, named kvm-nested in the rows."""
+    from harness.accel import KVM_IN_L1
+    from harness.runners.micro import MicroRunner
 
-    run = SimpleNamespace(accel=accel_named("kvm-nested"))
-    from harness.runners.registry import where_points_run
-    assert where_points_run(run) == L1 and select("microguest", L1) is NestedMicroRunner
+    run = _run(tmp_path)
+    there = replace(run, accel=KVM_IN_L1)
+    runner = make_runner(there, run.config.guests[0], GuestAssets({}, Path("/x.elf")), print)
+    assert isinstance(runner, MicroRunner)
+    assert (KVM_IN_L1.name, KVM_IN_L1.machine_accel, KVM_IN_L1.inner) == ("kvm-nested", "kvm",
+                                                                          None)
+    assert accel_named("kvm-nested").inner == "kvm"   # what boots L1 here
 
 
 # ------------------------------------------------------------------ the point loop

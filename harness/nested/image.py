@@ -21,6 +21,7 @@ from ..microguest import build_microguest
 from ..paths import cache_dir
 from ..util import Say, quiet
 
+from .hosttools import add_host_tools, add_libraries, host_tools_digest
 from .scripts import L1_INIT, L2_START, L2_WAIT, OPT
 
 log = logging.getLogger("harness.nested")
@@ -36,26 +37,35 @@ class L1Image:
     builds: tuple[str, ...]   # variants carried (by build name)
     fio_guest: bool           # carries the fio guest for L2
     digest: str
+    #: a remote host's tools instead of the variants and guests (nested/host.py): the
+    #: harness ships those as to any host
+    for_host: bool = False
 
     @property
     def description(self) -> str:
+        if self.for_host:
+            return f"L1 {self.digest}: a KVM host (fio, setsid, python3, ldd, getconf, sftp-server)"
         guests = "micro-guest" + (" + fio guest" if self.fio_guest else "")
         return f"L1 {self.digest}: {', '.join(self.builds)}; {guests}"
 
 
 def prepare_l1_image(binaries: dict[str, Path], fio_guest: bool = False,
-                     say: Say = quiet) -> L1Image:
-    """The L1 kernel + initramfs carrying binaries ({build name: binary}); cached."""
+                     say: Say = quiet, for_host: bool = False) -> L1Image:
+    """The L1 kernel + initramfs carrying binaries ({build name: binary}); cached.
+
+    for_host: only the binaries' libraries, and the tools of a remote host."""
     base = fioguest.prepare_fio_guest(say)
     micro = build_microguest()
     inputs = _inputs(binaries, base, micro, fio_guest)
+    if for_host:
+        inputs["for_host"] = host_tools_digest()
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     out = cache_dir() / "nested" / digest
     if not (out / "manifest.json").exists():
         say(f"assembling the L1 image for kvm-nested ({', '.join(sorted(binaries))}) in {out}")
         _build(out, inputs, binaries, base, micro, fio_guest)
     return L1Image(kernel=base.kernel, initrd=out / "l1.cpio", builds=tuple(sorted(binaries)),
-                   fio_guest=fio_guest, digest=digest)
+                   fio_guest=fio_guest, digest=digest, for_host=for_host)
 
 
 def _inputs(binaries: dict[str, Path], base: GuestImage, micro: Path, fio_guest: bool) -> dict:
@@ -97,8 +107,14 @@ def _build(out: Path, inputs: dict, binaries: dict[str, Path], base: GuestImage,
         _add_scripts(files)
         _add_kvm_modules(files, work)
         for name, binary in sorted(binaries.items()):
-            _add_variant(files, name, binary)
-        files.file(f"{OPT}/microguest.elf", micro.read_bytes())
+            if inputs.get("for_host"):
+                add_libraries(files, binary)
+            else:
+                _add_variant(files, name, binary)
+        if inputs.get("for_host"):
+            add_host_tools(files)
+        else:
+            files.file(f"{OPT}/microguest.elf", micro.read_bytes())
         if fio_guest:
             files.file(f"{OPT}/l2/vmlinuz", base.kernel.read_bytes())
             files.file(f"{OPT}/l2/initrd.cpio", base.initrd.read_bytes())
@@ -141,9 +157,7 @@ def _add_kvm_modules(files: Initramfs, work: Path) -> None:
 
 def _add_variant(files: Initramfs, name: str, binary: Path) -> None:
     files.file(f"{OPT}/{name}/qemu-system-x86_64", Path(binary).read_bytes(), 0o755)
-    for guest_lib, host_lib in fioguest._libraries(Path(binary), [], Path("/nonexistent")).items():
-        if guest_lib not in files:
-            files.file(guest_lib, Path(host_lib).resolve().read_bytes(), 0o755)
+    add_libraries(files, binary)
     bios = pc_bios_dir(binary)
     for path in sorted(bios.rglob("*")):
         if path.is_file():

@@ -10,6 +10,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .. import guest as fioguest
 from ..accel import KVM_NESTED, l0_qemu
@@ -53,8 +54,8 @@ class L1Ports:
     l2_qmp: int     # L0 → L1:4444 (the 2012 QEMU's QMP)
 
 
-def l1_spec(binary: str, image: L1Image, disk_path: Path, ports: L1Ports, console_log: Path,
-            qmp_socket: Path, vcpus: int = 1, memory_mb: int = L1_MEMORY_MB,
+def l1_spec(binary: str, image: L1Image, disk_path: Path | Sequence[Path], ports: L1Ports,
+            console_log: Path, qmp_socket: Path, vcpus: int = 1, memory_mb: int = L1_MEMORY_MB,
             kernel_args: str = "") -> VMSpec:
     """The L0 VM that boots L1 (pure): accel KVM_NESTED's machine accel and cpu.
 
@@ -69,11 +70,14 @@ def l1_spec(binary: str, image: L1Image, disk_path: Path, ports: L1Ports, consol
     fwd = (f"hostfwd=tcp:127.0.0.1:{ports.ssh}-:22,"
            f"hostfwd=tcp:127.0.0.1:{ports.l2_ssh}-:{L2_SSH_PORT},"
            f"hostfwd=tcp:127.0.0.1:{ports.l2_qmp}-:{L2_QMP_PORT}")
-    extra = ("-drive", f"if=none,id=disk0,file={opt_value(disk_path)},format=raw,"
-                       "cache=writeback,aio=threads",
-             "-device", "virtio-blk-pci,drive=disk0,event_idx=off",
-             "-netdev", f"user,id=n0,{fwd}",
-             "-device", "virtio-net-pci,netdev=n0,romfile=,event_idx=off")
+    disks = [disk_path] if isinstance(disk_path, (str, os.PathLike)) else list(disk_path)
+    extra: tuple[str, ...] = ()
+    for index, path in enumerate(disks):  # /dev/vda, /dev/vdb, … in L1
+        extra += ("-drive", f"if=none,id=disk{index},file={opt_value(Path(path))},format=raw,"
+                            "cache=writeback,aio=threads",
+                  "-device", f"virtio-blk-pci,drive=disk{index},event_idx=off")
+    extra += ("-netdev", f"user,id=n0,{fwd}",
+              "-device", "virtio-net-pci,netdev=n0,romfile=,event_idx=off")
     return VMSpec(binary=binary, accel=KVM_NESTED, memory_mb=memory_mb, vcpus=vcpus,
                   console_log=Path(console_log), qmp_socket=Path(qmp_socket), legacy=False,
                   kernel=image.kernel, initrd=image.initrd,
@@ -83,8 +87,8 @@ def l1_spec(binary: str, image: L1Image, disk_path: Path, ports: L1Ports, consol
 class L1:
     """One booted L1: `with L1(image, disk, log) as l1:` boots it and always stops it."""
 
-    def __init__(self, image: L1Image, disk_path: Path, console_log: Path, *, vcpus: int = 1,
-                 memory_mb: int = L1_MEMORY_MB, boot_timeout: float = 180.0,
+    def __init__(self, image: L1Image, disk_path: Path | Sequence[Path], console_log: Path, *,
+                 vcpus: int = 1, memory_mb: int = L1_MEMORY_MB, boot_timeout: float = 180.0,
                  kernel_args: str = "") -> None:
         self.image = image
         self.ports = L1Ports(free_port(), free_port(), free_port())
@@ -92,7 +96,7 @@ class L1:
         self.boot_timeout = boot_timeout
         self.login = fioguest.prepare_fio_guest()   # same key for L1 and L2 (cached)
         qmp = Path(tempfile.gettempdir()) / f"harness-l1-{os.getpid()}-{self.ports.ssh}.sock"
-        self.spec = l1_spec(l0_qemu(), image, Path(disk_path), self.ports, self.console_log,
+        self.spec = l1_spec(l0_qemu(), image, disk_path, self.ports, self.console_log,
                             qmp, vcpus, memory_mb, kernel_args)
         self.vm = VM(self.spec)
         self.conn = None

@@ -2,9 +2,10 @@
 
 A runner module registers its class for the guest kinds it runs; adding a
 guest kind is one new module with one `@register(...)` line (and its import in
-runners/__init__.py).  "where" is `HOST` for a QEMU started on this machine or
-a remote host (the run's executor tells which), `L1` for points run in an L2
-inside an L1 Linux (accel kvm-nested).
+runners/__init__.py).  "where" is `HOST`: a QEMU started on this machine or on
+a remote host, the run's executor tells which; an L1 under accel kvm-nested is
+such a host (nested/host.py).  It is the table's second key so that a guest
+kind that can only run somewhere else has a place.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from ..util import Say
 from .base import GuestAssets, Runner
 
 HOST = "host"
-L1 = "l1"
 
 RunnerFactory = Callable[[Run, GuestSpec, Say, GuestAssets], Runner]
 RUNNERS: dict[tuple[str, str], RunnerFactory] = {}
@@ -35,20 +35,15 @@ def register(*kinds: str, where: str = HOST) -> Callable[[RunnerFactory], Runner
     return add
 
 
-def where_points_run(run: Run) -> str:
-    return L1 if run.accel.inner else HOST
-
-
 def select(kind: str, where: str) -> RunnerFactory:
     """The runner class for a guest kind; a UserError names the kinds that can run there."""
     try:
         return RUNNERS[(kind, where)]
     except KeyError:
         kinds = sorted(k for k, w in RUNNERS if w == where)
-        raise UserError(f"a guest of kind {kind!r} cannot run "
-                        f"{'in L2 under accel kvm-nested' if where == L1 else 'here'}: "
+        raise UserError(f"a guest of kind {kind!r} cannot run here: "
                         f"use one of {', '.join(kinds)}") from None
 
 
 def make_runner(run: Run, guest: GuestSpec, assets: GuestAssets, say: Say) -> Runner:
-    return select(guest.kind, where_points_run(run))(run, guest, say, assets)
+    return select(guest.kind, HOST)(run, guest, say, assets)

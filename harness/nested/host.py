@@ -1,0 +1,114 @@
+"""accel kvm-nested as a host provider: an L1 booted here is then a remote KVM host.
+
+The provider boots L1 from an image with what any remote host needs (fio,
+setsid, python3, ldd, an SFTP server: hosttools.py) and hands the run to
+hostrun.prepare_host as an SSH host: the variants and guests are shipped to
+it and the same runners run the points there with `-machine accel=kvm`,
+exactly as on a user's KVM machine.  Only these stay nested-specific:
+
+* the test images are L0 files that L1 sees as block devices (/dev/vda, …,
+  one per disk of the config, in order): L1's own memory is a tmpfs, which
+  has no O_DIRECT;
+* L1's host key is the one of the image booted here, reached on a loopback
+  port forwarded by our own QEMU: taken on connection, recorded nowhere;
+* an L1 that no longer runs `true` in L1_ANSWER_S (machine.L1Stalled: its
+  timer and network stall now and then under L0's emulated SVM) is a lost
+  host; revive() boots a new L1 and prepares it again, and the scheduler
+  runs the unfinished points of the unit once more;
+* the rows say accel `kvm-nested` (KVM_IN_L1) and host `l1`: never pooled
+  with KVM on real hardware.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from ..accel import KVM_IN_L1
+from ..config import check_kvm_nested
+from ..errors import UserError
+from ..guest import GuestAssets
+from ..hostrun import prepare_host
+from ..hosts import HostSpec
+from ..remote import SSHHost
+from ..runstate import Run
+from ..util import Say
+
+from .image import prepare_l1_image
+from .machine import L1
+
+L1_LABEL = "l1"
+L1_USER = "root"
+L1_WORKDIR = "/root/harness"  # in L1's memory: a new L1 is shipped to again
+#: how often a run boots a new L1 after one stopped answering, before its points fail
+MAX_REVIVALS = 3
+
+
+def l1_disk_paths(run: Run) -> dict[str, str]:
+    """Where each of the config's disks is in L1: its virtio disks, in the config's order."""
+    return {disk.name: f"/dev/vd{chr(ord('a') + index)}"
+            for index, disk in enumerate(run.config.disks)}
+
+
+class L1SSHHost(SSHHost):
+    """The SSH host of a booted L1: a stalled L1 counts as a lost connection."""
+
+    def __init__(self, spec: HostSpec, machine: L1, say: Say):
+        super().__init__(spec, say, own_machine=True)
+        self.machine = machine
+
+    def alive(self) -> bool:
+        return super().alive() and self.machine.answers()
+
+    def close(self) -> None:
+        super().close()
+        self.machine.close()
+
+
+class L1Provider:
+    """Boots L1 for a run (see the module docstring); `host()` gives the prepared Run there."""
+
+    def __init__(self, run: Run, assets: GuestAssets, say: Say):
+        try:  # the config checks it too; --accel kvm-nested is checked here
+            check_kvm_nested(run.config.variants, run.config.guests)
+        except ValueError as exc:
+            raise UserError(f"accel kvm-nested: {exc}") from None
+        self.run = run
+        self.assets = assets
+        self.say = say
+        builds = {v.build: run.binaries[v.name] for v in run.config.variants if v.build}
+        self.image = prepare_l1_image(builds, say=say, for_host=True)
+        self.revivals = 0
+        self._lock = threading.Lock()
+
+    def host(self) -> tuple[Run, GuestAssets]:
+        """A new L1, booted, checked, shipped to and prepared: the run as it runs there."""
+        machine = L1(self.image, [self.run.disks[d.name] for d in self.run.config.disks],
+                     self.run.log_path(f"l1.{self.revivals}.console.log"),
+                     boot_timeout=self.run.config.timeouts.boot_s)
+        self.say(f"kvm-nested: booting L1 ({self.image.description})")
+        machine.boot()
+        self.say(f"kvm-nested: L1 answers SSH after {machine.boot_seconds:.0f} s")
+        spec = HostSpec(host="127.0.0.1", port=machine.ports.ssh, user=L1_USER,
+                        identity=Path(machine.login.ssh_key), workdir=L1_WORKDIR, accel="kvm",
+                        name=L1_LABEL)
+        try:
+            there, assets = prepare_host(
+                self.run, spec, self.assets.images, self.assets.kernel, "kvm", self._lock,
+                self.say, disk_paths=l1_disk_paths(self.run),
+                open_host=lambda each, say: L1SSHHost(each, machine, say))
+        except BaseException:
+            machine.close()
+            raise
+        self.run.boot_seconds[f"l1.{self.revivals}"] = round(machine.boot_seconds, 2)
+        return replace(there, accel=KVM_IN_L1), assets
+
+    def revive(self) -> tuple[Run, GuestAssets] | None:
+        """After L1 stopped answering: a new one, up to MAX_REVIVALS times a run."""
+        if self.revivals >= MAX_REVIVALS:
+            return None
+        self.revivals += 1
+        self.say(f"kvm-nested: L1 stopped answering; booting a new L1 "
+                 f"({self.revivals} of at most {MAX_REVIVALS})")
+        return self.host()
