@@ -148,7 +148,20 @@ def disk_args(spec: VMSpec) -> list[str]:
     paths = (spec.disk, *spec.more_disks)
     argv = iothread_args(variant.iothread_mode, len(paths))
     for index, path in enumerate(paths):
-        argv += one_disk_args(spec, variant, index, path)
+        argv += one_disk_args(variant, index, path, spec.drive_options)
+    return argv
+
+
+def added_disk_args(variant: VariantSpec, more_disks: tuple[Path, ...],
+                    drive_options: Mapping[str, str] | None = None) -> list[str]:
+    """Devices 1…N-1 as options added to a spec that attaches device 0 only (for a
+    caller that cannot set more_disks): the same command line as disk_args, the
+    per-disk iothreads io1… before their devices."""
+    mode = variant.iothread_mode
+    argv = [arg for index in range(1, len(more_disks) + 1) if mode == "per-disk"
+            for arg in ("-object", f"iothread,id=io{index}")]
+    for index, path in enumerate(more_disks, start=1):
+        argv += one_disk_args(variant, index, path, drive_options or {})
     return argv
 
 
@@ -158,10 +171,11 @@ def iothread_args(mode: str | None, count: int) -> list[str]:
     return [arg for index in range(wanted) for arg in ("-object", f"iothread,id=io{index}")]
 
 
-def one_disk_args(spec: VMSpec, variant: VariantSpec, index: int, path: Path) -> list[str]:
+def one_disk_args(variant: VariantSpec, index: int, path: Path,
+                  drive_options: Mapping[str, str]) -> list[str]:
     """Device `index`: its -drive (id disk<index>) and its virtio-blk-pci -device."""
     options = {"if": "none", "id": f"disk{index}", "file": path, "format": "raw",
-               "cache": "none", "aio": variant.aio, **spec.drive_options}
+               "cache": "none", "aio": variant.aio, **drive_options}
     drive = ",".join(f"{key}={opt_value(value)}" for key, value in options.items())
     props = {"drive": f"disk{index}"}
     if variant.iothread_mode:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,13 @@ import pytest
 from harness.accel import TCG
 from harness.config import DiskSpec, VariantSpec, parse_config
 from harness.devices import guest_devices, image_paths, most_devices, prepare_images
-from harness.errors import UserError
+from harness.errors import InfraError, UserError
+from harness.fio_jobs import fio_argv
+from harness.fio_merge import device_iops, merged_bins, percentile_ns
 from harness.matrix import Point, Workload, plan
+from harness.results import (V4_COLUMNS, ResultsStore, new_row, parse_device_iops, read_results,
+                             row_from_fio, row_line)
+from harness.runners.micro_disks import device_columns, extra_args, short_of_disks
 from harness.vm import VMSpec, qemu_argv
 
 CONFIG = """
@@ -125,3 +132,117 @@ def test_prepare_images_fills_each_and_names_the_one_that_fails(tmp_path):
         prepare_images(disk, 3, lambda _m: None)
     assert str(caught.value).startswith("disk shm device 2: ")
     assert len(str(caught.value).splitlines()) == 1
+
+
+# ------------------------------------------------------------------ fio and rows
+
+FIO_3DEV = Path(__file__).parent / "data" / "fio" / "randread-4k-qd4-j1-3dev.json"
+RUN = dict(run_id="r", guest="fio", variant="dataplane", accel="tcg", disk="shm", rep=1,
+           guest_cpu_pct=50.0, host_cpu_pct=80.0, log="raw/x.json", started_at="")
+
+
+def test_fio_runs_one_job_per_device_with_the_iodepth_each():
+    argv = fio_argv(Workload("randread", "4k", 16, 1), 5, 1, guest_devices("/dev/vda", 3))
+    names, files = option_values(argv, "--name"), option_values(argv, "--filename")
+    assert names == ["randread-4k-qd16-j1.d0", "randread-4k-qd16-j1.d1", "randread-4k-qd16-j1.d2"]
+    assert files == ["/dev/vda", "/dev/vdb", "/dev/vdc"]
+    # the workload is global (before the first --name), so every device job gets it
+    first_job = argv.index("--name=randread-4k-qd16-j1.d0")
+    assert "--iodepth=16" in argv[:first_job] and "--direct=1" in argv[:first_job]
+    assert "--group_reporting" not in argv and "--output-format=json+" in argv
+    one = fio_argv(Workload("randread", "4k", 16, 1), 5, 1, ("/dev/vda",))
+    assert one == fio_argv(Workload("randread", "4k", 16, 1), 5, 1)  # one device: as before
+    assert "--group_reporting" in one
+
+
+def option_values(argv: list[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in argv if a.startswith(name + "=")]
+
+
+def test_a_row_sums_the_devices_and_keeps_each_devices_iops():
+    data = json.loads(FIO_3DEV.read_text())
+    row = row_from_fio(data, workload=Workload("randread", "4k", 4, 1), devices=3, vcpus=2, **RUN)
+    per_job = [job["read"]["iops"] for job in data["jobs"]]
+    assert row["iops"] == pytest.approx(sum(per_job))
+    assert parse_device_iops(row["device_iops"]) == pytest.approx(per_job, abs=0.05)
+    assert (row["devices"], row["vcpus"], row["status"]) == (3, 2, "ok")
+    lows = [job["read"]["clat_ns"]["percentile"]["50.000000"] / 1000 for job in data["jobs"]]
+    assert min(lows) <= row["lat_p50_us"] <= max(lows)
+    assert row["lat_p50_us"] not in lows  # over all requests, not one job's
+
+
+def test_merged_percentiles_are_fios_own_for_one_job():
+    data = json.loads(FIO_3DEV.read_text())
+    for job in data["jobs"]:
+        block = job["read"]["clat_ns"]
+        bins = merged_bins([block])
+        for text, value in block["percentile"].items():
+            assert percentile_ns(bins, float(text)) == value
+
+
+def test_merged_percentiles_weigh_every_request():
+    fast = {"bins": {"100": 99}, "N": 99, "mean": 100.0}
+    slow = {"bins": {"10000": 1}, "N": 1, "mean": 10000.0}
+    bins = merged_bins([fast, slow])
+    assert percentile_ns(bins, 50) == 100 and percentile_ns(bins, 99.9) == 10000
+    assert percentile_ns([], 50) != percentile_ns([], 50)  # NaN
+
+
+def test_a_job_that_names_no_device_is_an_error():
+    data = json.loads(FIO_3DEV.read_text())
+    data["jobs"][1]["jobname"] = "something"
+    with pytest.raises(InfraError, match="names no device"):
+        device_iops(data)
+
+
+def test_rows_of_before_schema_5_read_as_one_device(tmp_path):
+    row = new_row(run_id="r", guest="fio", variant="v", accel="tcg", disk="d",
+                  workload=Workload("randread", "4k", 1, 1), rep=1, log="", started_at="",
+                  iops=100.0)
+    (tmp_path / "results.csv").write_text(row_line(dict(zip(V4_COLUMNS, V4_COLUMNS)), V4_COLUMNS)
+                                          + row_line({**row, "schema_version": 4}, V4_COLUMNS))
+    frame = read_results(tmp_path).frame
+    assert list(frame["devices"]) == [1] and frame["vcpus"].isna().all()
+    assert list(frame["device_iops"]) == [""]
+
+
+def test_devices_round_trip_through_results_csv(tmp_path):
+    data = json.loads(FIO_3DEV.read_text())
+    store = ResultsStore(tmp_path)
+    store.append(row_from_fio(data, workload=Workload("randread", "4k", 4, 1), devices=3, vcpus=2,
+                              **RUN))
+    frame = read_results(tmp_path).frame
+    assert (int(frame["devices"][0]), int(frame["vcpus"][0])) == (3, 2)
+    assert len(parse_device_iops(frame["device_iops"][0])) == 3
+    assert store.done_keys() == {"fio.dataplane.shm-x3.randread-4k-qd4-j1.r1"}
+
+
+# ------------------------------------------------------------------ the micro-guest
+
+
+@dataclass(frozen=True)
+class AgreedResult:
+    """The two attributes the micro-guest's MicroResult adds (the agreed interface)."""
+
+    disks: int
+    per_disk_iops: tuple[float, ...]
+
+
+def test_micro_guest_gets_the_other_devices_and_disks_n():
+    variant = VariantSpec(name="q", binary="qemu", iothread="per-disk")
+    images = image_paths(Path("d/x.img"), 3)
+    extra = extra_args(variant, images, "rw=randread qd=1")
+    assert extra[-2:] == ("-append", "rw=randread qd=1 disks=3")
+    assert option(list(extra), "-object") == ["iothread,id=io1", "iothread,id=io2"]
+    assert [d for d in option(list(extra), "-device")] == [
+        "virtio-blk-pci,drive=disk1,iothread=io1", "virtio-blk-pci,drive=disk2,iothread=io2"]
+    assert extra_args(variant, images[:1], "rw=randread") == ()
+
+
+def test_micro_guest_row_columns_and_a_guest_that_drove_fewer_disks():
+    result = AgreedResult(3, (10.0, 20.0, 30.5))
+    assert short_of_disks(result, 3) is None
+    assert device_columns(result, 3) == {"devices": 3, "vcpus": 1, "device_iops": "10.0;20.0;30.5"}
+    assert "drove 1 disk(s), not 3" in short_of_disks(object(), 3)  # no disks=N support
+    assert "reported 2 per-disk" in short_of_disks(AgreedResult(3, (1.0, 2.0)), 3)
+    assert short_of_disks(object(), 1) is None

@@ -1,0 +1,51 @@
+"""A micro-guest point with N test disks: the devices and `disks=N` it boots with, its row's columns.
+
+The interface agreed for the micro-guest (harness/microguest/): it takes
+`disks=N` on its command line (default 1) and drives the first N virtio-blk
+PCI devices it finds; its result keeps the totals (`done`, `iops`, latency
+over all requests) and adds `disks` and `per_disk`, which
+microguest.output.MicroResult exposes as `disks` and `per_disk_iops`.
+
+microguest.run.run_microguest_point attaches one disk and builds the -append
+line itself, so devices 1…N-1 come as extra options (vm.added_disk_args) and
+a second -append with `disks=N` added: QEMU keeps the last -append (the 2012
+tree and today's alike).  One disk: nothing is added, the boot is as before.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import VariantSpec
+from ..results import format_device_iops
+from ..vm import added_disk_args
+
+
+def extra_args(variant: VariantSpec, images: tuple[Path, ...], cmdline: str) -> tuple[str, ...]:
+    """What a point with len(images) disks adds to the micro-guest's one-disk command line."""
+    if len(images) == 1:
+        return ()
+    return (*added_disk_args(variant, images[1:]), "-append", f"{cmdline} disks={len(images)}")
+
+
+def device_columns(result: Any, devices: int) -> dict[str, Any]:
+    """The row's devices, vcpus (the micro-guest has one) and device_iops columns."""
+    columns: dict[str, Any] = {"devices": devices, "vcpus": 1, "device_iops": ""}
+    if devices > 1:
+        columns["device_iops"] = format_device_iops(result.per_disk_iops)
+    return columns
+
+
+def short_of_disks(result: Any, devices: int) -> str | None:
+    """Why a result cannot stand for `devices` disks (None when it can): a micro-guest
+    without disks=N support, or one that found fewer devices, drove fewer."""
+    if devices == 1:
+        return None
+    driven = getattr(result, "disks", 1)  # a micro-guest without disks=N drives one
+    if driven != devices:
+        return (f"the micro-guest drove {driven} disk(s), not {devices}: it needs disks=N "
+                "support (harness/microguest)")
+    if len(result.per_disk_iops) != devices:
+        return f"the micro-guest reported {len(result.per_disk_iops)} per-disk results, not {devices}"
+    return None
