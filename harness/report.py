@@ -21,7 +21,8 @@ from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
-from .results import HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, read_results, row_key
+from .results import (HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, disk_text, read_results,
+                      row_key)
 from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
 
 
@@ -135,7 +136,8 @@ def _facts_section(facts: dict[str, str]) -> str:
 
 def _workload_heading(key: dict, guest_bound: bool = False) -> str:
     return (f"### {key['rw']} {key['bs']}, iodepth {key['iodepth']}, {key['numjobs']} job(s) — "
-            f"{key['guest']} guest, disk {key['disk']}, {accel_title(key['accel'])}"
+            f"{key['guest']} guest, disk {disk_text(key['disk'], key.get('devices', 1))}, "
+            f"{accel_title(key['accel'])}"
             + (f", on host {key['host']}" if key.get("host", LOCAL_HOST) != LOCAL_HOST else "")
             + (" — *guest-bound*" if guest_bound else ""))
 

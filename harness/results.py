@@ -115,6 +115,11 @@ def format_device_iops(values: Iterable[float]) -> str:
     return ";".join(f"{v:.1f}" for v in values) if len(values) > 1 else ""
 
 
+def disk_text(disk: str, devices: int) -> str:
+    """A disk in a report: its name, with "× N" when the boot attached N > 1 devices."""
+    return disk if int(devices) == 1 else f"{disk} × {int(devices)}"
+
+
 def parse_device_iops(text: str) -> list[float]:
     """The device_iops column back as numbers ([] when empty)."""
     return [float(v) for v in str(text).split(";") if v.strip()]

@@ -171,7 +171,7 @@ def summary_document(numbers: RunNumbers, run_id: str, accel: str,
     """summary.json's content; `sources`: the schema versions of results.csv and manifest.json."""
     workloads = []
     for workload in numbers.workloads():
-        key = {k: (int(v) if k in ("iodepth", "numjobs") else str(v))
+        key = {k: (int(v) if k in ("devices", "iodepth", "numjobs") else str(v))
                for k, v in workload.key.items()}
         variants = [_variant_entry(item, workload.ratios.get(item.variant), numbers.baseline)
                     for item in workload.variants.itertuples(index=False)]
