@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.accel import TCG
-from harness.config import DiskSpec, VariantSpec, parse_config
+from harness.config import DiskSpec, VariantSpec, load_config, parse_config
 from harness.devices import guest_devices, image_paths, most_devices, prepare_images
 from harness.errors import InfraError, UserError
+from harness.estimate import estimate
 from harness.fio_jobs import fio_argv
 from harness.fio_merge import device_iops, merged_bins, percentile_ns
 from harness.matrix import Point, Workload, plan
@@ -246,3 +247,17 @@ def test_micro_guest_row_columns_and_a_guest_that_drove_fewer_disks():
     assert "drove 1 disk(s), not 3" in short_of_disks(object(), 3)  # no disks=N support
     assert "reported 2 per-disk" in short_of_disks(AgreedResult(3, (1.0, 2.0)), 3)
     assert short_of_disks(object(), 1) is None
+
+
+def test_the_estimate_counts_a_boot_per_device_count():
+    one = estimate(parse_config(CONFIG + "guest: {kind: fio}"))
+    three = estimate(parse_config(CONFIG + "guest: {kind: fio, disks_per_guest: [1, 2, 4]}"))
+    assert three.boots == (3 * one.boots[0], 3 * one.boots[1])
+    assert three.points[0] == 3 * one.points[0] and three.seconds[0] > 2.5 * one.seconds[0]
+
+
+def test_the_scaling_config_dry_runs_with_per_disk_iothreads():
+    config = load_config(Path(__file__).parent.parent / "configs" / "scaling.yaml")
+    assert {tuple(g.disks_per_guest) for g in config.guests} == {(1, 2, 4)}
+    assert config.variant("qemu-iothreads").iothread_mode == "per-disk"
+    assert estimate(config).seconds[1] < 20 * 60
