@@ -124,3 +124,29 @@ def test_four_data_plane_disks_have_four_threads_and_keep_their_own_data(fio_gue
     assert len(per_device) == DEVICES and all(iops > 0 for iops in per_device)
     assert row["iops"] == pytest.approx(sum(per_device), rel=1e-3)
     assert row["lat_p50_us"] > 0 and row["lat_p99_us"] >= row["lat_p50_us"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("variant", ["dataplane", "qemu-per-disk"])
+def test_micro_guest_boots_with_the_added_devices_and_reads_the_last_append(variant, tmp_path):
+    """micro_disks adds devices 1… and a second -append to run_microguest_point's boot:
+    both QEMUs take them, and the guest reads the later -append (here: another qd)."""
+    from harness.microguest import guest_cmdline, run_microguest_point
+    from harness.runners.micro_disks import extra_args
+
+    if variant == "dataplane":
+        binary, spec = str(built_binary_or_skip("dataplane")), VariantSpec(name="dataplane")
+    else:
+        from conftest import system_qemu_or_skip
+        binary = system_qemu_or_skip()
+        spec = VariantSpec(name=variant, binary=binary, iothread="per-disk")
+    paths = images(tmp_path)
+    asked = guest_cmdline(Workload("randread", "4k", 8, 1), 2000, "poll", warmup=200)
+    extra = extra_args(spec, paths, asked)
+    result = run_microguest_point(binary, "tcg", paths[0], spec, Workload("randread", "4k", 4, 1),
+                                  2000, "poll", tmp_path / "console.log", 120, warmup=200,
+                                  extra=extra)
+    assert result.ok and result.qd == 8, result.error
+    argv = (tmp_path / "console.log.stderr").read_text().splitlines()[0]
+    assert argv.count("virtio-blk-pci") == DEVICES
