@@ -87,8 +87,10 @@ def host_lost(run: Run, exc: BaseException) -> HostLost:
 
 
 def guest_vcpus(run: Run, guest_id: str) -> int | None:
-    """The vCPUs of a config's guest (None for rows that are no guest's: the host ceiling)."""
-    found = [g.vcpus for g in run.config.guests if g.id == guest_id]
+    """The vCPUs of a config's guest (None for rows that are no guest's: the host ceiling);
+    the micro-guest always boots with one."""
+    found = [1 if g.kind == "microguest" else g.vcpus for g in run.config.guests
+             if g.id == guest_id]
     return found[0] if found else None
 
 

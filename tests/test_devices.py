@@ -261,3 +261,22 @@ def test_the_scaling_config_dry_runs_with_per_disk_iothreads():
     assert {tuple(g.disks_per_guest) for g in config.guests} == {(1, 2, 4)}
     assert config.variant("qemu-iothreads").iothread_mode == "per-disk"
     assert estimate(config).seconds[1] < 20 * 60
+
+
+def test_a_failed_point_keeps_its_devices_and_the_guests_vcpus():
+    from types import SimpleNamespace
+
+    from harness.runstate import fail_points
+
+    config = parse_config(CONFIG + "guests: [{kind: fio, vcpus: 2, disks_per_guest: [4]},"
+                                   " {kind: microguest, vcpus: 3, disks_per_guest: [2]}]")
+    rows: list[dict] = []
+    run = SimpleNamespace(run_id="r", accel=SimpleNamespace(name="tcg"), relative=str,
+                          config=config, writer=SimpleNamespace(append=rows.append))
+    first = {}
+    for point in (p for s in plan(config) for p in s.points):
+        first.setdefault(point.guest, point)
+    points = list(first.values())
+    fail_points(run, points, "boom", Path("logs/x.log"))
+    assert [(r["guest"], r["devices"], r["vcpus"], r["status"]) for r in rows] == [
+        ("fio", 4, 2, "failed"), ("microguest-poll", 2, 1, "failed")]
