@@ -280,3 +280,24 @@ def test_a_failed_point_keeps_its_devices_and_the_guests_vcpus():
     fail_points(run, points, "boom", Path("logs/x.log"))
     assert [(r["guest"], r["devices"], r["vcpus"], r["status"]) for r in rows] == [
         ("fio", 4, 2, "failed"), ("microguest-poll", 2, 1, "failed")]
+
+
+def test_numjobs_clones_of_a_device_add_up_to_its_iops():
+    def job(name: str, iops: float) -> dict:
+        return {"jobname": name, "error": 0, "read": {"iops": iops, "total_ios": 10},
+                "write": {"iops": 0.0, "total_ios": 0}}
+    data = {"jobs": [job("w.d0", 10.0), job("w.d0", 5.0), job("w.d1", 7.0), job("w.d1", 1.0)]}
+    assert device_iops(data) == [15.0, 8.0]
+    data["jobs"].append(job("w.d3", 1.0))  # device 2 missing: not a run of ours
+    with pytest.raises(InfraError, match="not 0"):
+        device_iops(data)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("accel: kvm-nested\nguest: {kind: fio, disks_per_guest: [1, 2]}", "kvm-nested boots one disk"),
+    ("guest: {kind: microguest, trace: true, disks_per_guest: [2]}", "trace: true traces one disk"),
+])
+def test_several_disks_where_only_one_is_supported_is_refused(extra, message):
+    with pytest.raises(UserError, match=message) as caught:
+        parse_config(CONFIG + extra)
+    assert "disks_per_guest: [1]" in str(caught.value)
