@@ -113,7 +113,7 @@ def is_guest_bound(n_bound: int, n_ok: int) -> bool:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (guest, variant, accel, disk, rw, bs, iodepth, numjobs).
+    """One row per (host, guest, variant, accel, disk, devices, rw, bs, iodepth, numjobs).
 
     Medians and spread of the ok repetitions; n_failed counts failed ones, and a
     point whose repetitions all failed still appears (with NaN numbers).
