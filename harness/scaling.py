@@ -106,7 +106,9 @@ def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table)
              "same variant with one device. *Bound by* is what the run saw full: the guest's "
              f"vCPUs (≥ {stats.GUEST_BOUND_PCT:.0f}% busy), the host's cores (QEMU at ≥ "
              f"{HOST_BUSY:.0%} of all of them), the storage (≥ {STORAGE_BUSY:.0%} of host fio "
-             "on one image × devices), else *not saturated*."]
+             "on one image × devices), else *not saturated*. The vCPU and I/O threads' CPU "
+             "(percent of one core, all such threads together; an I/O thread is a data-plane "
+             "thread or an iothread) shows whether one kind of QEMU thread was full."]
     for key, frame in rows.groupby(SCALING_KEYS, sort=False):
         parts += [_heading(dict(zip(SCALING_KEYS, key))), _table(frame, table)]
     parts += [f"![{name}](plots/{name})" for name in images]
@@ -121,9 +123,16 @@ def _heading(key: dict) -> str:
 def _table(frame: pd.DataFrame, table: Table) -> str:
     rows = [[r.variant, int(r.devices), _num(r.iops_median), _times(r.gain),
              _num(r.cpu_us_per_io_median, 1), _num(r.guest_cpu_pct_median),
-             _num(r.host_cpu_pct_median), r.bound_by] for r in frame.itertuples(index=False)]
-    return table(["variant", "devices", "IOPS", "gain", "host CPU µs per I/O",
-                     "guest CPU %", "QEMU CPU % of a core", "bound by"], rows)
+             _num(r.host_cpu_pct_median), _num(thread_pct(r, "vcpu")),
+             _num(thread_pct(r, "iothread")), r.bound_by] for r in frame.itertuples(index=False)]
+    return table(["variant", "devices", "IOPS", "gain", "host CPU µs per I/O", "guest CPU %",
+                  "QEMU CPU % of a core", "vCPU threads %", "I/O threads %", "bound by"], rows)
+
+
+def thread_pct(row, kind: str) -> float:
+    """CPU of one thread kind (threads.THREAD_KINDS) in percent of a core: its µs per I/O
+    times the IOPS (the data-plane threads or iothreads together, the vCPUs together)."""
+    return getattr(row, f"cpu_us_per_io_{kind}_median") * row.iops_median / 1e4
 
 
 def _num(value: float, digits: int = 0) -> str:
