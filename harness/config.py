@@ -145,7 +145,8 @@ class GuestSpec(_Spec):
     @classmethod
     def _device_counts(cls, values: list[int]) -> list[int]:
         if any(v < 1 or v > MAX_DEVICES for v in values) or len(set(values)) != len(values):
-            raise ValueError(f"give distinct numbers of disks from 1 to {MAX_DEVICES}, e.g. [1, 2, 4]")
+            raise ValueError(f"give distinct numbers of disks from 1 to {MAX_DEVICES}, "
+                             "e.g. [1, 2, 4]")
         return values
 
     @property

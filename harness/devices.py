@@ -57,7 +57,8 @@ def ensure_images_space(disk: DiskSpec, count: int) -> None:
 
 def prepare_images(disk: DiskSpec, count: int,
                    say: Callable[[str], None]) -> tuple[Path, ...]:
-    """Every image of disk, preallocated and filled; one UserError line naming the one that failed."""
+    """Every image of disk, preallocated and filled; a one-line UserError naming the one
+    that failed."""
     prepared = []
     for index, path in enumerate(image_paths(disk.path, count)):
         try:
@@ -66,5 +67,6 @@ def prepare_images(disk: DiskSpec, count: int,
             raise UserError(f"disk {disk.name} device {index}: {exc}") from exc
         except OSError as exc:
             raise UserError(f"disk {disk.name} device {index}: cannot prepare {path}: "
-                            f"{exc.strerror or exc}; fix its folder or choose another path") from exc
+                            f"{exc.strerror or exc}; fix its folder or choose another path") \
+                from exc
     return tuple(prepared)

@@ -136,7 +136,9 @@ def thread_pct(row, kind: str) -> float:
 
 
 def _num(value: float, digits: int = 0) -> str:
-    return "—" if value is None or not math.isfinite(float(value)) else f"{float(value):,.{digits}f}"
+    if value is None or not math.isfinite(float(value)):
+        return "—"
+    return f"{float(value):,.{digits}f}"
 
 
 def _times(value: float) -> str:

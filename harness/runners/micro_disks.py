@@ -47,5 +47,6 @@ def short_of_disks(result: Any, devices: int) -> str | None:
         return (f"the micro-guest drove {driven} disk(s), not {devices}: it needs disks=N "
                 "support (harness/microguest)")
     if len(result.per_disk_iops) != devices:
-        return f"the micro-guest reported {len(result.per_disk_iops)} per-disk results, not {devices}"
+        return (f"the micro-guest reported {len(result.per_disk_iops)} per-disk results, "
+                f"not {devices}")
     return None
