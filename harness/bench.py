@@ -20,7 +20,7 @@ from __future__ import annotations
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,7 +30,8 @@ from .build import built_binary
 from .config import BenchConfig, VariantSpec, load_config
 from .errors import PointsFailed, UserError
 from .guest import GuestAssets
-from .hostinfo import disturbers, ensure_space, prepare_disk
+from .devices import ensure_images_space, most_devices, prepare_images
+from .hostinfo import disturbers
 from .hostload import PointWatch, wait_for_quiet
 from .hostrun import prepare_host
 from .hosts import merge_hosts
@@ -140,7 +141,7 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
     binaries = {v.name: resolve_binary(v) for v in config.variants}
     legacy = {name: qemu_info(binary).legacy for name, binary in binaries.items()}
     for disk in config.disks if not remote else []:
-        ensure_space(disk.path, disk.size_bytes)
+        ensure_images_space(disk, most_devices(config))
     run_dir = resumed_run_dir(config, resume) if resume else new_run_dir(config, config_path)
     with discarded_unless_measured(run_dir, fresh=not resume):
         return _prepare_run(config, run_dir, resume, accel or config.accel, binaries, legacy, say,
@@ -169,8 +170,10 @@ def _prepare_run(config: BenchConfig, run_dir: Path, resume: str | None, request
         run.notices.append(notice)
         say(notice)
     for disk in config.disks:
-        say(f"disk {disk.name}: preallocated raw image {disk.path} ({disk.size})")
-        run.disks[disk.name] = prepare_disk(disk.path, disk.size_bytes, say)
+        count = most_devices(config)
+        images = f"{count} images {disk.path}[.N]" if count > 1 else f"image {disk.path}"
+        say(f"disk {disk.name}: preallocated raw {images} ({disk.size})")
+        run.disks[disk.name] = prepare_images(disk, count, say)[0]
     return run, assets
 
 
@@ -181,7 +184,7 @@ def pending_sessions(run: Run) -> list[Session]:
     for session in plan(run.config):
         todo = tuple(p for p in session.points if p.key not in done)
         if todo:
-            sessions.append(Session(session.guest, session.variant, session.disk, session.rep, todo))
+            sessions.append(replace(session, points=todo))
     return sessions
 
 

@@ -1,7 +1,7 @@
 """Two runs side by side: per workload the ratio B/A with an interval, and a verdict.
 
 A workload is matched only on all of stats.GROUP_KEYS — host, guest, variant,
-accelerator, disk, rw, bs, iodepth, numjobs — so two hosts, or KVM and TCG, are
+accelerator, disk, devices, rw, bs, iodepth, numjobs — so two hosts, or KVM and TCG, are
 never pooled.  Two runs with no workload in common are an error (exit 2), and the
 message says which keys differ: "0 matched" is not a pass.
 
@@ -47,10 +47,10 @@ import pandas as pd
 
 from . import stats
 from .errors import UserError
-from .results import HOST_VARIANT, read_results
+from .results import HOST_VARIANT, disk_text, read_results
 from .stats import CONFIDENCE, cv, ok_rows, ratio_ci
 
-MATCH_KEYS = list(stats.GROUP_KEYS)   # host, guest, variant, accel, disk, rw, bs, iodepth, numjobs
+MATCH_KEYS = list(stats.GROUP_KEYS)   # host, guest, variant, accel, disk, devices, rw, bs, …
 COLUMNS = MATCH_KEYS + ["n_a", "n_b", "median_a", "median_b", "ratio", "ci_low", "ci_high",
                         "confidence", "df", "cv_a", "cv_b", "disturbed_a", "disturbed_b",
                         "verdict", "note"]
@@ -249,7 +249,7 @@ def _where(row) -> str:
 def _cells(row) -> list[str]:
     level = "" if row.confidence == CONFIDENCE or not np.isfinite(row.ci_low) \
         else f" ({fmt_level(row.confidence)})"
-    return [row.guest, row.variant, row.disk, f"{row.rw} {row.bs} qd{row.iodepth} j{row.numjobs}",
+    return [row.guest, row.variant, disk_text(row.disk, row.devices), f"{row.rw} {row.bs} qd{row.iodepth} j{row.numjobs}",
             _where(row), f"{row.n_a}/{row.n_b}", f"{row.median_a:,.0f}", f"{row.median_b:,.0f}",
             _fmt_ratio(row) + level, _fmt_verdict(row.verdict), row.note]
 
@@ -312,7 +312,7 @@ def json_document(comparison: Comparison) -> dict[str, Any]:
     """What `harness compare --json` prints: the verdicts for scripts and CI."""
     workloads = []
     for row in comparison.table.to_dict("records"):
-        entry = {k: (int(row[k]) if k in ("iodepth", "numjobs") else str(row[k]))
+        entry = {k: (int(row[k]) if k in ("devices", "iodepth", "numjobs") else str(row[k]))
                  for k in MATCH_KEYS}
         entry.update({k: int(row[k]) for k in ("n_a", "n_b", "disturbed_a", "disturbed_b")})
         entry.update({k: _json_number(row[k]) for k in ("median_a", "median_b", "ratio", "ci_low",

@@ -26,10 +26,15 @@ KickMode = Literal["honour", "every"]  # when the micro-guest notifies the devic
 RwMode = Literal["randread", "randwrite", "read", "write", "randrw"]
 AioMode = Literal["native", "io_uring", "threads"]
 GuestKind = Literal["fio", "microguest", "custom"]
+IothreadMode = Literal["shared", "per-disk"]  # a system QEMU's iothreads when a point has N disks
 BUILT_VARIANTS: tuple[str, ...] = get_args(BuildName)
 ACCEL_CHOICES: tuple[str, ...] = get_args(AccelChoice)
 WAIT_MODES: tuple[str, ...] = get_args(WaitMode)
 KICK_MODES: tuple[str, ...] = get_args(KickMode)
+#: test devices one boot may attach (each takes a PCI slot; the guest sees vda…vdp)
+MAX_DEVICES = 16
+#: of them, what the micro-guest drives (harness/microguest: MG_MAX_DISKS, cmdline.MAX_DISKS)
+MAX_MICRO_DEVICES = 8
 _SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
 
 
@@ -52,7 +57,8 @@ class VariantSpec(_Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     build: BuildName | None = None
     binary: str | None = None
-    iothread: bool = False
+    #: true (= shared): one iothread for all the point's disks; per-disk: one each
+    iothread: bool | IothreadMode = False
     aio: AioMode = "native"
     device_props: dict[str, str] = Field(default_factory=dict)
 
@@ -86,6 +92,13 @@ class VariantSpec(_Spec):
         if self.build and self.aio != "native":
             raise ValueError(f"variant {self.name!r}: the 2012 tree supports only aio: native")
         return self
+
+    @property
+    def iothread_mode(self) -> str | None:
+        """None (the main loop), "shared" or "per-disk"."""
+        if self.iothread is True:
+            return "shared"
+        return self.iothread or None
 
 
 class DiskSpec(_Spec):
@@ -127,6 +140,16 @@ class GuestSpec(_Spec):
     repetitions: int | None = Field(default=None, ge=1, le=100)
     # also run each point on the variant's trace flavour and keep its trace (runners/trace.py)
     trace: bool = False
+    # a matrix dimension: how many virtio-blk test devices each boot attaches (devices.py)
+    disks_per_guest: list[int] = Field(default_factory=lambda: [1], min_length=1)
+
+    @field_validator("disks_per_guest")
+    @classmethod
+    def _device_counts(cls, values: list[int]) -> list[int]:
+        if any(v < 1 or v > MAX_DEVICES for v in values) or len(set(values)) != len(values):
+            raise ValueError(f"give distinct numbers of disks from 1 to {MAX_DEVICES}, "
+                             "e.g. [1, 2, 4]")
+        return values
 
     @property
     def id(self) -> str:
@@ -143,6 +166,12 @@ class GuestSpec(_Spec):
             raise ValueError("guest.kind 'custom' needs guest.kernel (with initrd) or guest.image")
         if self.kind == "custom" and not self.ssh_key:
             raise ValueError("guest.kind 'custom' needs guest.ssh_key (the private key to log in)")
+        if self.kind == "microguest" and max(self.disks_per_guest) > MAX_MICRO_DEVICES:
+            raise ValueError(f"guest {self.id!r}: the micro-guest drives at most "
+                             f"{MAX_MICRO_DEVICES} disks; lower disks_per_guest")
+        if self.trace and self.disks_per_guest != [1]:
+            raise ValueError(f"guest {self.id!r}: trace: true traces one disk; "
+                             "set disks_per_guest: [1]")
         if self.trace and self.kind != "microguest":
             raise ValueError(f"guest {self.id!r}: trace: true is for the micro-guest only "
                              "(kind: microguest)")
@@ -351,6 +380,9 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
         if guest.trace:
             raise ValueError(f"guest {guest.id!r}: trace: true runs on this host's TCG only, "
                              "not under accel kvm-nested")
+        if guest.disks_per_guest != [1]:
+            raise ValueError(f"guest {guest.id!r}: accel kvm-nested boots one disk; "
+                             "set disks_per_guest: [1]")
 
 
 #: Fields a `--resume` may change: how long to wait, the prose, where points run

@@ -42,10 +42,13 @@ def _guest_rounds(config: BenchConfig, guest: GuestSpec) -> tuple[int, int]:
 def _per_round(config: BenchConfig, guest: GuestSpec) -> tuple[int, int, float]:
     """One round of a guest: boots, points, seconds."""
     runnable = [w for w in workloads(config) if not unsupported(guest, w)]
-    sessions = len(config.variants) * len(config.disks) if runnable else 0
+    counts = guest.disks_per_guest
+    sessions = len(config.variants) * len(config.disks) * len(counts) if runnable else 0
     points = sessions * len(runnable)
     if guest.kind == "microguest":
-        per_point = MICRO_POINT_S + config.workloads.requests / MICRO_IOPS
+        # the requests counted per device, to err long: N devices at the IOPS of one
+        requests = config.workloads.requests * sum(counts) / len(counts)
+        per_point = MICRO_POINT_S + requests / MICRO_IOPS
         seconds = points * per_point * (2 if guest.trace else 1)
         return points, points, seconds
     spec = config.workloads

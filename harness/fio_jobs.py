@@ -102,19 +102,31 @@ def _connection(host: str, port: int, image: GuestImage, timeout: float,
 
 
 def fio_argv(workload: Workload, runtime_s: int, ramp_s: int,
-             device: str = "/dev/vda") -> list[str]:
-    """The fio command for one point (direct libaio on the raw test disk)."""
-    return [
-        "fio", f"--name={workload.label}", f"--filename={device}",
-        "--direct=1", "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={workload.bs}",
-        f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
-        f"--runtime={runtime_s}", f"--ramp_time={ramp_s}", "--time_based",
-        "--group_reporting", "--randrepeat=0", "--output-format=json",
-    ]
+             device: str | tuple[str, ...] = "/dev/vda") -> list[str]:
+    """The fio command for one point (direct libaio on the raw test disks).
+
+    One device: one job, group_reporting.  Several: the workload's options are
+    global and each device is a job of its own (`<label>.d<i>`, iodepth per device),
+    reported per job with its latency histogram (json+), which fio_merge sums."""
+    devices = (device,) if isinstance(device, str) else tuple(device)
+    options = ["--direct=1", "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={workload.bs}",
+               f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
+               f"--runtime={runtime_s}", f"--ramp_time={ramp_s}", "--time_based"]
+    if len(devices) == 1:
+        return ["fio", f"--name={workload.label}", f"--filename={devices[0]}", *options,
+                "--group_reporting", "--randrepeat=0", "--output-format=json"]
+    jobs = [arg for index, path in enumerate(devices)
+            for arg in (f"--name={device_job(workload, index)}", f"--filename={path}")]
+    return ["fio", *options, "--randrepeat=0", "--output-format=json+", *jobs]
+
+
+def device_job(workload: Workload, index: int) -> str:
+    """The fio job name of device `index` (fio_merge groups the per-job results by it)."""
+    return f"{workload.label}.d{index}"
 
 
 def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s: int,
-            timeout: float, device: str = "/dev/vda") -> FioRun:
+            timeout: float, device: str | tuple[str, ...] = "/dev/vda") -> FioRun:
     """Run one fio point; the guest's /proc/stat is sampled before and after."""
     fio = shlex.join(fio_argv(workload, runtime_s, ramp_s, device))
     command = f"head -n1 /proc/stat >&2; {fio}; rc=$?; head -n1 /proc/stat >&2; exit $rc"

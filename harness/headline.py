@@ -24,14 +24,14 @@ import pandas as pd
 from . import stats
 from .config import parse_size
 from .hosts import LOCAL_HOST
-from .results import HOST_VARIANT
+from .results import HOST_VARIANT, disk_text
 
 #: rows of this accelerator are functional figures: no speed-up of theirs is drawn
 FUNCTIONAL_ACCEL = "kvm-nested"
 #: the workload the RFC's question is asked at (published data-plane figures are 4k random reads)
 HEADLINE_WORKLOAD = {"rw": "randread", "bs": "4k", "numjobs": 1}
 PANEL_KEYS = ["host", "guest", "accel"]
-WORKLOAD_KEYS = ["disk", "rw", "bs", "numjobs"]
+WORKLOAD_KEYS = ["disk", "devices", "rw", "bs", "numjobs"]
 FILE_NAME = "headline"
 
 
@@ -39,7 +39,7 @@ FILE_NAME = "headline"
 class Panel:
     """One guest's column of the figure: its chosen workload at every iodepth."""
 
-    key: dict[str, Any]      # host, guest, accel, disk, rw, bs, numjobs
+    key: dict[str, Any]      # host, guest, accel, disk, devices, rw, bs, numjobs
     ratios: pd.DataFrame     # stats.ratios rows (every variant but the baseline)
     variants: pd.DataFrame   # stats.summarize rows with an ok repetition (the baseline too)
 
@@ -56,7 +56,8 @@ class Panel:
         accel = f" · {self.key['accel']}" if show_accel else ""
         jobs = self.key["numjobs"]
         return (f"{where}{self.key['guest']}{accel}\n{self.key['rw']} {self.key['bs']} · "
-                f"{jobs} job{'s' if jobs > 1 else ''} · disk: {self.key['disk']}")
+                f"{jobs} job{'s' if jobs > 1 else ''} · disk: "
+                f"{disk_text(self.key['disk'], self.key['devices'])}")
 
 
 def speed_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -69,6 +70,7 @@ def _distance(workload: pd.Series) -> tuple:
     return (workload["rw"] != HEADLINE_WORKLOAD["rw"],
             parse_size(workload["bs"]) != parse_size(HEADLINE_WORKLOAD["bs"]),
             abs(int(workload["numjobs"]) - HEADLINE_WORKLOAD["numjobs"]),
+            int(workload["devices"]) != 1,  # the RFC's figures are one disk
             -int(workload["points"]), workload["disk"], workload["rw"], workload["bs"])
 
 

@@ -19,6 +19,7 @@ from .accel import TCG, Accel, accel_named
 from .accelprobe import Probe, probe_for, probe_kvm
 from .build import BINARY
 from .config import DiskSpec, VariantSpec
+from .devices import image_paths, most_devices
 from .errors import UserError
 from .guest import GuestAssets, GuestImage
 from .hostcheck import gather_facts, library_problems, manifest_facts, problems
@@ -148,6 +149,13 @@ def prepare_disk_there(host: SSHHost, disk: DiskSpec, say: Say) -> Path:
     return Path(disk.path)
 
 
+def prepare_images_there(host: SSHHost, disk: DiskSpec, count: int, say: Say) -> Path:
+    """Every image of a disk with `count` devices there (devices.image_paths); device 0's path."""
+    for path in image_paths(disk.path, count):
+        prepare_disk_there(host, disk.model_copy(update={"path": path}), say)
+    return Path(disk.path)
+
+
 def host_accel(host: SSHHost, spec: HostSpec, requested: str, facts: dict[str, str],
                binary: Path, legacy: bool, probe: Probe, say: Say) -> tuple[Accel, str | None]:
     """The host's accelerator: its own `accel`, else the run's; `auto` probes there."""
@@ -193,7 +201,8 @@ def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel
         assets = ship_guests(host, images, kernel)
         _copy_config(host, run)
         say(f"host {host.label}: shipped {host.shipped_bytes - before} bytes of new files")
-        disks = {d.name: prepare_disk_there(host, d, say) for d in disks_there}
+        disks = {d.name: prepare_images_there(host, d, most_devices(config), say)
+                 for d in disks_there}
         accel, notice = host_accel(host, spec, requested_accel, facts, binaries[config.baseline],
                                    legacy[config.baseline], probe_for(assets), say)
     except BaseException:

@@ -76,14 +76,14 @@ def _is_fio_guest(row: dict) -> bool:
 
 
 def read_distributions(run_dir: Path | str, df: pd.DataFrame) -> Distributions:
-    """The clat percentiles of the ok guest rows whose raw JSON is fio's."""
+    """The clat percentiles of the ok one-device guest rows whose raw JSON is fio's."""
     run_dir = Path(run_dir)
     guests = ok_rows(df)
     guests = guests[guests["variant"] != HOST_VARIANT]
     records, missing = [], 0
     for row in guests.to_dict("records"):
-        if not _is_fio_guest(row):
-            continue
+        if not _is_fio_guest(row) or int(row.get("devices", 1)) > 1:
+            continue  # several devices: fio's percentiles are per device (the row merges them)
         data = _raw_json(run_dir, row["log"])
         if data is None:
             missing += 1

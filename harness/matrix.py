@@ -1,8 +1,10 @@
 """The benchmark matrix: which points run, in which order.
 
-A point is one measurement: guest × variant × disk × workload × repetition.
-Points are grouped into sessions (one VM boot runs every workload of one guest,
-variant, disk and repetition), and sessions are interleaved across variants — A B A B, with the
+A point is one measurement: guest × variant × disk × devices × workload ×
+repetition, devices being how many virtio-blk test disks the boot attaches
+(the guest's `disks_per_guest`; devices.py).  Points are grouped into sessions
+(one VM boot runs every workload of one guest, variant, disk, device count and
+repetition), and sessions are interleaved across variants — A B A B, with the
 order of variants rotated on each repetition — so that drift of the machine
 over the run cancels out instead of favouring whichever variant ran first.
 """
@@ -34,11 +36,14 @@ class Point:
     disk: str
     workload: Workload
     rep: int
+    devices: int = 1
 
     @property
     def key(self) -> str:
-        """Unique within a run; names the raw output files and the resume state."""
-        return f"{self.guest}.{self.variant}.{self.disk}.{self.workload.label}.r{self.rep}"
+        """Unique within a run; names the raw output files and the resume state (one
+        device: the key of before devices existed, so older runs resume)."""
+        return (f"{self.guest}.{self.variant}.{disk_label(self.disk, self.devices)}."
+                f"{self.workload.label}.r{self.rep}")
 
 
 @dataclass(frozen=True)
@@ -50,10 +55,16 @@ class Session:
     disk: str
     rep: int
     points: tuple[Point, ...]
+    devices: int = 1
 
     @property
     def key(self) -> str:
-        return f"{self.guest}.{self.variant}.{self.disk}.r{self.rep}"
+        return f"{self.guest}.{self.variant}.{disk_label(self.disk, self.devices)}.r{self.rep}"
+
+
+def disk_label(disk: str, devices: int) -> str:
+    """A disk in a key: its name, with `-x<N>` when a boot attaches N > 1 devices."""
+    return disk if devices == 1 else f"{disk}-x{devices}"
 
 
 def workloads(config: BenchConfig) -> list[Workload]:
@@ -96,8 +107,17 @@ def plan(config: BenchConfig) -> list[Session]:
                 continue
             runnable = [w for w in workloads(config) if not unsupported(guest, w)]
             for disk in config.disks:
-                for variant in order:
-                    points = tuple(Point(guest.id, variant, disk.name, w, rep) for w in runnable)
-                    if points:
-                        sessions.append(Session(guest.id, variant, disk.name, rep, points))
+                for devices in guest.disks_per_guest:
+                    sessions += _sessions(guest.id, order, disk.name, devices, runnable, rep)
+    return sessions
+
+
+def _sessions(guest: str, variants: list[str], disk: str, devices: int,
+              runnable: list[Workload], rep: int) -> list[Session]:
+    """One session per variant (in the round's order) for a guest, disk and device count."""
+    sessions = []
+    for variant in variants:
+        points = tuple(Point(guest, variant, disk, w, rep, devices) for w in runnable)
+        if points:
+            sessions.append(Session(guest, variant, disk, rep, points, devices))
     return sessions

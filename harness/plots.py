@@ -24,11 +24,12 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from .published import fmt_ratio, most_comparable  # noqa: E402
 from .hosts import LOCAL_HOST  # noqa: E402
-from .results import HOST_VARIANT  # noqa: E402
+from .results import HOST_VARIANT, disk_text  # noqa: E402
 from .stats import MIN_CI_REPS  # noqa: E402
 
 matplotlib.rcParams["svg.hashsalt"] = "dataplane-harness"
-PANEL_KEYS = ["host", "guest", "disk", "rw", "bs", "numjobs"]  # a panel never mixes two hosts
+#: a panel never mixes two hosts, nor two numbers of devices
+PANEL_KEYS = ["host", "guest", "disk", "devices", "rw", "bs", "numjobs"]
 HOST_KEYS = ["host", "disk", "rw", "bs", "numjobs"]
 PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
            "tab:pink", "tab:olive", "tab:cyan"]
@@ -73,9 +74,10 @@ def _host_rows(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
 
 
 def _panel_title(key: tuple) -> str:
-    host, guest, disk, rw, bs, jobs = key
+    host, guest, disk, devices, rw, bs, jobs = key
     where = "" if host == LOCAL_HOST else f"{host} · "
-    return f"{where}{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
+    return (f"{where}{guest} · {disk_text(disk, devices)} · {rw} {bs} · "
+            f"{jobs} job{'s' if jobs > 1 else ''}")
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.4, sharey: bool = False):

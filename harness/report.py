@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import headline, latency_cdf, plots, published, stats, trace_report, trust_report
+from . import (headline, latency_cdf, plots, published, scaling, scaling_plot, stats,
+               trace_report, trust_report)
 from .errors import UserError
 from .hosts import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
-from .results import HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, read_results, row_key
+from .results import (HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, disk_text, read_results,
+                      row_key)
 from .summary import PRECISION, RunNumbers, baseline_verdict, ci_half_width, summary_document
 
 
@@ -135,7 +137,8 @@ def _facts_section(facts: dict[str, str]) -> str:
 
 def _workload_heading(key: dict, guest_bound: bool = False) -> str:
     return (f"### {key['rw']} {key['bs']}, iodepth {key['iodepth']}, {key['numjobs']} job(s) — "
-            f"{key['guest']} guest, disk {key['disk']}, {accel_title(key['accel'])}"
+            f"{key['guest']} guest, disk {disk_text(key['disk'], key.get('devices', 1))}, "
+            f"{accel_title(key['accel'])}"
             + (f", on host {key['host']}" if key.get("host", LOCAL_HOST) != LOCAL_HOST else "")
             + (" — *guest-bound*" if guest_bound else ""))
 
@@ -384,6 +387,18 @@ def _headline(numbers: RunNumbers, plots_dir: Path, title: str, colors: dict,
             images)
 
 
+def _scaling(numbers: RunNumbers, manifest: Manifest | None, plots_dir: Path, title: str,
+             colors: dict) -> tuple[str, list[Path]]:
+    """The scaling-with-devices section and its figure (nothing when every point had one device)."""
+    cores = manifest.host.cores if manifest and manifest.host else None
+    limits = scaling.Limits(cores, numbers.ceiling)
+    rows = scaling.scaling_rows(numbers.summary, limits)
+    images = scaling_plot.plot_scaling(rows, plots_dir / scaling_plot.FILE_NAME, colors, limits,
+                                       title)
+    names = [p.name for p in images if p.suffix == ".png"]
+    return scaling.section(rows, limits, names, md_table), images
+
+
 def _check_baseline(df: pd.DataFrame, baseline: str) -> None:
     """A baseline the run does not have would turn every ratio into n/a: refuse it."""
     variants = sorted(set(df["variant"]) - {HOST_VARIANT})
@@ -416,10 +431,12 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
     published_images = plots.plot_published(comparison.ratios, run_dir / "plots" / "published",
                                             title)
     trace_text, trace_images = trace_report.section(run_dir, df, run_dir / "plots")
+    scaling_text, scaling_images = _scaling(numbers, manifest, run_dir / "plots", title, colors)
     sections = [f"# Benchmark report: {facts['run_id']}",
                 f"> **Accelerator: {accel_banner(facts['accel'])}.**",
                 trust_report.banner(df, manifest), headline_text,
                 _facts_section(facts), trust_report.section(df, manifest), _summary_section(numbers),
+                scaling_text,
                 _plots_section(images, _speedup_notes(numbers.ratios) + cdf_notes), trace_text, _failed_section(df), _hostile_section(run_dir),
                 _kvm_nested_section(df, run_dir), _published_section(comparison, published_images), _METHOD]
     path = run_dir / "report.md"
@@ -431,6 +448,6 @@ def write_report(run_dir: Path | str, baseline: str, summary_json: bool = False)
                    "manifest_json": manifest.schema_version if manifest else None}
         write_json_atomic(json_path, summary_document(numbers, facts["run_id"], facts["accel"],
                                                       results.bad_lines, sources))
-    drawn = headline_images + images + published_images
+    drawn = headline_images + images + published_images + scaling_images
     _remove_undrawn(run_dir / "plots", drawn)
     return Report(path, drawn + trace_images, json_path)

@@ -11,8 +11,12 @@ whichever carries percentiles.  For mixed workloads (randrw, rw) the latencies
 are the READ side's: fio reports percentiles per direction and they cannot be
 merged exactly from the summary.  IOPS and bandwidth are read + write.
 
-Schema: every row carries `schema_version` (SCHEMA_VERSION, now 4), always the
-last column.  Version 3 added `host`: where the point ran (hosts.LOCAL_HOST,
+Schema: every row carries `schema_version` (SCHEMA_VERSION, now 5), always the
+last column.  Version 5 added the guest's shape (DEVICE_COLUMNS): `devices`, the
+virtio-blk test devices the boot attached (devices.py; older files read as 1,
+which they all were), `vcpus` (older files: empty) and `device_iops`, each
+device's IOPS as "a;b;c" when there were several (fio_merge.py; `iops` is
+their sum).  Version 3 added `host`: where the point ran (hosts.LOCAL_HOST,
 "local", for this machine; a remote host's label otherwise).  Version 4 added
 what makes a number trustworthy (TRUST_COLUMNS): `foreign_cpu_pct`, the host
 CPU used during the point by processes that are not the run's own (percent of
@@ -48,34 +52,41 @@ import pandas as pd
 
 from .config import parse_size
 from .errors import InfraError, UserError
+from .fio_merge import device_iops, merged_metrics
 from .hosts import LOCAL_HOST
 from .matrix import Point, Workload
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # of results.csv (a column) and manifest.json (a top-level key)
+SCHEMA_VERSION = 5  # of results.csv (a column) and manifest.json (a top-level key)
 
 #: Host CPU µs per I/O, in all and per thread kind (threads.THREAD_KINDS).
 CPU_PER_IO_COLUMNS = ("cpu_us_per_io", "cpu_us_per_io_vcpu", "cpu_us_per_io_main",
                       "cpu_us_per_io_iothread", "cpu_us_per_io_other")
 #: Added in schema 4 (see the module docstring).
 TRUST_COLUMNS = ("foreign_cpu_pct", "disturbed", "bound") + CPU_PER_IO_COLUMNS
+#: Added in schema 5: the test devices of the boot, its vCPUs, each device's IOPS.
+DEVICE_COLUMNS = ("devices", "vcpus", "device_iops")
 COLUMNS = (
     "run_id", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs", "rep",
     "status", "iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
     "guest_cpu_pct", "host_cpu_pct", "runtime_s", "error", "log", "started_at", "host",
-    *TRUST_COLUMNS, "schema_version",
+    *TRUST_COLUMNS, *DEVICE_COLUMNS, "schema_version",
 )
-V3_COLUMNS = tuple(c for c in COLUMNS if c not in TRUST_COLUMNS)  # before the trust columns
+V4_COLUMNS = tuple(c for c in COLUMNS if c not in DEVICE_COLUMNS)  # before the device columns
+V3_COLUMNS = tuple(c for c in V4_COLUMNS if c not in TRUST_COLUMNS)  # before the trust columns
 V2_COLUMNS = tuple(c for c in V3_COLUMNS if c != "host")  # results.csv before host existed
 V1_COLUMNS = V2_COLUMNS[:-1]  # results.csv before schema_version existed
-INT_COLUMNS = ("iodepth", "numjobs", "rep", "disturbed", "schema_version")
+INT_COLUMNS = ("iodepth", "numjobs", "rep", "disturbed", "devices", "schema_version")
+#: integers that older files leave empty (pandas Int64, <NA> there)
+OPTIONAL_INT_COLUMNS = ("vcpus",)
 FLOAT_COLUMNS = ("iops", "bw_mib_s", "lat_mean_us", "lat_p50_us", "lat_p99_us", "lat_p999_us",
                  "guest_cpu_pct", "host_cpu_pct", "runtime_s", "foreign_cpu_pct",
                  *CPU_PER_IO_COLUMNS)
 #: `bound` when the guest's own CPU was saturated (stats.GUEST_BOUND_PCT).
 GUEST_BOUND = "guest"
-STR_COLUMNS = tuple(c for c in COLUMNS if c not in INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
+STR_COLUMNS = tuple(c for c in COLUMNS
+                    if c not in INT_COLUMNS + OPTIONAL_INT_COLUMNS + FLOAT_COLUMNS + ("started_at",))
 HOST_VARIANT = "host-fio"  # rows measuring fio on the host against the same image: the ceiling
 PERCENTILES = {"lat_p50_us": "50.000000", "lat_p99_us": "99.000000", "lat_p999_us": "99.900000"}
 #: kvm-nested's L2 watchdog: one row per point that hung at least once (nestedbench
@@ -87,19 +98,37 @@ NAN = float("nan")
 
 
 def point_key(guest: str, variant: str, disk: str, rw: str, bs: str, iodepth: int, numjobs: int,
-              rep: int) -> str:
+              rep: int, devices: int = 1) -> str:
     """The same key as matrix.Point.key, rebuilt from a row's fields."""
-    return Point(guest, variant, disk, Workload(rw, bs, int(iodepth), int(numjobs)), int(rep)).key
+    return Point(guest, variant, disk, Workload(rw, bs, int(iodepth), int(numjobs)), int(rep),
+                 int(devices)).key
 
 
 def row_key(row: dict[str, Any]) -> str:
     return point_key(row["guest"], row["variant"], row["disk"], row["rw"], row["bs"],
-                     row["iodepth"], row["numjobs"], row["rep"])
+                     row["iodepth"], row["numjobs"], row["rep"], row.get("devices") or 1)
+
+
+def format_device_iops(values: Iterable[float]) -> str:
+    """Each device's IOPS for the device_iops column: "a;b;c" (one device: empty)."""
+    values = list(values)
+    return ";".join(f"{v:.1f}" for v in values) if len(values) > 1 else ""
+
+
+def disk_text(disk: str, devices: int) -> str:
+    """A disk in a report: its name, with "× N" when the boot attached N > 1 devices."""
+    return disk if int(devices) == 1 else f"{disk} × {int(devices)}"
+
+
+def parse_device_iops(text: str) -> list[float]:
+    """The device_iops column back as numbers ([] when empty)."""
+    return [float(v) for v in str(text).split(";") if v.strip()]
 
 
 def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, workload: Workload,
             rep: int, log: str, started_at: str, status: str = "ok", error: str = "",
             host: str = LOCAL_HOST, disturbed: bool = False, bound: str = "",
+            devices: int = 1, vcpus: int | None = None, device_iops: str = "",
             **metrics: float | None) -> dict[str, Any]:
     """A complete row; metrics not given (or None) are NaN.  Unknown metric names are a bug."""
     unknown = set(metrics) - set(FLOAT_COLUMNS)
@@ -110,7 +139,8 @@ def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, wor
         "rw": workload.rw, "bs": workload.bs, "iodepth": int(workload.iodepth),
         "numjobs": int(workload.numjobs), "rep": int(rep), "status": status,
         "error": error, "log": log, "started_at": started_at, "host": host,
-        "disturbed": int(bool(disturbed)), "bound": bound, "schema_version": SCHEMA_VERSION,
+        "disturbed": int(bool(disturbed)), "bound": bound, "devices": int(devices),
+        "vcpus": vcpus, "device_iops": device_iops, "schema_version": SCHEMA_VERSION,
     }
     for name in FLOAT_COLUMNS:
         value = metrics.get(name)
@@ -119,12 +149,13 @@ def new_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str, wor
 
 
 def failed_row(*, run_id: str, guest: str, variant: str, accel: str, disk: str,
-               workload: Workload, rep: int, error: str, log: str, started_at: str) -> dict[str, Any]:
+               workload: Workload, rep: int, error: str, log: str, started_at: str,
+               devices: int = 1, vcpus: int | None = None) -> dict[str, Any]:
     """A point that produced no measurement: status failed, the reason, NaN numbers."""
     one_line = " ".join(str(error).split()) or "unknown error"
     return new_row(run_id=run_id, guest=guest, variant=variant, accel=accel, disk=disk,
                    workload=workload, rep=rep, log=log, started_at=started_at,
-                   status="failed", error=one_line)
+                   status="failed", error=one_line, devices=devices, vcpus=vcpus)
 
 
 # --- fio JSON ---------------------------------------------------------------------------
@@ -241,17 +272,26 @@ def fio_metrics(fio_json: dict, rw: str) -> dict[str, float]:
 def row_from_fio(fio_json: dict, *, run_id: str, guest: str, variant: str, accel: str, disk: str,
                  workload: Workload | None, rep: int, guest_cpu_pct: float | None,
                  host_cpu_pct: float | None, log: str, started_at: str, bound: str = "",
+                 devices: int = 1, vcpus: int | None = None,
                  **extra: float | None) -> dict[str, Any]:
     """One ok row from fio --output-format=json (fio 3.x, group_reporting or not).
 
     The workload is taken from the options inside the JSON; `workload` (the
     point's plan) fills options fio left out and is checked against the rest.
-    extra: more measured columns (the CPU µs per I/O).
+    extra: more measured columns (the CPU µs per I/O).  A point with several
+    devices (one fio job each) is merged by fio_merge: IOPS summed, latency
+    over all requests, each device's IOPS in device_iops.
     """
     ran = workload_from_fio(fio_json, workload)
-    metrics = fio_metrics(fio_json, ran.rw)
+    per_device = ""
+    if devices > 1:
+        metrics = merged_metrics(fio_json, ran.rw, PERCENTILES)
+        per_device = format_device_iops(device_iops(fio_json))
+    else:
+        metrics = fio_metrics(fio_json, ran.rw)
     return new_row(run_id=run_id, guest=guest, variant=variant, accel=accel, disk=disk,
                    workload=ran, rep=rep, log=log, started_at=started_at, bound=bound,
+                   devices=devices, vcpus=vcpus, device_iops=per_device,
                    guest_cpu_pct=guest_cpu_pct, host_cpu_pct=host_cpu_pct, **metrics, **extra)
 
 
@@ -311,7 +351,7 @@ class ResultsStore:
     def _file_columns(self) -> tuple[str, ...]:
         with open(self.path, encoding="utf-8", newline="") as handle:
             header = tuple(next(csv.reader(handle), ()))
-        if header in (COLUMNS, V3_COLUMNS, V2_COLUMNS, V1_COLUMNS):
+        if header in (COLUMNS, V4_COLUMNS, V3_COLUMNS, V2_COLUMNS, V1_COLUMNS):
             return header
         raise UserError(f"{self.path} has columns this harness does not write: "
                         f"start a new run instead of resuming this one")
@@ -393,6 +433,10 @@ def _record_problem(record: dict[str, str]) -> str | None:
         value = record.get(name, "").strip()
         if name in record and not value.lstrip("-").isdigit():
             return f"{name} {value!r} is not an integer"
+    for name in OPTIONAL_INT_COLUMNS:
+        value = record.get(name, "").strip()
+        if value and not value.isdigit():
+            return f"{name} {value!r} is not an integer"
     for name in FLOAT_COLUMNS:
         value = record.get(name, "").strip()
         if value:
@@ -461,6 +505,8 @@ def read_results(path: Path | str) -> ResultsFile:
         records = [{**r, "schema_version": "1"} for r in records]
     if "host" not in header:
         records = [{**r, "host": LOCAL_HOST} for r in records]
+    if "devices" not in header:  # before schema 5 every point had one device
+        records = [{**r, "devices": "1"} for r in records]
     return ResultsFile(path, version, records, tuple(bad))
 
 
@@ -476,8 +522,11 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
         frame[col] = frame[col].astype(object).where(frame[col].notna(), "").astype(str)
     if frame["schema_version"].isna().any():
         frame["schema_version"] = frame["schema_version"].fillna(SCHEMA_VERSION)
+    frame["devices"] = frame["devices"].replace({"": None}).fillna(1)
     for col in INT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col]).astype("int64")
+    for col in OPTIONAL_INT_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col].replace({"": None}), errors="coerce").astype("Int64")
     for col in FLOAT_COLUMNS:
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
     frame["started_at"] = pd.to_datetime(frame["started_at"], utc=True, errors="coerce",

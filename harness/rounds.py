@@ -36,19 +36,20 @@ def by_round(sessions: list[Session]) -> list[tuple[int, list[Session]]]:
 def disturbed_points(rows: list[dict[str, str]], rep: int) -> list[Point]:
     """The guest points of round rep whose (ok) row is flagged disturbed."""
     return [Point(r["guest"], r["variant"], r["disk"],
-                  Workload(r["rw"], r["bs"], int(r["iodepth"]), int(r["numjobs"])), int(r["rep"]))
+                  Workload(r["rw"], r["bs"], int(r["iodepth"]), int(r["numjobs"])), int(r["rep"]),
+                  int(r.get("devices") or 1))
             for r in rows
             if r["status"] == "ok" and r.get("disturbed") == "1" and int(r["rep"]) == rep
             and r["variant"] != HOST_VARIANT]
 
 
 def as_sessions(points: list[Point]) -> list[Session]:
-    """Points grouped back into boots (one per guest, variant, disk and repetition)."""
+    """Points grouped back into boots (one per guest, variant, disk, devices and repetition)."""
     sessions: dict[tuple, list[Point]] = {}
-    for point in points:
-        sessions.setdefault((point.guest, point.variant, point.disk, point.rep), []).append(point)
-    return [Session(guest, variant, disk, rep, tuple(todo))
-            for (guest, variant, disk, rep), todo in sessions.items()]
+    for p in points:
+        sessions.setdefault((p.guest, p.variant, p.disk, p.rep, p.devices), []).append(p)
+    return [Session(guest, variant, disk, rep, tuple(todo), devices)
+            for (guest, variant, disk, rep, devices), todo in sessions.items()]
 
 
 def adaptive_guests(config: BenchConfig) -> set[str]:

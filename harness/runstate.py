@@ -86,10 +86,19 @@ def host_lost(run: Run, exc: BaseException) -> HostLost:
     return HostLost(f"host {run.host.label}: connection lost ({exc})")
 
 
+def guest_vcpus(run: Run, guest_id: str) -> int | None:
+    """The vCPUs of a config's guest (None for rows that are no guest's: the host ceiling);
+    the micro-guest always boots with one."""
+    found = [1 if g.kind == "microguest" else g.vcpus for g in run.config.guests
+             if g.id == guest_id]
+    return found[0] if found else None
+
+
 def fail_points(run: Run, points: Iterable[Point], error: str, log_file: Path) -> None:
     """A failed row for each point, naming the error and the log."""
     for point in points:
         run.writer.append(failed_row(
             run_id=run.run_id, guest=point.guest, variant=point.variant, accel=run.accel.name,
             disk=point.disk, workload=point.workload, rep=point.rep, error=error,
-            log=run.relative(log_file), started_at=now_iso()))
+            log=run.relative(log_file), started_at=now_iso(), devices=point.devices,
+            vcpus=guest_vcpus(run, point.guest)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from .errors import HostLost
@@ -42,8 +42,7 @@ class Unit:
 
     def without(self, done: set[str]) -> "Unit | None":
         """The unit minus the points in done (None when nothing is left)."""
-        sessions = tuple(Session(s.guest, s.variant, s.disk, s.rep, todo)
-                         for s in self.sessions
+        sessions = tuple(replace(s, points=todo) for s in self.sessions
                          if (todo := tuple(p for p in s.points if p.key not in done)))
         ceiling = tuple(p for p in self.ceiling if p.key not in done)
         return Unit(sessions, ceiling) if sessions or ceiling else None
@@ -56,8 +55,7 @@ def units(sessions: list[Session], ceiling: list[Point], per_point: set[str]) ->
         if session.guest in per_point:
             for point in session.points:
                 key = (session.guest, session.disk, session.rep, point.workload.label)
-                grouped.setdefault(key, []).append(
-                    Session(session.guest, session.variant, session.disk, session.rep, (point,)))
+                grouped.setdefault(key, []).append(replace(session, points=(point,)))
         else:
             grouped.setdefault((session.guest, session.disk, session.rep), []).append(session)
     found = [Unit(tuple(group)) for group in grouped.values()]

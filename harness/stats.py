@@ -47,9 +47,11 @@ from scipy import stats as scipy_stats
 from .config import parse_size
 from .results import CPU_PER_IO_COLUMNS, GUEST_BOUND, HOST_VARIANT
 
-#: A median or a ratio never pools two hosts: `host` (results schema 3) is a key.
-WORKLOAD_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
-GROUP_KEYS = ["host", "guest", "variant", "accel", "disk", "rw", "bs", "iodepth", "numjobs"]
+#: A median or a ratio never pools two hosts: `host` (results schema 3) is a key; nor two
+#: numbers of test devices (`devices`, schema 5: older rows read as 1).
+WORKLOAD_KEYS = ["host", "guest", "accel", "disk", "devices", "rw", "bs", "iodepth", "numjobs"]
+GROUP_KEYS = ["host", "guest", "variant", "accel", "disk", "devices", "rw", "bs", "iodepth",
+              "numjobs"]
 NOISY_CV = 0.10
 #: A point whose guest CPU (guest_cpu_pct: busy share of all its vCPUs) is at least this
 #: is guest-bound (results.GUEST_BOUND): it measures the emulated guest, not the I/O path.
@@ -111,7 +113,7 @@ def is_guest_bound(n_bound: int, n_ok: int) -> bool:
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (guest, variant, accel, disk, rw, bs, iodepth, numjobs).
+    """One row per (host, guest, variant, accel, disk, devices, rw, bs, iodepth, numjobs).
 
     Medians and spread of the ok repetitions; n_failed counts failed ones, and a
     point whose repetitions all failed still appears (with NaN numbers).

@@ -4,11 +4,11 @@
 stats.host_ceiling); report.md renders it as tables and `summary_document` as JSON
 for scripts and dashboards, so the two cannot disagree.
 
-summary.json (schema_version 4; 3 added `host` to each workload entry, 4 the trust columns, the Welch interval and `verdict`):
+summary.json (schema_version 5; 3 added `host` to each workload entry, 4 the trust columns, the Welch interval and `verdict`, 5 `devices` to each workload entry):
   schema_version, run_id, baseline, accel, source_schema_versions (of results.csv
   and manifest.json, null when there is none), malformed_rows (line and reason each),
   ci ({confidence, method, resamples, seed}), and `workloads`: one entry per host × guest ×
-  accel × disk × rw × bs × iodepth × numjobs with `host_fio_iops_median` and
+  accel × disk × devices × rw × bs × iodepth × numjobs with `host_fio_iops_median` and
   `variants`: per variant n_ok, n_failed, iops {median, min, max, cv},
   lat_p99_us {median, min, max}, lat_p50_us_median, lat_p999_us_median,
   ratio (to the baseline: value, ci_low, ci_high, ci_method, range_low, range_high;
@@ -171,7 +171,7 @@ def summary_document(numbers: RunNumbers, run_id: str, accel: str,
     """summary.json's content; `sources`: the schema versions of results.csv and manifest.json."""
     workloads = []
     for workload in numbers.workloads():
-        key = {k: (int(v) if k in ("iodepth", "numjobs") else str(v))
+        key = {k: (int(v) if k in ("devices", "iodepth", "numjobs") else str(v))
                for k, v in workload.key.items()}
         variants = [_variant_entry(item, workload.ratios.get(item.variant), numbers.baseline)
                     for item in workload.variants.itertuples(index=False)]

@@ -62,7 +62,8 @@ class VMSpec:
     initrd: Path | None = None
     append: str = ""
     boot_image: Path | None = None  # a disk image booted from IDE, kept pristine
-    disk: Path | None = None  # the virtio-blk test disk
+    disk: Path | None = None  # the virtio-blk test disk (device 0)
+    more_disks: tuple[Path, ...] = ()  # devices 1…N-1 of a point with N disks (devices.py)
     variant: VariantSpec | None = None  # how the test disk is attached (aio, iothread, props)
     #: more -drive options of the test disk; one named like a default replaces it
     #: (cache=directsync, werror=report: the safety tests)
@@ -81,7 +82,8 @@ class VMSpec:
 
 def linux_spec(binary: str, accel: Accel, guest: GuestImage, *, console_log: Path,
                legacy: bool, memory_mb: int = 512, vcpus: int = 1, disk: Path | None = None,
-               variant: VariantSpec | None = None, ssh_port: int | None = None) -> VMSpec:
+               variant: VariantSpec | None = None, ssh_port: int | None = None,
+               more_disks: tuple[Path, ...] = ()) -> VMSpec:
     """A Linux guest (the fio guest or a custom one) reached over SSH."""
     if memory_mb < guest.min_memory_mb:
         raise UserError(f"guest.memory_mb {memory_mb} is too small for {guest.description}: "
@@ -89,8 +91,8 @@ def linux_spec(binary: str, accel: Accel, guest: GuestImage, *, console_log: Pat
     return VMSpec(binary=str(binary), accel=accel, memory_mb=memory_mb, vcpus=vcpus,
                   console_log=Path(console_log), qmp_socket=Path(console_log).with_suffix(".qmp"),
                   legacy=legacy, kernel=guest.kernel, initrd=guest.initrd, append=guest.append,
-                  boot_image=guest.boot_image, disk=disk, variant=variant,
-                  ssh_port=ssh_port if ssh_port is not None else free_port())
+                  boot_image=guest.boot_image, disk=disk, more_disks=tuple(more_disks),
+                  variant=variant, ssh_port=ssh_port if ssh_port is not None else free_port())
 
 
 # ----------------------------------------------------------------- argv
@@ -136,22 +138,51 @@ def boot_args(spec: VMSpec) -> list[str]:
 
 
 def disk_args(spec: VMSpec) -> list[str]:
-    """The test disk: raw, O_DIRECT, native AIO unless the variant or spec.drive_options
-    say otherwise."""
+    """The test disks, one virtio-blk-pci device each: raw, O_DIRECT, native AIO unless
+    the variant or spec.drive_options say otherwise.  In our data-plane builds every
+    device gets its own data-plane thread; a system QEMU's iothread is one for all
+    (iothread: true or shared) or one per device (per-disk)."""
     if spec.disk is None:
         return []
     variant = spec.variant or VariantSpec(name="default", binary=spec.binary)
-    options = {"if": "none", "id": "disk0", "file": spec.disk, "format": "raw", "cache": "none",
-               "aio": variant.aio, **spec.drive_options}
+    paths = (spec.disk, *spec.more_disks)
+    argv = iothread_args(variant.iothread_mode, len(paths))
+    for index, path in enumerate(paths):
+        argv += one_disk_args(variant, index, path, spec.drive_options)
+    return argv
+
+
+def added_disk_args(variant: VariantSpec, more_disks: tuple[Path, ...],
+                    drive_options: Mapping[str, str] | None = None) -> list[str]:
+    """Devices 1…N-1 as options added to a spec that attaches device 0 only (for a
+    caller that cannot set more_disks): the same command line as disk_args, the
+    per-disk iothreads io1… before their devices."""
+    mode = variant.iothread_mode
+    argv = [arg for index in range(1, len(more_disks) + 1) if mode == "per-disk"
+            for arg in ("-object", f"iothread,id=io{index}")]
+    for index, path in enumerate(more_disks, start=1):
+        argv += one_disk_args(variant, index, path, drive_options or {})
+    return argv
+
+
+def iothread_args(mode: str | None, count: int) -> list[str]:
+    """The iothread objects: none, io0 (shared), or io0…io<count-1> (per-disk)."""
+    wanted = {None: 0, "shared": 1, "per-disk": count}[mode]
+    return [arg for index in range(wanted) for arg in ("-object", f"iothread,id=io{index}")]
+
+
+def one_disk_args(variant: VariantSpec, index: int, path: Path,
+                  drive_options: Mapping[str, str]) -> list[str]:
+    """Device `index`: its -drive (id disk<index>) and its virtio-blk-pci -device."""
+    options = {"if": "none", "id": f"disk{index}", "file": path, "format": "raw",
+               "cache": "none", "aio": variant.aio, **drive_options}
     drive = ",".join(f"{key}={opt_value(value)}" for key, value in options.items())
-    props = {"drive": "disk0"}
-    argv = []
-    if variant.iothread:
-        argv += ["-object", "iothread,id=io0"]
-        props["iothread"] = "io0"
+    props = {"drive": f"disk{index}"}
+    if variant.iothread_mode:
+        props["iothread"] = f"io{index if variant.iothread_mode == 'per-disk' else 0}"
     props.update(variant.device_props)
     device = ",".join(["virtio-blk-pci"] + [f"{k}={opt_value(v)}" for k, v in props.items()])
-    return argv + ["-drive", drive, "-device", device]
+    return ["-drive", drive, "-device", device]
 
 
 def nic_args(spec: VMSpec) -> list[str]:

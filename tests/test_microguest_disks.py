@@ -82,6 +82,8 @@ def test_cmdline_names_disks_only_when_more_than_one():
 def test_guest_limit_matches_python():
     hw_h = (mg.SOURCE_DIR / "hw.h").read_text()
     assert f"#define MG_MAX_DISKS    {mg.cmdline.MAX_DISKS}\n" in hw_h
+    from harness.config import MAX_MICRO_DEVICES
+    assert MAX_MICRO_DEVICES == mg.cmdline.MAX_DISKS   # the config refuses more
 
 
 # ---- what the guest writes, computed as main.c does ----

@@ -239,8 +239,8 @@ def test_summary_json_holds_the_numbers_of_the_report(tmp_path):
     report = _write_report(make_run(tmp_path, manifest=MANIFEST), "baseline", summary_json=True)
     assert report.summary_json == tmp_path / "summary.json"
     document = json.loads(report.summary_json.read_text())
-    assert document["schema_version"] == 4 and document["run_id"] == "r1"
-    assert document["source_schema_versions"] == {"results_csv": 4, "manifest_json": 1}
+    assert document["schema_version"] == 5 and document["run_id"] == "r1"
+    assert document["source_schema_versions"] == {"results_csv": 5, "manifest_json": 1}
     assert document["malformed_rows"] == []
     qd16 = next(w for w in document["workloads"] if w["iodepth"] == 16)
     assert (qd16["guest"], qd16["rw"], qd16["bs"], qd16["numjobs"]) == ("fio", "randread", "4k", 1)

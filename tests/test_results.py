@@ -185,7 +185,7 @@ def test_rows_carry_the_schema_version(tmp_path):
     store.append(parse(HOST_DIR / "randread-4k-qd4-j1.json"))
     assert (tmp_path / "results.csv").read_text().splitlines()[0].endswith(",schema_version")
     results = read_results(tmp_path)
-    assert results.schema_version == SCHEMA_VERSION == 4 and list(results.frame["schema_version"]) == [4]
+    assert results.schema_version == SCHEMA_VERSION == 5 and list(results.frame["schema_version"]) == [5]
     assert list(results.frame["host"]) == ["local"]
 
 
@@ -244,8 +244,8 @@ def test_committed_reference_runs_load_without_loss():
 
 def test_a_newer_file_or_a_foreign_csv_is_refused(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append({**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 5})
-    with pytest.raises(UserError, match="schema_version 5, newer than this harness reads"):
+    store.append({**parse(HOST_DIR / "randread-4k-qd4-j1.json"), "schema_version": 6})
+    with pytest.raises(UserError, match="schema_version 6, newer than this harness reads"):
         read_results(tmp_path)
     (tmp_path / "results.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="not a harness results.csv"):

@@ -456,9 +456,11 @@ def test_fio_guest_point_fills_cpu_per_io_and_bound(monkeypatch, tmp_path, guest
         writer=SimpleNamespace(save_raw=lambda key, text: tmp_path / key, append=rows.append))
     runner = fio_runner.FioRunner.__new__(fio_runner.FioRunner)
     runner.run, runner.image = run, SimpleNamespace(device="/dev/vda")
+    runner.spec = SimpleNamespace(vcpus=2)
     runner._point(_FakeVM(), None, Point("fio", "dataplane", "ram",
                                          Workload("randread", "4k", 4, 2), 1))
     (row,) = rows
+    assert (row["devices"], row["vcpus"], row["device_iops"]) == (1, 2, "")
     assert row["host_cpu_pct"] == pytest.approx(150.0)
     # 1.5 cores of QEMU ÷ fio's IOPS, in µs; the vCPU threads' 1 core likewise
     assert row["cpu_us_per_io"] == pytest.approx(1.5 / row["iops"] * 1e6)

@@ -1,6 +1,8 @@
 """Sessions with a Linux guest: one boot, one SSH connection, several fio runs.
 
-Each point's row carries QEMU's host CPU over the fio command (host_cpu_pct),
+A session with N devices (the guest's disks_per_guest) boots with N test
+disks and runs one fio job per device (fio_jobs.fio_argv); the row sums them
+(fio_merge.py).  Each point's row carries QEMU's host CPU over the fio command (host_cpu_pct),
 its CPU µs per I/O split by thread kind (threads.py; the CPU rate over the
 command, ramp included, divided by fio's IOPS) and `bound` "guest" when the
 guest's own CPU was saturated (stats.GUEST_BOUND_PCT of its vCPUs).
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from .. import stats
 from ..config import GuestSpec
+from ..devices import guest_devices, image_paths
 from ..fio_jobs import open_connection, run_fio
 from ..guest import GuestImage, custom_guest, prepare_fio_guest
 from ..matrix import Point, Session
@@ -40,11 +43,13 @@ class FioRunner:
         self.description = self.image.description
 
     def vm_spec(self, session: Session, log_file: Path) -> VMSpec:
-        """The boot of one session (a UserError if the guest cannot fit in its memory)."""
+        """The boot of one session with its session.devices test disks (a UserError if
+        the guest cannot fit in its memory)."""
+        images = image_paths(self.run.disks[session.disk], session.devices)
         return linux_spec(self.run.binaries[session.variant], self.run.accel, self.image,
                           console_log=log_file, legacy=self.run.legacy[session.variant],
                           memory_mb=self.spec.memory_mb, vcpus=self.spec.vcpus,
-                          disk=self.run.disks[session.disk],
+                          disk=images[0], more_disks=images[1:],
                           variant=self.run.config.variant(session.variant),
                           ssh_port=self.run.host.free_port())
 
@@ -80,7 +85,8 @@ class FioRunner:
         cpu_before, wall_before = vm.host_cpu_seconds(), time.monotonic()
         watch = self.run.watch.start()
         result = run_fio(connection, point.workload, config.workloads.runtime_s,
-                         config.workloads.ramp_s, config.timeouts.point_s, self.image.device)
+                         config.workloads.ramp_s, config.timeouts.point_s,
+                         guest_devices(self.image.device, point.devices))
         wall = time.monotonic() - wall_before
         host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / wall
         split = vm.cpu_split(threads_before, vm.thread_sample(), wall)
@@ -91,7 +97,8 @@ class FioRunner:
             accel=self.run.accel.name, disk=point.disk, workload=point.workload, rep=point.rep,
             guest_cpu_pct=result.guest_cpu_pct, host_cpu_pct=host_cpu,
             log=self.run.relative(raw), started_at=started_at,
-            bound=stats.guest_bound(result.guest_cpu_pct))
+            bound=stats.guest_bound(result.guest_cpu_pct), devices=point.devices,
+            vcpus=self.spec.vcpus)
         # QEMU's CPU rate over the whole fio command (ramp included) ÷ fio's IOPS
         row.update(split.per_io_us(wall, row["iops"]))
         self.run.writer.append({**row, **watch.columns()})

@@ -2,6 +2,7 @@
 
 The micro-guest drives virtio-blk itself and reports on the serial port, so
 there is no SSH and no guest OS between the benchmark and the host I/O path.
+A point with N disks boots with N devices and `disks=N` (micro_disks.py).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import GuestSpec
+from ..devices import image_paths
 from ..errors import InfraError
 from ..matrix import Point, Session
 from ..files import append_csv_row
@@ -22,6 +25,7 @@ from ..runstate import Advance, Run, is_host_lost
 from ..util import Say, now_iso
 from ..vm import qemu_argv
 from .base import GuestAssets, PointLoop
+from .micro_disks import device_columns, extra_args, short_of_disks
 from .registry import register
 from .trace import Tracer
 
@@ -49,7 +53,8 @@ class MicroRunner:
 
     def _point(self, point: Point) -> None:
         log_file = self.run.log_path(f"{point.key}.console.log")
-        self._record_command_line(point.variant, point.workload, point.disk, log_file)
+        extra = self._disk_args(point)
+        self._record_command_line(point, log_file, extra)
         started_at = now_iso()
         watch = self.run.watch.start()
         try:
@@ -58,38 +63,60 @@ class MicroRunner:
                 self.run.config.variant(point.variant), point.workload,
                 self.run.config.workloads.requests, self.spec.wait,
                 self.run.host_path(log_file), self.run.config.timeouts.point_s,
-                memory_mb=self.spec.memory_mb, kernel=self.kernel,
-                warmup=max(1, self.run.config.workloads.requests // 10),
+                memory_mb=self.spec.memory_mb, kernel=self.kernel, warmup=self._warmup,
                 legacy=self.run.legacy[point.variant], host=self.run.host,
-                kick=self.spec.kick)
+                kick=self.spec.kick, extra=extra, disks=point.devices)
             self.run.collect_vm_logs(log_file)
         except InfraError as exc:
             if is_host_lost(self.run, exc):  # PointLoop hands it to the scheduler
                 raise
             self.run.collect_vm_logs(log_file)
             self.say(f"{point.key}: failed: {exc}")
-            row = micro_row(self.run.run_id, point, self.run.accel, None,
-                            started_at=started_at, error=str(exc),
-                            log_path=self.run.relative(log_file))
+            row = self._failed(point, started_at, str(exc), self.run.relative(log_file))
         else:
             line = find_line(log_file.read_text(errors="replace"), RESULT_PREFIX)
             raw = self.run.writer.save_raw(point.key, json.dumps(line, indent=1))
-            row = micro_row(self.run.run_id, point, self.run.accel, result,
-                            started_at=started_at, log_path=self.run.relative(raw))
+            row = self._row(point, result, started_at, self.run.relative(raw))
         self.run.writer.append({**row, **self.run.watch.stop(watch).columns()})
         if self.tracer and row["status"] == "ok":
             self.tracer.trace_point(point)
 
-    def _record_command_line(self, variant: str, workload, disk: str, log_file: Path) -> None:
-        if variant in self.run.command_lines:
+    @property
+    def _warmup(self) -> int:
+        return max(1, self.run.config.workloads.requests // 10)
+
+    def _cmdline(self, point: Point) -> str:
+        """The guest's -append line as run_microguest_point builds it."""
+        return guest_cmdline(point.workload, self.run.config.workloads.requests, self.spec.wait,
+                             warmup=self._warmup, kick=self.spec.kick, disks=point.devices)
+
+    def _disk_args(self, point: Point) -> tuple[str, ...]:
+        """Devices 1…N-1 for a point with N disks (micro_disks.py)."""
+        images = image_paths(self.run.disks[point.disk], point.devices)
+        return extra_args(self.run.config.variant(point.variant), images)
+
+    def _row(self, point: Point, result, started_at: str, log_path: str) -> dict:
+        short = short_of_disks(result, point.devices)
+        if short:
+            return self._failed(point, started_at, short, log_path)
+        row = micro_row(self.run.run_id, point, self.run.accel, result,
+                        started_at=started_at, log_path=log_path)
+        return {**row, **device_columns(result, point.devices)}
+
+    def _failed(self, point: Point, started_at: str, error: str, log_path: str) -> dict:
+        row = micro_row(self.run.run_id, point, self.run.accel, None, started_at=started_at,
+                        error=error, log_path=log_path)
+        return {**row, **device_columns(None, 1), "devices": point.devices}
+
+    def _record_command_line(self, point: Point, log_file: Path, extra: tuple[str, ...]) -> None:
+        if point.variant in self.run.command_lines:
             return
-        cmdline = guest_cmdline(workload, self.run.config.workloads.requests, self.spec.wait,
-                                kick=self.spec.kick)
-        spec = microguest_spec(self.run.binaries[variant], self.run.accel, self.run.disks[disk],
-                               self.run.config.variant(variant), cmdline, log_file,
-                               kernel=self.kernel, memory_mb=self.spec.memory_mb,
-                               legacy=self.run.legacy[variant])
-        self.run.command_lines[variant] = shlex.join(qemu_argv(spec))
+        variant = point.variant
+        spec = microguest_spec(self.run.binaries[variant], self.run.accel,
+                               self.run.disks[point.disk], self.run.config.variant(variant),
+                               self._cmdline(point), log_file, kernel=self.kernel,
+                               memory_mb=self.spec.memory_mb, legacy=self.run.legacy[variant])
+        self.run.command_lines[variant] = shlex.join(qemu_argv(replace(spec, extra=extra)))
 
 
 def hostile_todo(run: Run) -> list[tuple[str, str]]:
