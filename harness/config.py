@@ -380,9 +380,6 @@ def check_kvm_nested(variants: list[VariantSpec], guests: list[GuestSpec]) -> No
         if guest.trace:
             raise ValueError(f"guest {guest.id!r}: trace: true runs on this host's TCG only, "
                              "not under accel kvm-nested")
-        if guest.disks_per_guest != [1]:
-            raise ValueError(f"guest {guest.id!r}: accel kvm-nested boots one disk; "
-                             "set disks_per_guest: [1]")
 
 
 #: Fields a `--resume` may change: how long to wait, the prose, where points run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -294,7 +295,6 @@ def test_numjobs_clones_of_a_device_add_up_to_its_iops():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ("accel: kvm-nested\nguest: {kind: fio, disks_per_guest: [1, 2]}", "kvm-nested boots one disk"),
     ("guest: {kind: microguest, trace: true, disks_per_guest: [2]}", "trace: true traces one disk"),
 ])
 def test_several_disks_where_only_one_is_supported_is_refused(extra, message):
@@ -310,3 +310,21 @@ def test_a_micro_guest_with_more_disks_than_it_drives_is_refused_in_one_line():
         parse_config(CONFIG + "guest: {kind: microguest, disks_per_guest: [1, 9]}")
     assert len(str(caught.value).splitlines()) == 1
     parse_config(CONFIG + "guest: {kind: microguest, disks_per_guest: [1, 8]}")
+
+
+def test_under_kvm_nested_every_image_is_an_l1_disk_named_as_the_harness_names_images(tmp_path):
+    """L1 gets every image of every disk as a virtio disk, in order, and links each to the
+    name devices.image_paths gives it, so the runners find device i of a disk there."""
+    from harness.nested.host import l1_disk_paths, l1_images
+
+    config = parse_config(CONFIG.replace("disks: [{name: shm, path: /dev/shm/x.img, size: 64M}]",
+                                         "disks: [{name: a, path: /x/a.img, size: 64M}, "
+                                         "{name: b, path: /x/b.img, size: 64M}]")
+                          + "accel: kvm-nested\nguest: {kind: fio, disks_per_guest: [1, 2]}")
+    run = SimpleNamespace(config=config, disks={"a": Path("/x/a.img"), "b": Path("/x/b.img")})
+    assert [(str(here), device, name) for here, device, name in l1_images(run)] == [
+        ("/x/a.img", "/dev/vda", "/root/disks/a"), ("/x/a.img.1", "/dev/vdb", "/root/disks/a.1"),
+        ("/x/b.img", "/dev/vdc", "/root/disks/b"), ("/x/b.img.1", "/dev/vdd", "/root/disks/b.1")]
+    assert l1_disk_paths(run) == {"a": "/root/disks/a", "b": "/root/disks/b"}
+    assert [str(p) for p in image_paths(Path(l1_disk_paths(run)["b"]), 2)] == [
+        "/root/disks/b", "/root/disks/b.1"]

@@ -2,9 +2,10 @@
 every host uses (nested/host.py), with real QEMU at both levels, a real L2 Linux, SSH and fio.
 
 About five minutes here: L1 boots in seconds, the variants and guests are shipped into
-it (~140 MB over SSH), each fio guest boots in about a minute under L1's KVM.  The
-micro-guest polls (wait: poll): a halting L2 meets L0's hang now and then (docs/kvm-nested.md);
-its interrupt paths under L1 are tests/test_kvm_nested.py's.
+it (~140 MB over SSH), each fio guest boots in about a minute under L1's KVM.  Both
+guests drive two disks.  The micro-guest polls (wait: poll): a halting L2 meets L0's
+hang now and then (docs/kvm-nested.md); its interrupt paths under L1 are
+tests/test_kvm_nested.py's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from harness.paths import cache_dir
 pytestmark = pytest.mark.e2e
 
 VARIANTS = ("baseline", "dataplane")
+DEVICES = 2   # each point's guest drives two disks: L1 gets four virtio disks (two images each)
 
 
 def _config(tmp_path: Path) -> Path:
@@ -29,8 +31,9 @@ def _config(tmp_path: Path) -> Path:
         "name": "l1-bench",
         "variants": list(VARIANTS),
         "baseline": "baseline",
-        "guests": [{"kind": "microguest", "wait": "poll", "memory_mb": 128},
-                   {"kind": "fio", "memory_mb": 512}],
+        "guests": [{"kind": "microguest", "wait": "poll", "memory_mb": 128,
+                    "disks_per_guest": [DEVICES]},
+                   {"kind": "fio", "memory_mb": 512, "disks_per_guest": [DEVICES]}],
         "disks": [{"name": "disk", "path": str(tmp_path / "l1-bench.img"), "size": "64M"}],
         "workloads": {"rw": ["randwrite"], "bs": ["4k"], "iodepth": [16], "numjobs": [1],
                       "runtime_s": 2, "ramp_s": 1, "requests": 1000},
@@ -65,6 +68,12 @@ def test_bench_through_l1_runs_fio_and_the_micro_guest_under_kvm(tmp_path, monke
         (g, v) for g in ("microguest-poll", "fio") for v in VARIANTS}
     assert {r["accel"] for r in rows} == {"kvm-nested"} and {r["host"] for r in rows} == {"l1"}
     assert all(float(r["iops"]) > 0 for r in rows)
+    for row in rows:  # both disks of every point did I/O; fio's row is their sum
+        per_device = [float(x) for x in row["device_iops"].split(";")]
+        assert int(row["devices"]) == DEVICES and len(per_device) == DEVICES, row
+        assert all(x > 0 for x in per_device), row
+        if row["guest"] == "fio":
+            assert float(row["iops"]) == pytest.approx(sum(per_device), rel=0.01), row
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["hosts"]["l1"]["accel"] == "kvm" and manifest["hosts"]["l1"]["kvm_device"]
     for variant in VARIANTS:  # the shipped binary, run there with KVM

@@ -6,9 +6,10 @@ hostrun.prepare_host as an SSH host: the variants and guests are shipped to
 it and the same runners run the points there with `-machine accel=kvm`,
 exactly as on a user's KVM machine.  Only these stay nested-specific:
 
-* the test images are L0 files that L1 sees as block devices (/dev/vda, …,
-  one per disk of the config, in order): L1's own memory is a tmpfs, which
-  has no O_DIRECT;
+* the test images are L0 files that L1 sees as block devices (/dev/vda, …:
+  every image of every disk of the config, in order), named in L1 as the
+  harness names images (L1_DISKS/<disk>, <disk>.1, … : devices.image_paths)
+  by symbolic links: L1's own memory is a tmpfs, which has no O_DIRECT;
 * L1's host key is the one of the image booted here, reached on a loopback
   port forwarded by our own QEMU: taken on connection, recorded nowhere;
 * an L1 that no longer runs `true` in L1_ANSWER_S (machine.L1Stalled: its
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from ..accel import KVM_IN_L1
 from ..config import check_kvm_nested
+from ..devices import guest_device, image_paths, most_devices
 from ..errors import UserError
 from ..guest import GuestAssets
 from ..hostrun import prepare_host
@@ -45,10 +47,29 @@ L1_WORKDIR = "/root/harness"  # in L1's memory: a new L1 is shipped to again
 MAX_REVIVALS = 3
 
 
+L1_DISKS = "/root/disks"  # in L1: a link per image to the block device L1 sees it as
+
+
+def l1_images(run: Run) -> list[tuple[Path, str, str]]:
+    """Every image L1 gets, in the order of its virtio disks: (the file here, its block
+    device in L1, the name the harness gives it in L1)."""
+    count = most_devices(run.config)
+    found = []
+    for disk in run.config.disks:
+        there = image_paths(Path(L1_DISKS) / disk.name, count)
+        for here, name in zip(image_paths(run.disks[disk.name], count), there):
+            found.append((here, guest_device("/dev/vda", len(found)), str(name)))
+    return found
+
+
 def l1_disk_paths(run: Run) -> dict[str, str]:
-    """Where each of the config's disks is in L1: its virtio disks, in the config's order."""
-    return {disk.name: f"/dev/vd{chr(ord('a') + index)}"
-            for index, disk in enumerate(run.config.disks)}
+    """Where each of the config's disks is in L1 (device 0's name; the others follow it)."""
+    return {disk.name: f"{L1_DISKS}/{disk.name}" for disk in run.config.disks}
+
+
+def link_images(machine: L1, images: list[tuple[Path, str, str]]) -> None:
+    machine.sh(f"mkdir -p {L1_DISKS}; "
+               + "; ".join(f"ln -sf {device} {name}" for _here, device, name in images))
 
 
 class L1SSHHost(SSHHost):
@@ -84,16 +105,18 @@ class L1Provider:
 
     def host(self) -> tuple[Run, GuestAssets]:
         """A new L1, booted, checked, shipped to and prepared: the run as it runs there."""
-        machine = L1(self.image, [self.run.disks[d.name] for d in self.run.config.disks],
+        images = l1_images(self.run)
+        machine = L1(self.image, [here for here, _device, _name in images],
                      self.run.log_path(f"l1.{self.revivals}.console.log"),
                      boot_timeout=self.run.config.timeouts.boot_s)
         self.say(f"kvm-nested: booting L1 ({self.image.description})")
         machine.boot()
-        self.say(f"kvm-nested: L1 answers SSH after {machine.boot_seconds:.0f} s")
-        spec = HostSpec(host="127.0.0.1", port=machine.ports.ssh, user=L1_USER,
-                        identity=Path(machine.login.ssh_key), workdir=L1_WORKDIR, accel="kvm",
-                        name=L1_LABEL)
         try:
+            link_images(machine, images)
+            self.say(f"kvm-nested: L1 answers SSH after {machine.boot_seconds:.0f} s")
+            spec = HostSpec(host="127.0.0.1", port=machine.ports.ssh, user=L1_USER,
+                            identity=Path(machine.login.ssh_key), workdir=L1_WORKDIR,
+                            accel="kvm", name=L1_LABEL)
             there, assets = prepare_host(
                 self.run, spec, self.assets.images, self.assets.kernel, "kvm", self._lock,
                 self.say, disk_paths=l1_disk_paths(self.run),
