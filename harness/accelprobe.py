@@ -33,7 +33,7 @@ from .microguest.elf import build_microguest
 from .microguest.output import RESULT_PREFIX
 from .paths import cache_dir
 from .util import Say, quiet
-from .hostexec import LOCAL, Executor
+from .hosts.executor import LOCAL, Executor
 from .vm import VM, QemuExited, VMSpec, linux_spec
 
 PROBE_TIMEOUT_S = 25.0

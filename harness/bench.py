@@ -33,8 +33,8 @@ from .guest import GuestAssets
 from .devices import ensure_images_space, most_devices, prepare_images
 from .hostinfo import disturbers
 from .hostload import PointWatch, wait_for_quiet
-from .hostrun import prepare_host
-from .hosts import merge_hosts
+from .hosts.prepare import prepare_host
+from .hosts.spec import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
 from .matrix import Session, plan, skipped
 from .microguest.elf import build_microguest
@@ -53,7 +53,7 @@ from .runners.micro import hostile_todo, run_hostile
 from .runners.nested import run_hostile as run_hostile_nested
 from .runners.trace import ensure_trace_builds
 from .runstate import Run
-from .scheduler import Scheduler, Unit, units
+from .hosts.scheduler import Scheduler, Unit, units
 from .util import Say, stamp
 
 
@@ -135,7 +135,7 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
             say: Say, remote: bool = False) -> tuple[Run, GuestAssets]:
     """Everything resolved and checked before the first boot.
 
-    remote: the points run on hosts (hostrun.prepare_host does their disks and accel).
+    remote: the points run on hosts (hosts.prepare.prepare_host does their disks and accel).
     """
     ensure_trace_builds(config, say)
     binaries = {v.name: resolve_binary(v) for v in config.variants}

@@ -367,8 +367,8 @@ def hosts_check(
     ready; 2 a host is not (unreachable, or something to install or change).
     """
     from .config import load_config
-    from .hostcheck import check_hosts
-    from .hosts import merge_hosts
+    from .hosts.check import check_hosts
+    from .hosts.spec import merge_hosts
 
     loaded = load_config(config) if config else None
     specs = merge_hosts(loaded.hosts if loaded else [], host, accept_new_host_keys)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .hosts import HostSpec
+from .hosts.spec import HostSpec
 
 # Each set of names is defined once, here; the tuples are derived from the types.
 BuildName = Literal["baseline", "dataplane", "poll"]  # our builds (build.VARIANT_LAYERS)

@@ -20,7 +20,7 @@ def sha256_file(path: Path, remember: bool = False) -> str:
 
     remember: keep the digest for the process, keyed by real path, size and
     mtime, for a caller that hashes the same large files again and again
-    (remote.SSHHost ships the same binaries to every host).  Off by default: a
+    (hosts.ssh.SSHHost ships the same binaries to every host).  Off by default: a
     file rewritten in place within one mtime tick would look unchanged, and the
     hostile cases compare a disk image before and after a run.
     """

@@ -21,7 +21,7 @@ from .errors import HostLost, InfraError
 from .guest import GuestImage
 from .matrix import Workload
 from .results import parse_fio_output
-from .sshcmd import run_interruptible
+from .hosts.sshcmd import run_interruptible
 from .util import tail
 
 # paramiko logs every refused attempt while the guest boots as an ERROR with a
@@ -63,7 +63,7 @@ def open_connection(port: int, image: GuestImage, timeout: float,
                     via: Callable[[int], Any] | None = None) -> fabric.Connection:
     """Log into the guest, retrying until `timeout` seconds have passed.
 
-    via: opens a channel to the port on the guest's host (remote.SSHHost.channel_to):
+    via: opens a channel to the port on the guest's host (hosts.ssh.SSHHost.channel_to):
     the guest's forward listens on that host's loopback, reached with it as SSH jump.
     """
     deadline = time.monotonic() + timeout

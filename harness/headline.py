@@ -23,7 +23,7 @@ import pandas as pd
 
 from . import stats
 from .config import parse_size
-from .hosts import LOCAL_HOST
+from .hosts.spec import LOCAL_HOST
 from .results import HOST_VARIANT, disk_text
 
 #: rows of this accelerator are functional figures: no speed-up of theirs is drawn

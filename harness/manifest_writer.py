@@ -48,7 +48,7 @@ def write_manifest(run: Run, status: str, guest_description: str = "") -> None:
         "accel": run.accel.name,
         "notices": run.notices,
         "host": host_facts(),
-        # remote hosts the points ran on (hostcheck.manifest_facts), by their label
+        # remote hosts the points ran on (hosts.check.manifest_facts), by their label
         "hosts": {**previous.get("hosts", {}), **run.host_facts},
         "variants": {v.name: {"binary": str(run.binaries[v.name]), "build": builds.get(v.name),
                               "qemu_version": qemu_info(run.binaries[v.name]).version}

@@ -23,7 +23,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .published import fmt_ratio, most_comparable  # noqa: E402
-from .hosts import LOCAL_HOST  # noqa: E402
+from .hosts.spec import LOCAL_HOST  # noqa: E402
 from .results import HOST_VARIANT, disk_text  # noqa: E402
 from .stats import MIN_CI_REPS  # noqa: E402
 

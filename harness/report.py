@@ -19,7 +19,7 @@ import pandas as pd
 from . import (headline, latency_cdf, plots, published, scaling, scaling_plot, stats,
                trace_report, trust_report)
 from .errors import UserError
-from .hosts import LOCAL_HOST
+from .hosts.spec import LOCAL_HOST
 from .files import write_json_atomic
 from .manifest import Manifest, read_manifest
 from .results import (HOST_VARIANT, WATCHDOG_CSV, BadLine, ResultsFile, disk_text, read_results,

@@ -53,7 +53,7 @@ import pandas as pd
 from .config import parse_size
 from .errors import InfraError, UserError
 from .fio_merge import device_iops, merged_metrics
-from .hosts import LOCAL_HOST
+from .hosts.spec import LOCAL_HOST
 from .matrix import Point, Workload
 
 _logger = logging.getLogger(__name__)

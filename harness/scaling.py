@@ -26,7 +26,7 @@ from typing import Callable
 import pandas as pd
 
 from . import stats
-from .hosts import LOCAL_HOST
+from .hosts.spec import LOCAL_HOST
 from .results import HOST_VARIANT
 
 #: share of every host core QEMU must use for the point to be host-bound

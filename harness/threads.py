@@ -43,7 +43,7 @@ Resolution: locally nanoseconds — each thread's on-CPU time from
 (clock_gettime on the process; both are the scheduler's sum_exec_runtime), so
 a micro-guest point of a tenth of a second still splits cleanly; where either
 cannot be read (a fake /proc, a kernel without schedstat), clock ticks
-(1/100 s), which want windows of a second or more.  On a remote host (hostexec.Executor not local) the same files are read with one
+(1/100 s), which want windows of a second or more.  On a remote host (hosts.executor.Executor not local) the same files are read with one
 ``cat`` over the executor per sample.  Locally each thread's run-queue wait
 (/proc/.../schedstat) is read too: `thread_loads` gives a thread's demand (CPU
 used plus time spent waiting for a CPU), which says "wants a whole core" on a
@@ -215,7 +215,7 @@ _REMOTE_SCRIPT = "getconf CLK_TCK; cat /proc/{pid}/stat; cat /proc/{pid}/task/*/
 
 
 def sample_on(host, pid: int | None) -> Sample | None:
-    """sample() on the executor's machine (hostexec.Executor); None if it cannot be read."""
+    """sample() on the executor's machine (hosts.executor.Executor); None if it cannot be read."""
     if pid is None:
         return None
     if getattr(host, "is_local", True):

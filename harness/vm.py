@@ -34,7 +34,7 @@ from .accel import Accel
 from .config import VariantSpec
 from .errors import InfraError, UserError
 from .guest import FAILURE_MARKERS, GuestImage
-from .hostexec import LOCAL, Executor
+from .hosts.executor import LOCAL, Executor
 from .qmp import QMP
 from . import threads
 from .util import free_port, tail
@@ -251,7 +251,7 @@ class QemuExited(InfraError):
 class VM:
     """One running QEMU.  `with VM(spec) as vm:` launches and always cleans up.
 
-    host: where QEMU runs (hostexec.LOCAL, or a remote.SSHHost); the spec's
+    host: where QEMU runs (hosts.executor.LOCAL, or a hosts.ssh.SSHHost); the spec's
     paths are paths there.  paused: launch() leaves the guest paused once QMP
     is up, for a caller that must act between QEMU's start and the guest's
     first instruction (it sends `cont` itself).

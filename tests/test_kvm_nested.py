@@ -40,7 +40,7 @@ from harness.guest import GuestImage
 from harness.matrix import Workload
 from harness.microguest import HOSTILE_CASES, churn_faults
 from harness.paths import cache_dir
-from harness.sshcmd import run_interruptible
+from harness.hosts.sshcmd import run_interruptible
 from harness.vm import qemu_argv
 
 VARIANTS = ("dataplane", "poll", "baseline")

@@ -22,7 +22,7 @@ import yaml
 
 from harness.cli import run_cli
 from harness.errors import UserError
-from harness.hosts import HostSpec, merge_hosts, parse_host
+from harness.hosts.spec import HostSpec, merge_hosts, parse_host
 from harness.results import COLUMNS
 from harness.util import free_port
 from procs import processes_mentioning

@@ -18,9 +18,9 @@ import pytest
 
 from harness.config import DiskSpec
 from harness.errors import InfraError
-from harness.hostrun import prepare_disk_there
-from harness.hosts import HostSpec
-from harness.remote import SSHHost
+from harness.hosts.prepare import prepare_disk_there
+from harness.hosts.spec import HostSpec
+from harness.hosts.ssh import SSHHost
 from procs import processes_mentioning
 from sshd import make_sshd, own_ssh_files, sshd_missing
 

@@ -13,7 +13,7 @@ from harness.accel import TCG, accel_named
 from harness.config import GuestKind, parse_config
 from harness.errors import HostLost, InfraError, UserError
 from harness.fio_jobs import GuestStalled
-from harness.hostexec import LOCAL
+from harness.hosts.executor import LOCAL
 from harness.matrix import plan
 from harness.results_writer import ResultsWriter
 from harness.runners import RUNNERS, GuestAssets, PointLoop, SessionEnded, fio_point, make_runner, select

@@ -20,9 +20,9 @@ import yaml
 
 from harness.cli import run_cli
 from harness.errors import UserError
-from harness.hosts import HostSpec, merge_hosts, parse_host
-from harness.remote import SSHHost
-from harness.sshconfig import resolve
+from harness.hosts.spec import HostSpec, merge_hosts, parse_host
+from harness.hosts.ssh import SSHHost
+from harness.hosts.sshconfig import resolve
 from harness.util import free_port
 from sshd import TestSSHD, make_sshd, own_ssh_files, sshd_missing
 

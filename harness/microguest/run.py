@@ -10,7 +10,7 @@ from dataclasses import replace
 from ..accel import Accel
 from ..config import VariantSpec
 from ..matrix import Workload
-from ..hostexec import LOCAL, Executor
+from ..hosts.executor import LOCAL, Executor
 from ..threads import CpuSplit, Sample, exited
 from ..vm import VM, QemuExited
 from .cmdline import DEFAULT_MEMORY_MB, guest_cmdline, microguest_spec

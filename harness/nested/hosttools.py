@@ -1,11 +1,11 @@
 """What makes L1 a remote host like any other: the tools the harness drives there.
 
 A remote host needs fio, setsid (util-linux's: `-w`), python3, ldd, getconf and an
-SFTP server (hostcheck.TOOLS, remote.put_tree).  The fio guest's initramfs,
+SFTP server (hosts.check.TOOLS, hosts.ssh.SSHHost.put_tree).  The fio guest's initramfs,
 which L1 boots, has fio, busybox and dropbear; these are added from this
 machine's own Debian files (scripts/install.sh installs them), each with the
 libraries ldd says it loads.  Of python3 only what `python3 -c 'import
-socket'` loads goes in (remote.SSHHost.free_port is its one use): the
+socket'` loads goes in (hosts.ssh.SSHHost.free_port is its one use): the
 interpreter finds its library by the same paths as here.
 """
 

@@ -16,7 +16,7 @@ from .. import guest as fioguest
 from ..accel import KVM_NESTED, l0_qemu
 from ..errors import HarnessError, InfraError
 from ..fio_jobs import open_connection
-from ..sshcmd import run_interruptible
+from ..hosts.sshcmd import run_interruptible
 from ..qmp import QMP
 from ..util import free_port
 from ..vm import VM, VMSpec, opt_value

@@ -15,7 +15,7 @@ from typing import Any
 from ..config import parse_size
 from ..errors import InfraError, UserError
 from ..matrix import Point, Workload, workloads
-from ..hostexec import LOCAL, Executor
+from ..hosts.executor import LOCAL, Executor
 from ..results import HOST_VARIANT, parse_fio_output, row_from_fio
 from ..threads import cpu_per_io
 from ..runstate import Advance, Run, fail_points, host_lost, is_host_lost
@@ -37,7 +37,7 @@ def host_fio_ceiling(disk_path: str | os.PathLike, workload: Workload, runtime_s
                      size_bytes: int | None = None) -> dict[str, Any]:
     """One row: fio on the host against the image (libaio, O_DIRECT).
 
-    host: where the image is and fio runs (hostcheck makes sure a remote host has fio).
+    host: where the image is and fio runs (hosts/check.py makes sure a remote host has fio).
     """
     if host.is_local and not shutil.which("fio"):
         raise UserError("the host fio ceiling needs fio (install the Debian package fio)")

@@ -21,11 +21,11 @@ from pathlib import Path
 import paramiko
 from paramiko.hostkeys import HostKeyEntry, HostKeys, InvalidHostKey
 
-from .errors import UserError
-from .paths import cache_dir
-from .util import Say
+from ..errors import UserError
+from ..paths import cache_dir
+from ..util import Say
 
-log = logging.getLogger("harness.hostkeys")
+log = logging.getLogger("harness.hosts.keys")
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .errors import HostLost
-from .matrix import Point, Session
-from .runstate import Advance, Run, fail_points
-from .util import Say, now_iso
+from ..errors import HostLost
+from ..matrix import Point, Session
+from ..runstate import Advance, Run, fail_points
+from ..util import Say, now_iso
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class Scheduler:
                     worker.join(0.2)
         except BaseException:
             self.stopping = True
-            for run in self.hosted:  # closing the connection kills QEMU there (remote.py)
+            for run in self.hosted:  # closing the connection kills QEMU there (ssh.py)
                 run.host.close()
             for worker in workers:
                 worker.join(30)

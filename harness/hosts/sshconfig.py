@@ -18,8 +18,8 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import UserError
-from .hosts import HostSpec, address_fields
+from ..errors import UserError
+from .spec import HostSpec, address_fields
 
 SSH_PORT = 22
 

@@ -1,4 +1,4 @@
-"""A remote host over SSH (paramiko): the hostexec.Executor of a machine elsewhere.
+"""A remote host over SSH (paramiko): the hosts.executor.Executor of a machine elsewhere.
 
 * run(): a command to completion, stdout and stderr merged, with a timeout.
   It runs in a process group of its own there (setsid), which a timeout
@@ -22,7 +22,7 @@
 A dropped connection is HostLost (an InfraError), so the scheduler can move
 the host's unfinished points elsewhere.  Where a host is and how to log in
 come from its spec and ~/.ssh/config (sshconfig.py), through ProxyJump hosts
-if it names them; its key must be known (hostkeys.py).
+if it names them; its key must be known (keys.py).
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ from typing import Mapping, Sequence
 
 import paramiko
 
-from .errors import HarnessError, HostLost, InfraError, UserError
-from .files import sha256_file
-from .hostkeys import changed_key_problem, trust
-from .hosts import HostSpec
-from .proc import Result
+from ..errors import HarnessError, HostLost, InfraError, UserError
+from ..files import sha256_file
+from .keys import changed_key_problem, trust
+from .spec import HostSpec
+from ..proc import Result
 from .sshconfig import Endpoint, resolve
-from .util import Say, tail
+from ..util import Say, tail
 
-log = logging.getLogger("harness.remote")
+log = logging.getLogger("harness.hosts.ssh")
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 CONNECT_TIMEOUT_S = 15.0
 _CHUNK = 1 << 16
@@ -175,7 +175,7 @@ class SSHHost:
                             "there?)") from exc
 
     def _login(self, end: Endpoint, sock, timeout: float) -> paramiko.SSHClient:
-        """An SSH session over sock to end, its host key checked (hostkeys.py)."""
+        """An SSH session over sock to end, its host key checked (keys.py)."""
         where = self._where(end)
         client = paramiko.SSHClient()
         try:

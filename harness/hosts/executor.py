@@ -4,7 +4,7 @@ An executor is what vm.VM and the runners need from a machine: run a command
 to completion, spawn a long-running program (QEMU) in its own process group,
 read and write its files, and reach a TCP port on its loopback.  LocalHost
 does exactly what the harness always did (proc.run, proc.Process, the local
-filesystem); remote.SSHHost does the same over SSH.  The VM lifecycle is
+filesystem); hosts.ssh.SSHHost does the same over SSH.  The VM lifecycle is
 written once, against this interface.
 
 `path()` maps a path under the run directory to where that file lives on the
@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from .errors import HarnessError, InfraError
-from .hosts import LOCAL_HOST
-from .proc import Process, Result, run
-from .util import free_port
+from ..errors import HarnessError, InfraError
+from .spec import LOCAL_HOST
+from ..proc import Process, Result, run
+from ..util import free_port
 
 
 class Spawned(Protocol):

@@ -1,7 +1,7 @@
 """Where a run's points run: the local machine, or remote hosts reached over SSH.
 
-A HostSpec is data only (checked when it is made); connecting is remote.py's
-job, checking hostcheck.py's.  On the command line a host is
+A HostSpec is data only (checked when it is made); connecting is ssh.py's
+job, checking check.py's.  On the command line a host is
 `[USER@]HOST[:PORT]`; in a config a `hosts:` entry is that string or a
 mapping with the same fields plus an identity file, a work folder, an
 accelerator, a name for the results' `host` column and whether an unknown
@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCAL_HOST = "local"
 DEFAULT_WORKDIR = "~/.cache/dataplane-harness-remote"

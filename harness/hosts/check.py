@@ -15,11 +15,11 @@ import shlex
 from pathlib import PurePosixPath
 from typing import Iterable
 
-from .config import DiskSpec
-from .errors import UserError
-from .hosts import HostSpec
-from .remote import SSHHost
-from .util import Say
+from ..config import DiskSpec
+from ..errors import UserError
+from .spec import HostSpec
+from .ssh import SSHHost
+from ..util import Say
 
 #: Tools the harness runs on a host, and the Debian package that has each.
 TOOLS = {"fio": "fio", "setsid": "util-linux", "python3": "python3", "ldd": "libc-bin",

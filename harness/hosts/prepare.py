@@ -15,20 +15,20 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from .accel import TCG, Accel, accel_named
-from .accelprobe import Probe, probe_for, probe_kvm
-from .build import BINARY
-from .config import DiskSpec, VariantSpec
-from .devices import image_paths, most_devices
-from .errors import UserError
-from .guest import GuestAssets, GuestImage
-from .hostcheck import gather_facts, library_problems, manifest_facts, problems
-from .hostinfo import DISK_FORMAT
-from .hosts import HostSpec
-from .qemuinfo import parse_version
-from .remote import SSHHost
-from .runstate import Run
-from .util import Say
+from ..accel import TCG, Accel, accel_named
+from ..accelprobe import Probe, probe_for, probe_kvm
+from ..build import BINARY
+from ..config import DiskSpec, VariantSpec
+from ..devices import image_paths, most_devices
+from ..errors import UserError
+from ..guest import GuestAssets, GuestImage
+from .check import gather_facts, library_problems, manifest_facts, problems
+from ..hostinfo import DISK_FORMAT
+from .spec import HostSpec
+from ..qemuinfo import parse_version
+from .ssh import SSHHost
+from ..runstate import Run
+from ..util import Say
 
 
 class HostWriter:

@@ -1,0 +1,14 @@
+"""Where points run, other than here: remote hosts and the work spread over them.
+
+* spec.py — `HostSpec`: a remote host as data, `[USER@]HOST[:PORT]`, the `host` column's label;
+* executor.py — the executor proc and vm go through: `LocalHost` and its interface;
+* sshconfig.py, keys.py — a host as `ssh` would reach it (~/.ssh/config, ProxyJump) and
+  its host key checked against the user's and the harness's known hosts;
+* ssh.py — `SSHHost`: commands, QEMU under a watchdog, SFTP, forwards, shipping; `HostLost`;
+* sshcmd.py — a command over a fabric connection that Ctrl-C stops;
+* check.py — a host's facts and the checks, one line per problem;
+* prepare.py — a run's share on one host: connect, check, ship, disks, accel → its `Run`;
+* scheduler.py — units of work across hosts, failover, a lost host brought back.
+
+Nothing is imported here: importing `harness.hosts.spec` (the config does) loads no SSH.
+"""
