@@ -44,11 +44,12 @@ EXTRA = 16                  # entries left on the ring while every slot is in fl
 QUEUE_SIZE = 128            # the data plane's ring, and its request slots (DP_MAX_REQS)
 SETTLE_S = 1.0              # after the guest published the extra entries
 WINDOW_S = 4.0              # CPU sampled over this window while the reads are held
-# Near idle: measured here (TCG, 2 shared cores, 4 s windows) with 0012 at
-# 3-6 % of a core for poll and 9-11 % for dataplane, most of it the guest's
-# own vCPU sending its kick bursts (the dataplane build passes each kick on
-# with an eventfd write); the poll build without 0012 used 86-87 %.  A fifth
-# of a core sits between the two with room on both sides.
+# Near idle: measured here (TCG, 2 shared cores, 4 s windows, three runs)
+# with 0012 at 3-9 % of a core for poll and 9-11 % for dataplane, most of it
+# the guest's own vCPU sending its kick bursts (the dataplane build passes
+# each kick on with an eventfd write); the poll build without 0012 used
+# 54-87 % (less the busier the host: the lost-CPU back-off).  A fifth of a
+# core sits between the two with room on both sides.
 MAX_CORES = 0.20
 DATA_PLANE_THREAD = "dataplane"     # the thread's name (prctl PR_SET_NAME)
 
