@@ -170,6 +170,7 @@ void idt_init(void);
 void pic_init(int unmask_line);
 void pic_unmask(int line);
 void lapic_init(void);
+void lapic_timer_ms(uint32_t ms);
 void mg_interrupt(uint32_t vector);
 
 /* PCI config space */

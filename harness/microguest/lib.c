@@ -367,6 +367,12 @@ void lapic_init(void)
     lapic_write(LAPIC_TMR_INIT, 100000000);             /* 100 ms at 1 GHz */
 }
 
+/* Change the tick's period (QEMU's LAPIC timer counts at 1 GHz). */
+void lapic_timer_ms(uint32_t ms)
+{
+    lapic_write(LAPIC_TMR_INIT, ms * 1000000u);
+}
+
 /* The spin's bound: the timer ends it sooner unless interrupts are lost. */
 #define SPIN_WAIT_MS 200
 

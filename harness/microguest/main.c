@@ -108,6 +108,7 @@ static void set_option(const char *key, const char *val)
         cfg.stale_code = streq(val, "stale-code");
         cfg.msix_vga = streq(val, "msix-vga");
         cfg.msix_then_intx = streq(val, "msix-then-intx");
+        cfg.slots_full = streq(val, "slots-full");
     } else if (streq(key, "case")) {
         copy_str(cfg.hostile_case, val, sizeof(cfg.hostile_case));
     } else if (streq(key, "timeout_ms")) {
@@ -686,7 +687,7 @@ static void probe_disks(void)
         fail_disks("disks-more-than-found", found);
     }
     if (cfg.hostile || cfg.churn || cfg.misaligned || cfg.ram_change || cfg.stale_code
-        || cfg.msix_vga || cfg.msix_then_intx) {
+        || cfg.msix_vga || cfg.msix_then_intx || cfg.slots_full) {
         fail_disks("disks-need-mode-bench", found);
     }
     for (j = 1; j < cfg.disks; j++) {
@@ -879,9 +880,9 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
     dev.want_event_idx = cfg.kick == KICK_HONOUR && !cfg.hostile && !cfg.churn
                          && !cfg.misaligned && !cfg.ram_change
                          && !cfg.stale_code && !cfg.msix_vga
-                         && !cfg.msix_then_intx;
+                         && !cfg.msix_then_intx && !cfg.slots_full;
     dev.kick = cfg.kick;
-    if (cfg.msix_vga || cfg.msix_then_intx) {
+    if (cfg.msix_vga || cfg.msix_then_intx || cfg.slots_full) {
         cfg.wait = WAIT_IRQ;        /* MSI-X first, then re-targeted or off */
     } else if (cfg.stale_code) {
         cfg.wait = WAIT_POLL;
@@ -926,6 +927,8 @@ void mg_main(uint32_t magic, struct multiboot_info *mbi)
         msix_vga_run();
     } else if (cfg.msix_then_intx) {
         msix_then_intx_run();
+    } else if (cfg.slots_full) {
+        slots_full_run();
     } else {
         bench();
     }

@@ -26,6 +26,7 @@ struct mg_config {
     int stale_code;         /* mode=stale-code (safety.c) */
     int msix_vga;           /* mode=msix-vga (safety.c) */
     int msix_then_intx;     /* mode=msix-then-intx (safety.c) */
+    int slots_full;         /* mode=slots-full (safety.c) */
     int unmap_first;        /* ram-change: disable the BAR, do not move it */
     uint32_t churn_every;   /* msix-churn: batches between steps */
     int indirect;           /* bench: one indirect descriptor per request */
@@ -55,6 +56,7 @@ void ram_change_run(void) __attribute__((noreturn));
 void stale_code_run(void) __attribute__((noreturn));
 void msix_vga_run(void) __attribute__((noreturn));
 void msix_then_intx_run(void) __attribute__((noreturn));
+void slots_full_run(void) __attribute__((noreturn));
 void mg_finish(int ok) __attribute__((noreturn));
 
 #endif

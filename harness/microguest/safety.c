@@ -712,3 +712,135 @@ void msix_then_intx_run(void)
     out_str("}\n");
     mg_finish(msix_done == n && intx_done == n && dev.missed_irqs == 0);
 }
+
+/*
+ * mode=slots-full n=N: every descriptor of the ring as one indirect read
+ * (queue-size requests, so as many as the data plane has request slots),
+ * then, once the device has taken them (pause_ms, default 500), N more
+ * avail entries that name heads still in flight: entries left on the ring
+ * while every slot is busy.  A driver must not do that, but a guest can, and
+ * the device must then wait for a completion without spinning a host CPU
+ * (tests/test_slow_storage.py, on storage that holds the reads).
+ *
+ * The guest halts while it waits, with its timer at SF_TICK_MS, and
+ * whenever a tick wakes it with nothing completed it notifies the device
+ * SF_KICKS times in a row (notifying is always allowed): events that close
+ * together open a polling device's window (x-poll-max-ns), so the device
+ * is made to poll while its slots are full, a hundred times a second,
+ * whatever the host's load did to the window since (the window shrinks
+ * when the thread loses its CPU while polling).  MICROGUEST-SLOTS-FULL is printed once the extra
+ * entries are published.  Each reused head is read again after its first
+ * completion, so queue size + N used entries must arrive.  Reports
+ * `queue_size`, `extra`, `done`, `errors` (status bytes not OK at the end),
+ * `timeouts`, `kick_bursts`.
+ */
+#define SF_KICKS 1000
+#define SF_TICK_MS 10
+
+static void sf_kick_burst(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < SF_KICKS; i++) {
+        outw(dev.io + VIRTIO_PCI_QUEUE_NOTIFY, 0);
+    }
+}
+
+void slots_full_run(void)
+{
+    uint16_t qs = dev.qsize, used;
+    uint32_t extra = cfg.n ? cfg.n : 16, total, done = 0, errors = 0, bursts = 0;
+    uint32_t pause = cfg.pause_ms ? cfg.pause_ms : 500, i;
+    struct vring_desc *tables = (void *)mg_alloc(qs * 3 * sizeof(struct vring_desc));
+    struct virtio_blk_outhdr *hdrs = (void *)mg_alloc(qs * sizeof(struct virtio_blk_outhdr));
+    volatile uint8_t *statuses = (volatile uint8_t *)mg_alloc(qs);
+    uintptr_t bufs = mg_alloc((uint32_t)qs * 4096);
+    uint64_t deadline;
+
+    if (!tables || !hdrs || !statuses || !bufs ||
+        !(dev.guest_features & (1u << VIRTIO_RING_F_INDIRECT_DESC))) {
+        out_str("\nMICROGUEST-RESULT {\"ok\":0,\"mode\":\"slots-full\",\"error\":\"");
+        out_str(bufs ? "no-indirect-descriptors" : "no-memory");
+        out_str("\"}\n");
+        mg_finish(0);
+    }
+    if (extra > qs) {
+        extra = qs;
+    }
+    total = qs + extra;
+
+    dev.avail->flags = 0;                       /* interrupts on */
+    for (i = 0; i < qs; i++) {
+        struct vring_desc *t = &tables[3 * i];
+
+        hdrs[i].type = VIRTIO_BLK_T_IN;
+        hdrs[i].ioprio = 0;
+        hdrs[i].sector = 16 * (uint64_t)i;      /* apart: no two merge */
+        statuses[i] = 0xff;
+        t[0].addr = (uintptr_t)&hdrs[i];
+        t[0].len = sizeof(hdrs[i]);
+        t[0].flags = VRING_DESC_F_NEXT;
+        t[0].next = 1;
+        t[1].addr = bufs + 4096u * i;
+        t[1].len = 4096;
+        t[1].flags = VRING_DESC_F_NEXT | VRING_DESC_F_WRITE;
+        t[1].next = 2;
+        t[2].addr = (uintptr_t)&statuses[i];
+        t[2].len = 1;
+        t[2].flags = VRING_DESC_F_WRITE;
+        t[2].next = 0;
+        dev.desc[i].addr = (uintptr_t)t;
+        dev.desc[i].len = 3 * sizeof(struct vring_desc);
+        dev.desc[i].flags = VRING_DESC_F_INDIRECT;
+        dev.desc[i].next = 0;
+        vdev_add(&dev, i);
+    }
+    out_str("MICROGUEST-BEGIN\n");
+    vdev_kick(&dev);
+
+    /* Let the device take every entry: the ring may not hold more than
+     * queue-size entries it has not taken */
+    deadline = rdtsc() + ms_to_cycles(pause);
+    while (rdtsc() < deadline) {
+        safe_halt();
+    }
+    for (i = 0; i < extra; i++) {
+        vdev_add(&dev, i);
+    }
+    vdev_kick(&dev);
+    sf_kick_burst();
+    bursts++;
+    out_str("MICROGUEST-SLOTS-FULL\n");
+
+    lapic_timer_ms(SF_TICK_MS);
+    deadline = rdtsc() + ms_to_cycles(cfg.timeout_ms);
+    while (done < total && rdtsc() < deadline) {
+        used = vdev_used_idx(&dev);
+        if (used != dev.last_used) {
+            done += (uint16_t)(used - dev.last_used);
+            dev.last_used = used;
+            continue;
+        }
+        safe_halt();                            /* an interrupt or a tick */
+        if (vdev_used_idx(&dev) == dev.last_used) {
+            sf_kick_burst();
+            bursts++;
+        }
+    }
+    lapic_timer_ms(100);
+    for (i = 0; i < qs; i++) {
+        errors += statuses[i] != VIRTIO_BLK_S_OK;
+    }
+    out_str("MICROGUEST-END\n");
+    out_str("\nMICROGUEST-RESULT {\"ok\":");
+    out_u64(done == total && !errors);
+    out_key_str("mode", "slots-full");
+    out_key_u64("queue_size", qs);
+    out_key_u64("extra", extra);
+    out_key_u64("done", done);
+    out_key_u64("errors", errors);
+    out_key_u64("timeouts", done < total);
+    out_key_u64("kick_bursts", bursts);
+    out_str("}\n");
+    mg_finish(done == total && !errors);
+}
