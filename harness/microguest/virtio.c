@@ -168,47 +168,6 @@ const char *vdev_init(struct vdev *d, uintptr_t ring_mem, enum wait_mode wait)
     return NULL;
 }
 
-int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
-{
-    uint64_t t0;
-
-    if (wait == WAIT_POLL || wait == WAIT_POLL_IRQ_ON) {
-        for (;;) {
-            if (vdev_used_idx(d) != d->last_used) {
-                return 1;
-            }
-            if (rdtsc() > deadline) {
-                return 0;
-            }
-            cpu_relax();
-        }
-    }
-    for (;;) {
-        uint32_t irqs, ticks;
-
-        irq_disable();
-        vdev_set_used_event(d);
-        if (vdev_used_idx(d) != d->last_used) {
-            return 1;
-        }
-        t0 = rdtsc();
-        if (t0 > deadline) {
-            return 0;
-        }
-        irqs = irq_count;
-        ticks = timer_ticks;
-        safe_halt();
-        irq_disable();
-        d->halted_cycles += rdtsc() - t0;
-        /* Woken by the timer alone, with a completion waiting: the device
-         * did not interrupt for it (only the 10 Hz timer bounds the wait) */
-        if (irq_count == irqs && timer_ticks != ticks &&
-            vdev_used_idx(d) != d->last_used) {
-            d->missed_irqs++;
-        }
-    }
-}
-
 static int any_used(struct vdev **d, int n)
 {
     int i;
@@ -226,9 +185,6 @@ int vdev_wait_any(struct vdev **d, int n, enum wait_mode wait, uint64_t deadline
     uint64_t t0;
     int i;
 
-    if (n == 1) {
-        return vdev_wait(d[0], wait, deadline);
-    }
     if (wait == WAIT_POLL || wait == WAIT_POLL_IRQ_ON) {
         for (;;) {
             if (any_used(d, n)) {
@@ -259,8 +215,15 @@ int vdev_wait_any(struct vdev **d, int n, enum wait_mode wait, uint64_t deadline
         safe_halt();
         irq_disable();
         d[0]->halted_cycles += rdtsc() - t0;
+        /* Woken by the timer alone, with a completion waiting: the device
+         * did not interrupt for it (only the 10 Hz timer bounds the wait) */
         if (irq_count == irqs && timer_ticks != ticks && any_used(d, n)) {
             d[0]->missed_irqs++;
         }
     }
+}
+
+int vdev_wait(struct vdev *d, enum wait_mode wait, uint64_t deadline)
+{
+    return vdev_wait_any(&d, 1, wait, deadline);
 }
