@@ -99,7 +99,8 @@ class L1Provider:
         self.assets = assets
         self.say = say
         builds = {v.build: run.binaries[v.name] for v in run.config.variants if v.build}
-        self.image = prepare_l1_image(builds, say=say, for_host=True)
+        self.image = prepare_l1_image(builds, say=say, for_host=True,
+                                      system_qemu=any(not v.build for v in run.config.variants))
         self.revivals = 0
         self._lock = threading.Lock()
 

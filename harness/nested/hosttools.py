@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from .. import guest as fioguest
@@ -45,6 +46,35 @@ def add_host_tools(files: Initramfs) -> None:
     files.file("etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n")
     files.file("etc/shells", b"/bin/sh\n/bin/bash\n")
     _add_python(files)
+
+
+#: Debian's QEMU and the files it reads, for a system-QEMU variant in L1 (its firmware
+#: folders hold links into each other, kept as links)
+SYSTEM_QEMU = "/usr/bin/qemu-system-x86_64"
+SYSTEM_QEMU_DATA = ("/usr/share/qemu", "/usr/share/seabios", "/usr/lib/ipxe/qemu")
+
+
+def add_system_qemu(files: Initramfs) -> None:
+    """qemu-system-x86_64 with its libraries and firmware, at the paths it has here."""
+    _add_program(files, Path(SYSTEM_QEMU), "qemu-system-x86")
+    for folder in SYSTEM_QEMU_DATA:
+        for path in sorted(Path(folder).rglob("*")):
+            inside = str(path).lstrip("/")
+            if path.is_symlink():
+                files.symlink(inside, os.readlink(path))
+            elif path.is_file():
+                _add_file(files, path, 0o644)
+
+
+def system_qemu_digest() -> str:
+    """The binary's and its firmware's content, for the image's cache key."""
+    digest = hashlib.sha256(Path(SYSTEM_QEMU).read_bytes())
+    for folder in SYSTEM_QEMU_DATA:
+        for path in sorted(Path(folder).rglob("*")):
+            digest.update(str(path).encode())
+            if path.is_file() and not path.is_symlink():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def host_tools_digest() -> str:

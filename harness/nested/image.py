@@ -21,7 +21,8 @@ from ..microguest import build_microguest
 from ..paths import cache_dir
 from ..util import Say, quiet
 
-from .hosttools import add_host_tools, add_libraries, host_tools_digest
+from .hosttools import (add_host_tools, add_libraries, add_system_qemu, host_tools_digest,
+                        system_qemu_digest)
 from .scripts import L1_INIT, L2_START, L2_WAIT, OPT
 
 log = logging.getLogger("harness.nested")
@@ -40,32 +41,39 @@ class L1Image:
     #: a remote host's tools instead of the variants and guests (nested/host.py): the
     #: harness ships those as to any host
     for_host: bool = False
+    system_qemu: bool = False  # Debian's qemu-system-x86_64 is in it (hosttools.py)
 
     @property
     def description(self) -> str:
         if self.for_host:
-            return f"L1 {self.digest}: a KVM host (fio, setsid, python3, ldd, getconf, sftp-server)"
+            return (f"L1 {self.digest}: a KVM host (fio, setsid, python3, ldd, getconf, "
+                    f"sftp-server{', Debian QEMU' if self.system_qemu else ''})")
         guests = "micro-guest" + (" + fio guest" if self.fio_guest else "")
         return f"L1 {self.digest}: {', '.join(self.builds)}; {guests}"
 
 
 def prepare_l1_image(binaries: dict[str, Path], fio_guest: bool = False,
-                     say: Say = quiet, for_host: bool = False) -> L1Image:
+                     say: Say = quiet, for_host: bool = False,
+                     system_qemu: bool = False) -> L1Image:
     """The L1 kernel + initramfs carrying binaries ({build name: binary}); cached.
 
-    for_host: only the binaries' libraries, and the tools of a remote host."""
+    for_host: only the binaries' libraries, and the tools of a remote host;
+    system_qemu: Debian's qemu-system-x86_64 too (a variant runs it in L1)."""
     base = fioguest.prepare_fio_guest(say)
     micro = build_microguest()
     inputs = _inputs(binaries, base, micro, fio_guest)
     if for_host:
         inputs["for_host"] = host_tools_digest()
+    if system_qemu:
+        inputs["system_qemu"] = system_qemu_digest()
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     out = cache_dir() / "nested" / digest
     if not (out / "manifest.json").exists():
         say(f"assembling the L1 image for kvm-nested ({', '.join(sorted(binaries))}) in {out}")
         _build(out, inputs, binaries, base, micro, fio_guest)
     return L1Image(kernel=base.kernel, initrd=out / "l1.cpio", builds=tuple(sorted(binaries)),
-                   fio_guest=fio_guest, digest=digest, for_host=for_host)
+                   fio_guest=fio_guest, digest=digest, for_host=for_host,
+                   system_qemu=system_qemu)
 
 
 def _inputs(binaries: dict[str, Path], base: GuestImage, micro: Path, fio_guest: bool) -> dict:
@@ -113,6 +121,8 @@ def _build(out: Path, inputs: dict, binaries: dict[str, Path], base: GuestImage,
                 _add_variant(files, name, binary)
         if inputs.get("for_host"):
             add_host_tools(files)
+        if inputs.get("system_qemu"):
+            add_system_qemu(files)
         else:
             files.file(f"{OPT}/microguest.elf", micro.read_bytes())
         if fio_guest:
