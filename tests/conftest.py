@@ -42,3 +42,15 @@ def system_qemu_or_skip() -> str:
     if not binary:
         pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
     return binary
+
+
+@pytest.fixture(scope="session")
+def fio_guest():
+    """The harness's Linux fio guest (assembled once, cached); skips if it cannot be."""
+    from harness.errors import UserError
+    from harness.guest import prepare_fio_guest
+
+    try:
+        return prepare_fio_guest()
+    except UserError as exc:
+        pytest.skip(f"cannot assemble the fio guest: {exc}")

@@ -419,19 +419,6 @@ BOOT_TIMEOUT_S = 180.0
 SSH_TIMEOUT_S = 90.0
 
 
-@pytest.fixture(scope="module")
-def fio_guest():
-    try:
-        from harness.guest import prepare_fio_guest
-        from harness.fio_jobs import open_connection, run_fio  # noqa: F401 - the API the tests use
-    except ImportError as exc:
-        pytest.skip(f"the fio guest API is not available: {exc}")
-    try:
-        return prepare_fio_guest()
-    except UserError as exc:
-        pytest.skip(f"cannot assemble the fio guest: {exc}")
-
-
 @pytest.fixture
 def linux_disk(tmp_path) -> Path:
     path = tmp_path / "disk.raw"

@@ -20,7 +20,6 @@ import pytest
 from harness.accel import accel_named
 from harness.config import VariantSpec
 from harness.devices import guest_devices, image_paths
-from harness.errors import UserError
 from harness.matrix import Workload
 from harness.results import parse_device_iops, parse_fio_output, row_from_fio
 from harness.threads import DATAPLANE_THREAD
@@ -32,15 +31,6 @@ DEVICES = 4
 IMAGE_BYTES = 32 << 20
 VERIFY_SIZE = "8M"
 BOOT_TIMEOUT_S = 300.0
-
-
-@pytest.fixture(scope="module")
-def fio_guest():
-    from harness.guest import prepare_fio_guest
-    try:
-        return prepare_fio_guest()
-    except UserError as exc:
-        pytest.skip(f"cannot assemble the fio guest: {exc}")
 
 
 def images(tmp_path: Path) -> tuple[Path, ...]:

@@ -22,16 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def fio_guest():
-    from harness.guest import prepare_fio_guest
-
-    try:
-        return prepare_fio_guest()
-    except UserError as exc:
-        pytest.skip(f"cannot assemble the fio guest: {exc}")
-
-
-@pytest.fixture(scope="module")
 def disk(tmp_path_factory) -> Path:
     return prepare_disk(tmp_path_factory.mktemp("disk") / "disk.raw", 64 << 20)
 
