@@ -367,6 +367,7 @@ def hosts_check(
     ready; 2 a host is not (unreachable, or something to install or change).
     """
     from .config import load_config
+    from .devices import most_devices
     from .hosts.check import check_hosts
     from .hosts.spec import merge_hosts
 
@@ -376,7 +377,9 @@ def hosts_check(
         raise UserError("no host to check: give --host [USER@]HOST[:PORT] or a config with hosts:")
     wanted = accel.value if accel else (loaded.accel if loaded else "auto")
     bad = 0
-    for spec, lines in check_hosts(specs, loaded.disks if loaded else [], wanted, _progress):
+    images = most_devices(loaded) if loaded else 1
+    for spec, lines in check_hosts(specs, loaded.disks if loaded else [], wanted, _progress,
+                                   images):
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)
         bad += any(not line.startswith(f"host {spec.label}: ok") for line in lines)

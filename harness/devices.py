@@ -49,6 +49,11 @@ def most_devices(config: BenchConfig) -> int:
     return max(max(guest.disks_per_guest) for guest in config.guests)
 
 
+def device_counts(config: BenchConfig) -> list[int]:
+    """Every count of devices some guest of the config attaches (the host ceiling's too)."""
+    return sorted({count for guest in config.guests for count in guest.disks_per_guest})
+
+
 def ensure_images_space(disk: DiskSpec, count: int) -> None:
     """UserError unless the filesystem can take all `count` images of disk."""
     for path in image_paths(disk.path, count):

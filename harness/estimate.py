@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import BenchConfig, GuestSpec
+from .devices import device_counts
 from .matrix import skipped, unsupported, workloads
 
 FIO_BOOT_S = 10.0          # launch → SSH ready → shutdown, TCG
@@ -64,8 +65,8 @@ def estimate(config: BenchConfig) -> Estimate:
             boots[end] += rounds * round_boots
             points[end] += rounds * round_points
             seconds[end] += rounds * round_seconds
-    host = len(config.disks) * len(workloads(config)) * config.min_repetitions \
-        if config.host_ceiling else 0
+    host = len(config.disks) * len(device_counts(config)) * len(workloads(config)) \
+        * config.min_repetitions if config.host_ceiling else 0
     hostile = HOSTILE_CASES * len(config.variants) if config.hostile else 0
     extra = host * (config.workloads.runtime_s + 1) + hostile * HOSTILE_CASE_S
     return Estimate((boots[0], boots[1]), (points[0], points[1]), host, hostile,

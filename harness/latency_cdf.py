@@ -7,7 +7,9 @@ them per point; plots.latency_cdf_figure draws them as plots/latency-cdf.png.  O
 the fio guest's rows have such a distribution (the micro-guest's raw lines have
 none): a run without them gets no plot, and a run whose fio rows have no raw JSON
 here (raw/ is not committed) gets one line saying so.  Host fio is left out, as in
-plots.latency_figure.
+plots.latency_figure.  A point with several devices ran one fio job per device: its
+distribution is over all their requests, from the jobs' histograms added
+(fio_merge.merged_percentiles, as the row's own percentiles), at fio's percentiles.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from .fio_merge import merged_percentiles
 from .results import HOST_VARIANT
 from .stats import ok_rows
 
 FILE_NAME = "latency-cdf"
-ROW_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "numjobs"]
+ROW_KEYS = ["host", "guest", "accel", "disk", "devices", "rw", "bs", "numjobs"]
 POINT_KEYS = ROW_KEYS + ["variant", "iodepth", "rep"]
 _WRITES = ("write", "randwrite")  # the others report the reads' latency (results.fio_metrics)
 
@@ -56,6 +59,15 @@ def clat_percentiles(fio_json: dict, rw: str) -> dict[float, float]:
     return {}
 
 
+def point_percentiles(fio_json: dict, row: dict) -> dict[float, float]:
+    """The row's latency (µs) per percentile: fio's own for one device, else over the
+    devices' merged histograms at the percentiles fio lists."""
+    table = clat_percentiles(fio_json, row["rw"])
+    if int(row.get("devices", 1)) == 1 or not table:
+        return table
+    return merged_percentiles(fio_json, row["rw"], sorted(table))
+
+
 def _raw_json(run_dir: Path, log: object) -> dict | None:
     """The JSON a row's `log` names, when it is a readable file under run_dir/raw/."""
     if not isinstance(log, str) or not log.startswith("raw/") or not log.endswith(".json"):
@@ -76,19 +88,19 @@ def _is_fio_guest(row: dict) -> bool:
 
 
 def read_distributions(run_dir: Path | str, df: pd.DataFrame) -> Distributions:
-    """The clat percentiles of the ok one-device guest rows whose raw JSON is fio's."""
+    """The latency percentiles of the ok guest rows whose raw JSON is fio's."""
     run_dir = Path(run_dir)
     guests = ok_rows(df)
     guests = guests[guests["variant"] != HOST_VARIANT]
     records, missing = [], 0
     for row in guests.to_dict("records"):
-        if not _is_fio_guest(row) or int(row.get("devices", 1)) > 1:
-            continue  # several devices: fio's percentiles are per device (the row merges them)
+        if not _is_fio_guest(row):
+            continue
         data = _raw_json(run_dir, row["log"])
         if data is None:
             missing += 1
             continue
         records += [{**{k: row[k] for k in POINT_KEYS}, "percentile": p, "lat_us": lat}
-                    for p, lat in clat_percentiles(data, row["rw"]).items()]
+                    for p, lat in point_percentiles(data, row).items()]
     return Distributions(pd.DataFrame(records, columns=POINT_KEYS + ["percentile", "lat_us"]),
                          missing)

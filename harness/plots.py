@@ -483,7 +483,7 @@ def _headline_keys(panels: list, colors: dict, baseline: str) -> list:
 
 # --- fio's completion-latency distribution ---------------------------------------------------
 
-CDF_ROW_KEYS = ["host", "guest", "accel", "disk", "rw", "bs", "numjobs"]
+CDF_ROW_KEYS = ["host", "guest", "accel", "disk", "devices", "rw", "bs", "numjobs"]
 PERCENTILE_TICKS = (0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 
 
@@ -518,9 +518,10 @@ def latency_cdf_figure(points: pd.DataFrame, colors: dict, title: str):
 
 
 def _cdf_title(key: tuple) -> str:
-    host, guest, _accel, disk, rw, bs, jobs = key
+    host, guest, _accel, disk, devices, rw, bs, jobs = key
     where = "" if host == LOCAL_HOST else f"{host} · "
-    return f"{where}{guest} · {disk} · {rw} {bs} · {jobs} job{'s' if jobs > 1 else ''}"
+    return (f"{where}{guest} · {disk_text(disk, devices)} · {rw} {bs} · "
+            f"{jobs} job{'s' if jobs > 1 else ''}")
 
 
 def _cdf_panel(ax, here: pd.DataFrame, colors: dict) -> None:

@@ -243,7 +243,7 @@ def most_comparable(table: pd.DataFrame) -> pd.DataFrame:
 def absolute_table(df: pd.DataFrame) -> pd.DataFrame:
     """Our median IOPS per guest, variant and workload beside fio on the host (same image)."""
     good = preferred_rows(df)
-    keys = ["disk", "rw", "bs", "iodepth", "numjobs"]
+    keys = ["disk", "devices", "rw", "bs", "iodepth", "numjobs"]
     mine = summarize(good[good["variant"] != HOST_VARIANT])
     if mine.empty:
         return pd.DataFrame()

@@ -11,8 +11,9 @@ read from what the run recorded — the first that holds:
 * **host cores** — QEMU used at least HOST_BUSY of every host core
   (`host_cpu_pct`, percent of one core, against the manifest's core count);
   equivalently IOPS × CPU µs per I/O reached the cores' budget;
-* **storage** — IOPS reached STORAGE_BUSY of fio on the host against one image
-  (host_ceiling: true) times the devices;
+* **storage** — IOPS reached STORAGE_BUSY of fio on the host with one job per
+  image on as many images as the guest has devices (host_ceiling: true;
+  runners/ceiling.py);
 * otherwise "not saturated" (nothing the run measured was full: the limit is
   elsewhere, e.g. a thread's own latency), or "unknown" without the numbers.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -31,7 +32,7 @@ from .results import HOST_VARIANT
 
 #: share of every host core QEMU must use for the point to be host-bound
 HOST_BUSY = 0.9
-#: share of the host fio ceiling (per device, times the devices) that counts as storage-bound
+#: share of the host fio ceiling (at the same number of images) that counts as storage-bound
 STORAGE_BUSY = 0.9
 Table = Callable[[list[str], list[list]], str]
 #: a scaling workload: everything but the variant and the number of devices
@@ -77,17 +78,18 @@ def bound_by(row: pd.Series, limits: Limits) -> str:
     if cores and math.isfinite(host_pct) and host_pct >= HOST_BUSY * 100 * cores:
         return "host cores"
     ceiling = ceiling_iops(limits.ceiling, row)
-    if ceiling and row["iops_median"] >= STORAGE_BUSY * ceiling * int(row["devices"]):
+    if ceiling and row["iops_median"] >= STORAGE_BUSY * ceiling:
         return "storage"
     if not math.isfinite(host_pct) or not cores:
         return "unknown"
     return "not saturated"
 
 
-def ceiling_iops(ceiling: pd.DataFrame, row: pd.Series) -> float | None:
-    """fio on the host against one image of the row's disk and workload, or None."""
+def ceiling_iops(ceiling: pd.DataFrame, row: Mapping) -> float | None:
+    """fio on the host with one job per image on as many images as the row's devices,
+    same disk and workload, or None (not measured)."""
     hit = ceiling
-    for name in ("host", "disk", "rw", "bs", "iodepth", "numjobs"):
+    for name in stats.CEILING_KEYS:
         if hit.empty:
             return None
         hit = hit[hit[name] == row[name]]
@@ -105,8 +107,9 @@ def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table)
              f"guest, each on its own image; the host has {cores} cores. *Gain* is over the "
              "same variant with one device. *Bound by* is what the run saw full: the guest's "
              f"vCPUs (≥ {stats.GUEST_BOUND_PCT:.0f}% busy), the host's cores (QEMU at ≥ "
-             f"{HOST_BUSY:.0%} of all of them), the storage (≥ {STORAGE_BUSY:.0%} of host fio "
-             "on one image × devices), else *not saturated*. The vCPU and I/O threads' CPU "
+             f"{HOST_BUSY:.0%} of all of them), the storage (≥ {STORAGE_BUSY:.0%} of fio on "
+             "the host with one job per image, as many images as devices), else *not "
+             "saturated*. The vCPU and I/O threads' CPU "
              "(percent of one core, all such threads together; an I/O thread is a data-plane "
              "thread or an iothread) shows whether one kind of QEMU thread was full."]
     for key, frame in rows.groupby(SCALING_KEYS, sort=False):

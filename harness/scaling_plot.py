@@ -1,8 +1,9 @@
 """The scaling figure: total IOPS against devices per guest, one line per variant.
 
 One panel per workload (scaling.SCALING_KEYS: guest, rw, bs, iodepth …), devices
-on a log2 x axis, median IOPS with min–max bars; fio on the host against one
-image times the devices (the storage's ceiling, when the run has it) dashed;
+on a log2 x axis, median IOPS with min–max bars; fio on the host with one
+job per image on as many images as devices (the storage's ceiling, when the
+run has it) dashed;
 a vertical dotted line where the devices equal the host's cores.
 """
 
@@ -17,7 +18,7 @@ from .scaling import SCALING_KEYS, Limits, ceiling_iops
 
 FILE_NAME = "scaling"
 CORES_LABEL = "devices = host cores"
-CEILING_LABEL = "host fio, one image × devices"
+CEILING_LABEL = "host fio, one job per image"
 
 
 def plot_scaling(rows: pd.DataFrame, base: Path, colors: dict, limits: Limits,
@@ -43,9 +44,10 @@ def _panel(ax, key: dict, frame: pd.DataFrame, colors: dict, limits: Limits) -> 
         rows = rows.sort_values("devices")
         plots._errorbar(ax, rows, "iops_median", "iops_min", "iops_max", rows["devices"],
                         marker="o", label=variant, color=colors.get(variant))
-    ceiling = ceiling_iops(limits.ceiling, frame.iloc[0])
-    if ceiling:
-        ax.plot(devices, [ceiling * d for d in devices], linestyle="--", marker="x",
+    ceilings = [(d, ceiling_iops(limits.ceiling, {**key, "devices": d})) for d in devices]
+    measured = [(d, c) for d, c in ceilings if c]
+    if measured:
+        ax.plot([d for d, _ in measured], [c for _, c in measured], linestyle="--", marker="x",
                 color=plots.HOST_COLOR, label=CEILING_LABEL)
     cores = limits.cores_of(key["host"])
     if cores:

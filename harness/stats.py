@@ -50,6 +50,8 @@ from .results import CPU_PER_IO_COLUMNS, GUEST_BOUND, HOST_VARIANT
 #: A median or a ratio never pools two hosts: `host` (results schema 3) is a key; nor two
 #: numbers of test devices (`devices`, schema 5: older rows read as 1).
 WORKLOAD_KEYS = ["host", "guest", "accel", "disk", "devices", "rw", "bs", "iodepth", "numjobs"]
+#: what a host-fio ceiling is matched to a guest's workload by
+CEILING_KEYS = ["host", "disk", "devices", "rw", "bs", "iodepth", "numjobs"]
 GROUP_KEYS = ["host", "guest", "variant", "accel", "disk", "devices", "rw", "bs", "iodepth",
               "numjobs"]
 NOISY_CV = 0.10
@@ -318,8 +320,9 @@ def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 def host_ceiling(df: pd.DataFrame) -> pd.DataFrame:
     """Median IOPS (and fio's CPU µs per I/O) of the host-fio rows per
-    (host, disk, rw, bs, iodepth, numjobs)."""
-    keys = ["host", "disk", "rw", "bs", "iodepth", "numjobs"]
+    (host, disk, devices, rw, bs, iodepth, numjobs): devices is how many images fio
+    ran on, one job each (runners/ceiling.py), as a guest with that many devices."""
+    keys = CEILING_KEYS
     host = ok_rows(df)
     host = host[host["variant"] == HOST_VARIANT]
     if host.empty:

@@ -87,7 +87,7 @@ class RunNumbers:
 
     def _ceiling_for(self, key: dict[str, Any]) -> tuple[float | None, float | None]:
         hit = self.ceiling
-        for name in ("host", "disk", "rw", "bs", "iodepth", "numjobs"):
+        for name in stats.CEILING_KEYS:
             hit = hit[hit[name] == key[name]]
         if not len(hit):
             return None, None

@@ -11,14 +11,16 @@ import pytest
 
 from harness.accel import TCG
 from harness.config import DiskSpec, VariantSpec, load_config, parse_config
-from harness.devices import guest_devices, image_paths, most_devices, prepare_images
+from harness.devices import (device_counts, guest_devices, image_paths, most_devices,
+                             prepare_images)
 from harness.errors import InfraError, UserError
 from harness.estimate import estimate
-from harness.fio_jobs import fio_argv
+from harness.fio_jobs import device_job, fio_argv
 from harness.fio_merge import device_iops, merged_bins, percentile_ns
 from harness.matrix import Point, Workload, plan
 from harness.results import (V4_COLUMNS, ResultsStore, new_row, parse_device_iops, read_results,
                              row_from_fio, row_line)
+from harness.runners.ceiling import host_fio_argv
 from harness.runners.micro_disks import device_columns, extra_args, short_of_disks
 from harness.vm import VMSpec, qemu_argv
 
@@ -255,6 +257,27 @@ def test_the_estimate_counts_a_boot_per_device_count():
     three = estimate(parse_config(CONFIG + "guest: {kind: fio, disks_per_guest: [1, 2, 4]}"))
     assert three.boots == (3 * one.boots[0], 3 * one.boots[1])
     assert three.points[0] == 3 * one.points[0] and three.seconds[0] > 2.5 * one.seconds[0]
+
+
+def test_the_host_ceiling_runs_one_fio_job_per_image():
+    workload = Workload("randread", "4k", 16, 2)
+    argv = host_fio_argv(image_paths(Path("/i/d.img"), 3), workload, 4, 1 << 26)
+    assert option_values(argv, "--filename") == ["/i/d.img", "/i/d.img.1", "/i/d.img.2"]
+    assert option_values(argv, "--name") == [device_job(workload, i) for i in range(3)]
+    first_job = argv.index(f"--name={device_job(workload, 0)}")
+    assert {"--iodepth=16", "--numjobs=2", f"--size={1 << 26}"} <= set(argv[:first_job])
+    assert "--group_reporting" not in argv and "--output-format=json+" in argv
+    one = host_fio_argv(image_paths(Path("/i/d.img"), 1), workload, 4, 1 << 26)
+    assert option_values(one, "--filename") == ["/i/d.img"] and "--group_reporting" in one
+
+
+def test_the_host_ceiling_is_measured_at_every_device_count():
+    config = parse_config(CONFIG + "host_ceiling: true\nguests: [{kind: fio, disks_per_guest: "
+                          "[1, 4]}, {kind: microguest, disks_per_guest: [2, 4]}]")
+    assert device_counts(config) == [1, 2, 4]
+    none = parse_config(CONFIG + "host_ceiling: true\nguest: {kind: fio}")
+    # 2 workloads × 1 disk × 1 repetition, at 1, 2 and 4 images
+    assert (estimate(none).host_points, estimate(config).host_points) == (2, 6)
 
 
 def test_the_scaling_config_dry_runs_with_per_disk_iothreads():

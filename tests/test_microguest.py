@@ -16,12 +16,13 @@ import pytest
 
 from harness import microguest as mg
 from harness.config import VariantSpec
+from harness.devices import image_paths
 from harness.errors import InfraError, UserError
 from harness.runners.ceiling import host_fio_ceiling
 from harness.matrix import Point, Workload
 from harness.paths import cache_dir
 from harness.proc import cpu_seconds, run
-from harness.results import COLUMNS, HOST_VARIANT, row_key
+from harness.results import COLUMNS, HOST_VARIANT, parse_device_iops, row_key
 from harness.vm import DEBUG_EXIT, qemu_argv
 
 SYSTEM_QEMU = shutil.which("qemu-system-x86_64")
@@ -381,6 +382,22 @@ def test_host_fio_ceiling(disk):
     assert tuple(row) == COLUMNS
     assert row["variant"] == HOST_VARIANT and row["status"] == "ok" and row["iops"] > 0
     assert row["lat_p50_us"] <= row["lat_p99_us"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (Debian package fio)")
+@pytest.mark.timeout(180)
+def test_host_fio_ceiling_on_two_images_sums_one_job_each(tmp_path):
+    images = image_paths(tmp_path / "d.img", 2)
+    for image in images:
+        with open(image, "wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, 16 << 20)
+    row = host_fio_ceiling(images[0], Workload("randread", "4k", 4, 1), 1, devices=2)
+    per_device = parse_device_iops(row["device_iops"])
+    assert row["status"] == "ok" and row["devices"] == 2 and len(per_device) == 2
+    assert all(iops > 0 for iops in per_device)
+    assert row["iops"] == pytest.approx(sum(per_device), rel=0.01)
+    assert row["lat_p50_us"] <= row["lat_p99_us"] and row["cpu_us_per_io"] > 0
 
 
 def test_churn_faults_name_each_count_behind_them():

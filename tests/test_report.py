@@ -594,3 +594,18 @@ def test_clat_percentiles_of_writes_are_the_writes():
     assert set(write) == set(read) == set(PERCENTILES)
     assert write[50.0] == read[50.0] == pytest.approx(100.0 * 3.5)
     assert latency_cdf.clat_percentiles({"jobs": []}, "randread") == {}
+
+
+def test_a_point_with_several_devices_has_the_distribution_of_all_their_requests():
+    data = json.loads((Path(__file__).parent / "data" / "fio" /
+                       "randread-4k-qd4-j1-3dev.json").read_text())
+    row = {"rw": "randread", "devices": 3}
+    merged = latency_cdf.point_percentiles(data, row)
+    per_job = [latency_cdf.clat_percentiles({"jobs": [job]}, "randread") for job in data["jobs"]]
+    assert set(merged) == set(per_job[0]) and len(merged) > 5     # fio's own percentiles
+    for percent in (50.0, 99.0):
+        each = [table[percent] for table in per_job]
+        assert min(each) <= merged[percent] <= max(each)
+    assert merged[50.0] not in [table[50.0] for table in per_job]  # not one job's
+    assert list(merged.values()) == sorted(merged.values())
+    assert latency_cdf.point_percentiles(data, {**row, "devices": 1}) == per_job[0]

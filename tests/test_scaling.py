@@ -19,7 +19,9 @@ MANIFEST = {"run_id": "r1", "status": "complete", "accel": "tcg",
 POINTS = {("baseline", 1): (1000, 40, 100), ("baseline", 2): (1500, 60, 150),
           ("baseline", 4): (1600, 95, 160),  # guest vCPUs full
           ("dataplane", 1): (1500, 40, 90), ("dataplane", 2): (3900, 50, 185),  # both cores
-          ("dataplane", 4): (8000, 50, 120)}  # the storage's ceiling (host fio 2000 × 4)
+          ("dataplane", 4): (8000, 50, 120)}  # the storage's ceiling (host fio on 4 images)
+#: devices → fio on the host with one job per image on that many images
+CEILING = {1: 2000, 2: 3000, 4: 8200}
 
 
 def row(variant: str, devices: int, rep: int, iops: float, guest: float, host: float) -> dict:
@@ -39,7 +41,8 @@ def run_dir(tmp_path):
     for rep in (1, 2, 3):
         for (variant, devices), (iops, guest, host) in POINTS.items():
             store.append(row(variant, devices, rep, iops, guest, host))
-        store.append(row(HOST_VARIANT, 1, rep, 2000 / 1.02, math.nan, math.nan))
+        for devices, iops in CEILING.items():
+            store.append(row(HOST_VARIANT, devices, rep, iops / 1.02, math.nan, math.nan))
     (tmp_path / "manifest.json").write_text(json.dumps(MANIFEST))
     return tmp_path
 
@@ -80,3 +83,17 @@ def test_a_run_with_one_device_has_no_scaling_section(tmp_path):
     write_report(tmp_path, "baseline")
     assert "Scaling with devices" not in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "plots" / "scaling.png").exists()
+
+
+def test_the_figure_draws_the_ceiling_measured_at_each_device_count(run_dir):
+    from harness import plots, scaling_plot
+
+    frame = ResultsStore(run_dir).load()
+    limits = scaling.Limits(2, stats.host_ceiling(frame))
+    rows = scaling.scaling_rows(stats.summarize(frame), limits)
+    colors = plots.variant_colors(rows["variant"], "baseline")
+    fig = scaling_plot.scaling_figure(rows, colors, limits, "test")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    ceiling = lines[scaling_plot.CEILING_LABEL]
+    assert list(ceiling.get_xdata()) == [1, 2, 4]
+    assert list(ceiling.get_ydata()) == pytest.approx(list(CEILING.values()))  # not 2000 × N

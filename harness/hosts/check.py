@@ -4,7 +4,8 @@ The facts are gathered with one shell script (uname, /proc, df, command -v)
 and kept for the manifest (CPU, kernel, accelerator, storage).  The checks:
 SSH reachable (remote.connect_problem), a Linux x86_64 host, the tools the
 harness drives there (fio, setsid, python3, ldd, getconf), /dev/kvm when KVM is asked for,
-free space for each test image, and — once the binaries are shipped — the
+free space for each disk's test images (one per device a guest attaches:
+devices.image_paths), and — once the binaries are shipped — the
 shared libraries the 2012 binaries need (ldd).  Whether `auto` means KVM is
 decided by the same probe boot as here (accelprobe), run there.
 """
@@ -16,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Iterable
 
 from ..config import DiskSpec
+from ..devices import image_paths
 from ..errors import UserError
 from .spec import HostSpec
 from .ssh import SSHHost
@@ -30,7 +32,7 @@ LIBRARY_PACKAGES = {"libglib-2.0.so.0": "libglib2.0-0", "libgthread-2.0.so.0": "
                     "libutil.so.1": "libc6", "libpthread.so.0": "libc6"}
 
 
-def _facts_script(disks: Iterable[DiskSpec]) -> str:
+def _facts_script(disks: Iterable[DiskSpec], images: int = 1) -> str:
     lines = [
         'echo "os=$(uname -s)"', 'echo "machine=$(uname -m)"', 'echo "kernel=$(uname -r)"',
         'echo "cpu_model=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed "s/^ *//")"',
@@ -45,24 +47,27 @@ def _facts_script(disks: Iterable[DiskSpec]) -> str:
                      f'else echo have_{tool}=no; fi')
     for disk in disks:
         path = shlex.quote(str(disk.path))
+        every = " ".join(shlex.quote(str(p)) for p in image_paths(disk.path, images))
         lines.append(f'p={path}; while [ ! -e "$p" ]; do p=$(dirname "$p"); done; '
                      f'echo "disk_{disk.name}_free_kb=$(df -Pk "$p" | awk \'NR==2{{print $4}}\')"; '
                      f'echo "disk_{disk.name}_fs=$(stat -f -c %T "$p")"; '
                      f'if [ -b {path} ]; then echo disk_{disk.name}_block=yes; fi; '
-                     f'echo "disk_{disk.name}_have_kb=$(if [ -f {path} ]; then '
-                     f'du -k {path} | cut -f1; else echo 0; fi)"')
+                     f'h=0; for f in {every}; do if [ -f "$f" ]; then '
+                     f'h=$((h + $(du -k "$f" | cut -f1))); fi; done; '
+                     f'echo "disk_{disk.name}_have_kb=$h"')
     return "\n".join(lines)
 
 
-def gather_facts(host: SSHHost, disks: Iterable[DiskSpec]) -> dict[str, str]:
-    """The host's facts as strings (key=value lines of one script)."""
-    out = host.shell(_facts_script(disks), timeout=60, what="gather the host's facts").output
+def gather_facts(host: SSHHost, disks: Iterable[DiskSpec], images: int = 1) -> dict[str, str]:
+    """The host's facts as strings (key=value lines of one script); images: per disk."""
+    out = host.shell(_facts_script(disks, images), timeout=60, what="gather the host's facts").output
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def problems(label: str, facts: dict[str, str], disks: Iterable[DiskSpec],
-             accel: str) -> list[str]:
-    """What must change before points can run there, one line each."""
+             accel: str, images: int = 1) -> list[str]:
+    """What must change before points can run there, one line each; images: how many
+    each disk needs (the most devices a guest attaches), whose space counts."""
     found = []
     where = f"host {label}"
     if facts.get("os") != "Linux" or facts.get("machine") != "x86_64":
@@ -80,9 +85,10 @@ def problems(label: str, facts: dict[str, str], disks: Iterable[DiskSpec],
             continue  # a block device is used as it is: nothing to fill
         free = int(facts.get(f"disk_{disk.name}_free_kb") or 0) * 1024
         have = int(facts.get(f"disk_{disk.name}_have_kb") or 0) * 1024
-        need = disk.size_bytes - have
+        need = images * disk.size_bytes - have
         if need > free:
-            found.append(f"{where}: disk {disk.name} ({disk.path}) needs {need >> 20} MiB more "
+            what = f"{disk.path}" if images == 1 else f"{disk.path} and {images - 1} beside it"
+            found.append(f"{where}: disk {disk.name} ({what}) needs {need >> 20} MiB more "
                          f"but its filesystem has {free >> 20} MiB free: free space there or "
                          "move the disk (disks: path)")
     return found
@@ -120,18 +126,18 @@ def _int(text: str | None) -> int | None:
 
 
 def check_hosts(specs: list[HostSpec], disks: list[DiskSpec], accel: str,
-                say: Say = print) -> Iterable[tuple[HostSpec, list[str]]]:
+                say: Say = print, images: int = 1) -> Iterable[tuple[HostSpec, list[str]]]:
     """Each host with its lines: its problems, or one "ok" line with its facts.
 
-    say: a new host key accepted (the host's accept_new_host_key)."""
+    say: a new host key accepted (the host's accept_new_host_key); images: per disk."""
     for spec in specs:
         try:
             with SSHHost(spec, say) as host:
-                facts = gather_facts(host, disks)
+                facts = gather_facts(host, disks, images)
         except UserError as exc:
             yield spec, [str(exc)]
             continue
-        found = problems(spec.label, facts, disks, spec.accel or accel)
+        found = problems(spec.label, facts, disks, spec.accel or accel, images)
         yield spec, found or [
             f"host {spec.label}: ok: {facts.get('os_release')}, {facts.get('machine')}, kernel "
             f"{facts.get('kernel')}, {facts.get('cores')} cores, /dev/kvm "

@@ -56,11 +56,14 @@ OpenHost = Callable[[HostSpec, Say], SSHHost]
 
 
 def connect_and_check(spec: HostSpec, disks: list[DiskSpec], accel: str, say: Say,
-                      open_host: OpenHost = SSHHost) -> tuple[SSHHost, dict[str, str]]:
-    """A connected host whose checks passed, and its facts; a UserError lists the problems."""
+                      open_host: OpenHost = SSHHost,
+                      images: int = 1) -> tuple[SSHHost, dict[str, str]]:
+    """A connected host whose checks passed, and its facts; a UserError lists the problems.
+
+    images: how many test images each disk needs there (devices.most_devices)."""
     host = open_host(spec, say).connect()
-    facts = gather_facts(host, disks)
-    found = problems(spec.label, facts, disks, accel)
+    facts = gather_facts(host, disks, images)
+    found = problems(spec.label, facts, disks, accel, images)
     if found:
         host.close()
         for line in found[1:]:
@@ -186,7 +189,7 @@ def prepare_host(run: Run, spec: HostSpec, images: dict[str, GuestImage], kernel
     disks_there = [d.model_copy(update={"path": Path(disk_paths[d.name])})
                    if disk_paths and d.name in disk_paths else d for d in config.disks]
     host, facts = connect_and_check(spec, disks_there, spec.accel or requested_accel, say,
-                                    open_host)
+                                    open_host, most_devices(config))
     try:
         say(f"host {host.label}: {facts.get('os_release')}, kernel {facts.get('kernel')}, "
             f"{facts.get('cores')} cores; work folder {host.workdir}")
