@@ -102,12 +102,14 @@ def _connection(host: str, port: int, image: GuestImage, timeout: float,
 
 
 def fio_argv(workload: Workload, runtime_s: int, ramp_s: int,
-             device: str | tuple[str, ...] = "/dev/vda") -> list[str]:
+             device: str | tuple[str, ...] = "/dev/vda", vcpus: int = 1) -> list[str]:
     """The fio command for one point (direct libaio on the raw test disks).
 
     One device: one job, group_reporting.  Several: the workload's options are
     global and each device is a job of its own (`<label>.d<i>`, iodepth per device),
-    reported per job with its latency histogram (json+), which fio_merge sums."""
+    reported per job with its latency histogram (json+), which fio_merge sums.  With
+    several vCPUs the device jobs are pinned round-robin (device i on vCPU i mod vcpus),
+    so that every vCPU submits and the guest's scheduler does not stack them on one."""
     devices = (device,) if isinstance(device, str) else tuple(device)
     options = ["--direct=1", "--ioengine=libaio", f"--rw={workload.rw}", f"--bs={workload.bs}",
                f"--iodepth={workload.iodepth}", f"--numjobs={workload.numjobs}",
@@ -116,7 +118,8 @@ def fio_argv(workload: Workload, runtime_s: int, ramp_s: int,
         return ["fio", f"--name={workload.label}", f"--filename={devices[0]}", *options,
                 "--group_reporting", "--randrepeat=0", "--output-format=json"]
     jobs = [arg for index, path in enumerate(devices)
-            for arg in (f"--name={device_job(workload, index)}", f"--filename={path}")]
+            for arg in (f"--name={device_job(workload, index)}", f"--filename={path}",
+                        *([f"--cpus_allowed={index % vcpus}"] if vcpus > 1 else []))]
     return ["fio", *options, "--randrepeat=0", "--output-format=json+", *jobs]
 
 
@@ -126,9 +129,10 @@ def device_job(workload: Workload, index: int) -> str:
 
 
 def run_fio(conn: fabric.Connection, workload: Workload, runtime_s: int, ramp_s: int,
-            timeout: float, device: str | tuple[str, ...] = "/dev/vda") -> FioRun:
+            timeout: float, device: str | tuple[str, ...] = "/dev/vda",
+            vcpus: int = 1) -> FioRun:
     """Run one fio point; the guest's /proc/stat is sampled before and after."""
-    fio = shlex.join(fio_argv(workload, runtime_s, ramp_s, device))
+    fio = shlex.join(fio_argv(workload, runtime_s, ramp_s, device, vcpus))
     command = f"head -n1 /proc/stat >&2; {fio}; rc=$?; head -n1 /proc/stat >&2; exit $rc"
     started = time.monotonic()
     try:

@@ -159,6 +159,19 @@ def test_fio_runs_one_job_per_device_with_the_iodepth_each():
     assert "--group_reporting" in one
 
 
+def test_device_jobs_are_pinned_round_robin_over_the_vcpus():
+    workload = Workload("randread", "4k", 16, 1)
+    argv = fio_argv(workload, 5, 1, guest_devices("/dev/vda", 3), vcpus=2)
+    assert option_values(argv, "--cpus_allowed") == ["0", "1", "0"]
+    # each pin follows its own job's name (a job option, not a global one)
+    for index in range(3):
+        at = argv.index(f"--name={device_job(workload, index)}")
+        assert argv[at + 2] == f"--cpus_allowed={index % 2}"
+    assert option_values(fio_argv(workload, 5, 1, guest_devices("/dev/vda", 3)),
+                         "--cpus_allowed") == []                    # one vCPU: nothing to pin
+    assert option_values(fio_argv(workload, 5, 1, "/dev/vda", vcpus=2), "--cpus_allowed") == []
+
+
 def option_values(argv: list[str], name: str) -> list[str]:
     return [a.split("=", 1)[1] for a in argv if a.startswith(name + "=")]
 

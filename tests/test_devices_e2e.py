@@ -85,7 +85,7 @@ def test_four_data_plane_disks_have_four_threads_and_keep_their_own_data(fio_gue
             seen = sh(conn, "ls /sys/block").stdout.split()
             verified = sh(conn, verify_command(devices), timeout=600)
             measured = run_fio(conn, Workload("randread", "4k", 4, 1), runtime_s=3, ramp_s=1,
-                               timeout=180, device=devices)
+                               timeout=180, device=devices, vcpus=2)
             threads = thread_names(vm.pid)
         finally:
             conn.close()
@@ -114,6 +114,9 @@ def test_four_data_plane_disks_have_four_threads_and_keep_their_own_data(fio_gue
     assert len(per_device) == DEVICES and all(iops > 0 for iops in per_device)
     assert row["iops"] == pytest.approx(sum(per_device), rel=1e-3)
     assert row["lat_p50_us"] > 0 and row["lat_p99_us"] >= row["lat_p50_us"]
+    # the device jobs ran pinned round-robin over the two vCPUs (fio refuses a CPU not there)
+    pins = [job["job options"].get("cpus_allowed") for job in measured.data["jobs"]]
+    assert pins == ["0", "1", "0", "1"], pins
 
 
 @pytest.mark.e2e

@@ -86,7 +86,7 @@ class FioRunner:
         watch = self.run.watch.start()
         result = run_fio(connection, point.workload, config.workloads.runtime_s,
                          config.workloads.ramp_s, config.timeouts.point_s,
-                         guest_devices(self.image.device, point.devices))
+                         guest_devices(self.image.device, point.devices), self.spec.vcpus)
         wall = time.monotonic() - wall_before
         host_cpu = 100.0 * (vm.host_cpu_seconds() - cpu_before) / wall
         split = vm.cpu_split(threads_before, vm.thread_sample(), wall)
