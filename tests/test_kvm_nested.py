@@ -9,7 +9,8 @@ on baseline as the reference where it says something:
   (every variant), and a halted vCPU woken by the data plane's interrupt;
 * MSI-X mask and re-target while requests run (every variant);
 * malformed requests (the data-plane variants must survive them);
-* the Linux fio guest (dataplane): fio write+verify (crc32c) at 4k/64k, QD1/32; files on
+* the Linux fio guest (dataplane) with two disks: fio write+verify (crc32c) at 4k/64k,
+  QD1/32 on the first, and on the second beside it; files on
   ext2 with checksums and raw sectors, then system_reset while fio runs: after
   the reboot the files read the same and I/O works; QMP quit while fio runs:
   the L2 QEMU is gone within 5 s.
@@ -35,6 +36,7 @@ import pytest
 from harness import nested
 from harness.accel import accel_named
 from harness.config import VariantSpec, parse_config
+from harness.devices import image_paths
 from harness.errors import InfraError, UserError
 from harness.guest import GuestImage
 from harness.matrix import Workload
@@ -54,6 +56,7 @@ CHURN_WATCHDOG_S = 150
 CHURN_TIMEOUT_MS = 30000
 HALT_WATCHDOG_S = 20                 # a halting run takes 3-15 s; its own timeout is 10 s
 DISK_MB = 96
+L1_DISKS = 2                         # images disk.img, disk.img.1: /dev/vda, /dev/vdb in L1
 
 LOGIN = GuestImage(kernel=Path("k/vmlinuz"), initrd=Path("k/initrd.cpio"), append="console=ttyS0",
                    ssh_user="root", ssh_key=Path("k/id_rsa"), description="test guest")
@@ -106,6 +109,19 @@ def test_l2_fio_argv_opens_the_ssh_forward_to_l1s_network():
     assert argv[argv.index("-kernel") + 1] == "/opt/harness/l2/vmlinuz"
     assert "pc,accel=kvm" in argv
     assert argv[argv.index("-append") + 1].endswith(" quiet")
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert len(drives) == 1 and "file=/dev/vda," in drives[0]
+
+
+def test_l2_fio_argv_with_two_disks_gives_l2_l1s_first_two():
+    argv = nested.l2_fio_argv(VariantSpec(name="dataplane"), LOGIN, disks=2)
+    drives = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-drive"]
+    assert [d.split(",")[:2] for d in drives] == [["if=none", "id=disk0"],
+                                                  ["if=none", "id=disk1"]]
+    assert "file=/dev/vda," in drives[0] and "file=/dev/vdb," in drives[1]
+    assert argv.count("-device") == 3     # two virtio-blk-pci, one NIC
+    with pytest.raises(UserError, match="at least one disk"):
+        nested.l2_fio_argv(VariantSpec(name="dataplane"), LOGIN, disks=0)
 
 
 def test_only_debians_system_qemu_is_carried_into_l1():
@@ -340,24 +356,26 @@ def _binaries() -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def l1(tmp_path_factory):
-    """One L1 for the module (all variants and both guests in its image)."""
+    """One L1 for the module (all variants and both guests in its image), with two
+    disks: /dev/vda for every L2, /dev/vdb for the fio guest's second one."""
     if not shutil.which("qemu-system-x86_64"):
         pytest.skip("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
     binaries = _binaries()
     if not binaries:
         pytest.skip(f"no variant built in {cache_dir()}: run `harness build`")
     work = tmp_path_factory.mktemp("kvm-nested")
-    disk = work / "disk.img"
-    with open(disk, "wb") as handle:
-        handle.truncate(DISK_MB << 20)
+    disks = image_paths(work / "disk.img", L1_DISKS)
+    for path in disks:
+        with open(path, "wb") as handle:
+            handle.truncate(DISK_MB << 20)
     image = nested.prepare_l1_image(binaries, fio_guest=True)
-    machine = nested.L1(image, disk, work / "l1.console.log")
+    machine = nested.L1(image, disks, work / "l1.console.log")
     try:
         seconds = machine.boot()
     except nested.L1Unusable as exc:
         pytest.skip(f"L1 cannot run KVM here: {exc}")
     print(f"L1 booted in {seconds:.1f} s")
-    machine.disk = disk
+    machine.disk = disks[0]             # L1's /dev/vda, every L2's first disk
     machine.work = work
     yield machine
     machine.close()
@@ -517,6 +535,7 @@ def test_hostile_cases_under_l1_kvm(l1, variant, record_property):
 
 VERIFY_JOBS = [(bs, qd) for bs in ("4k", "64k") for qd in (1, 32)]
 VERIFY_MB = 8
+SECOND_DISK_JOB = "randwrite-vdb-4k-qd8"
 FS_BLOCKS_1K = 32768                 # ext2 on the first 32 MiB
 RAW_OFFSET_MB, RAW_MB = 40, 8        # raw sectors past it
 FILES = {"f-small": (4096, 3), "f-large": (65536, 32), "f-odd": (512, 37)}
@@ -531,12 +550,17 @@ def _sh(conn, command: str, timeout: float = 300):
 
 
 def _verify_command() -> str:
+    """The VERIFY_JOBS on /dev/vda one after another, and SECOND_DISK_JOB on /dev/vdb:
+    not stonewalled, it starts with the last of them, so both disks (each with its own
+    data-plane thread in L1) are written and verified at once."""
     argv = ["fio", "--filename=/dev/vda", "--direct=1", "--ioengine=libaio", "--verify=crc32c",
             "--do_verify=1", "--verify_fatal=1", "--randrepeat=0", f"--size={VERIFY_MB}M",
             "--output-format=json"]
     for i, (bs, qd) in enumerate(VERIFY_JOBS):
         argv += [f"--name=randwrite-{bs}-qd{qd}", "--stonewall", "--rw=randwrite",
                  f"--bs={bs}", f"--iodepth={qd}", f"--offset={i * VERIFY_MB}M"]
+    argv += [f"--name={SECOND_DISK_JOB}", "--filename=/dev/vdb", "--rw=randwrite", "--bs=4k",
+             "--iodepth=8"]
     return shlex.join(argv)
 
 
@@ -579,7 +603,8 @@ def _wait_ready(l1, count: int, timeout: float = 240) -> None:
                    "passed 3/3 in one session-5 run, 0/2 in the next")
 @pytest.mark.parametrize("variant", ("dataplane",))
 def test_fio_guest_under_l1_kvm(l1, variant, record_property):
-    """verify, files across a system_reset during I/O, I/O after it, quit during I/O.
+    """verify on two disks, files across a system_reset during I/O, I/O after it, quit
+    during I/O (the files and the I/O on the first disk).
 
     On the series' variant only: each L2 Linux boots twice, 3-6 min a variant
     under L0's TCG and up to 15 with an L1 stall (20 min for three in CI).
@@ -601,14 +626,15 @@ def _fio_guest_checks(l1, spec: VariantSpec, record_property) -> None:
 
     variant = spec.name
     started = time.monotonic()
-    conn = nested.boot_l2_fio(l1, spec, timeout=L2_BOOT_S)
+    conn = nested.boot_l2_fio(l1, spec, timeout=L2_BOOT_S, disks=L1_DISKS)
     record_property("l2_boot_s", round(time.monotonic() - started, 1))
     try:
-        # 1. fio write + crc32c verify at 4k/64k, QD1/32
+        # 1. fio write + crc32c verify at 4k/64k, QD1/32 on /dev/vda, and on /dev/vdb
         out = _sh(conn, _verify_command(), timeout=600)
         _, data = split_fio_output(out)
         jobs = {job["jobname"]: job for job in data["jobs"]}
-        assert set(jobs) == {f"randwrite-{bs}-qd{qd}" for bs, qd in VERIFY_JOBS}
+        assert set(jobs) == {f"randwrite-{bs}-qd{qd}" for bs, qd in VERIFY_JOBS} | \
+            {SECOND_DISK_JOB}
         for name, job in jobs.items():
             assert job["error"] == 0 and job.get("total_err", 0) == 0, name
             assert job["write"]["io_bytes"] == VERIFY_MB << 20, name

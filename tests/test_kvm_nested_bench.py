@@ -6,7 +6,8 @@ it (~140 MB over SSH), each fio guest boots in about a minute under L1's KVM (De
 QEMU, carried in the L1 image, in half that).  Both
 guests drive two disks.  The micro-guest polls (wait: poll): a halting L2 meets L0's
 hang now and then (docs/kvm-nested.md); its interrupt paths under L1 are
-tests/test_kvm_nested.py's.
+tests/test_kvm_nested.py's, and so is the crc32c verify of both disks of an L2 Linux
+(test_fio_guest_under_l1_kvm, whose one L2 boot serves its other checks too).
 """
 
 from __future__ import annotations
@@ -86,53 +87,3 @@ def test_bench_through_l1_runs_fio_and_the_micro_guest_under_kvm(tmp_path, monke
     assert "accel=kvm" in peer and peer.startswith("/usr/bin/qemu-system-x86_64 "), peer
     assert any(line.startswith("kvm-nested: L1 answers SSH") for line in said), said
     assert any("shipped" in line and "host l1" in line for line in said), said
-
-
-@pytest.mark.timeout(900)
-def test_two_disks_of_an_l2_linux_are_written_and_verified_under_l1_kvm(tmp_path, monkeypatch):
-    """The L1 host as the runners see it (nested/host.py), one fio guest in L2 on the dataplane
-    build with two disks: fio writes and crc32c-verifies both at once, one job each."""
-    if not shutil.which("qemu-system-x86_64"):
-        pytest.skip("Debian's qemu-system-x86_64 boots L1: run scripts/install.sh")
-    if not (cache_dir() / "build" / "dataplane" / "manifest.json").exists():
-        pytest.skip(f"variant dataplane is not built in {cache_dir()}: run `harness build`")
-    monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "results"))
-    from harness.bench import prepare
-    from harness.config import VariantSpec, load_config
-    from harness.devices import guest_devices, image_paths
-    from harness.fio_jobs import open_connection
-    from harness.nested.host import L1Provider
-    from harness.vm import VM, linux_spec
-
-    from test_devices_e2e import sh, verify_command
-
-    config = yaml.safe_load(_config(tmp_path).read_text())
-    config.update(variants=["dataplane"], baseline="dataplane",
-                  guests=[{"kind": "fio", "memory_mb": 512, "disks_per_guest": [DEVICES]}])
-    path = tmp_path / "verify.yaml"
-    path.write_text(yaml.safe_dump(config))
-    run, assets = prepare(load_config(path), path, None, None, print)
-    there, shipped = L1Provider(run, assets, print).host()
-    try:
-        image = shipped.images["fio"]
-        disks = image_paths(there.disks["disk"], DEVICES)
-        spec = linux_spec(there.binaries["dataplane"], there.accel, image,
-                          console_log=there.host_path(run.log_path("verify.console.log")),
-                          legacy=True, memory_mb=512, disk=disks[0], more_disks=disks[1:],
-                          variant=VariantSpec(name="dataplane"), ssh_port=there.host.free_port())
-        with VM(spec, host=there.host) as vm:
-            vm.wait_for_marker(image.marker, 480)
-            conn = open_connection(spec.ssh_port, image, 480, via=there.host.channel_to)
-            try:
-                devices = guest_devices(image.device, DEVICES)
-                out = sh(conn, verify_command(devices), timeout=600).stdout
-            finally:
-                conn.close()
-    finally:
-        there.host.close()
-    jobs = json.loads(out[out.index("{"):])["jobs"]
-    assert [job["jobname"] for job in jobs] == [f"verify.d{i}" for i in range(DEVICES)]
-    for job in jobs:
-        assert job["error"] == 0 and job.get("total_err", 0) == 0, job["jobname"]
-        assert job["read"]["io_bytes"] == job["write"]["io_bytes"] > 0, \
-            f"{job['jobname']}: not all it wrote was read back and verified"

@@ -16,7 +16,7 @@ Three parts, a module each (and the shell that runs in L1 as files, scripts.py):
   when asked, the fio guest's kernel + initramfs for L2.  Cached by a hash of
   everything that goes in.
 * L1 (machine.py, class L1): booted with Debian's qemu-system-x86_64 under TCG; the test
-  image is L1's /dev/vda (a virtio disk from L0: L1's tmpfs has no O_DIRECT).
+  images are L1's /dev/vda, /dev/vdb, … (virtio disks from L0: L1's tmpfs has no O_DIRECT).
   L0's user network forwards three ports: SSH into L1, SSH into L2 (L1's port
   2222, which the 2012 QEMU's own user network forwards to L2's port 22) and
   L2's QMP (a TCP monitor in L1).

@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 from .. import guest as fioguest
 from ..accel import KVM, KVM_NESTED
 from ..config import VariantSpec
+from ..devices import guest_devices
 from ..errors import HarnessError, InfraError, UserError
 from ..files import sha256_file
 from ..fio_jobs import open_connection
@@ -92,13 +93,17 @@ def l2_fio_image(login: GuestImage) -> GuestImage:
 
 
 def l2_fio_argv(variant: VariantSpec, login: GuestImage, memory_mb: int = 512,
-                vcpus: int = 1) -> list[str]:
+                vcpus: int = 1, disks: int = 1) -> list[str]:
     """The 2012 QEMU command line in L1 for the fio guest (pure): vm.linux_spec's, with
-    the SSH forward open to L0's user network."""
+    the SSH forward open to L0's user network.  `disks` test devices: L1's /dev/vda,
+    /dev/vdb, … (L1 must have that many), /dev/vda, /dev/vdb, … in L2 too."""
+    if disks < 1:
+        raise UserError(f"the fio guest in L2 needs at least one disk, not {disks}")
+    devices = [Path(device) for device in guest_devices(L2_DISK, disks)]
     spec = linux_spec(f"{variant_dir(variant)}/qemu-system-x86_64", KVM, l2_fio_image(login),
                       console_log=Path(f"{L2_DIR}/console.log"), legacy=True,
-                      memory_mb=memory_mb, vcpus=vcpus, disk=Path(L2_DISK), variant=variant,
-                      ssh_port=L2_SSH_PORT)
+                      memory_mb=memory_mb, vcpus=vcpus, disk=devices[0],
+                      more_disks=tuple(devices[1:]), variant=variant, ssh_port=L2_SSH_PORT)
     return [a.replace(f"hostfwd=tcp:127.0.0.1:{L2_SSH_PORT}-", f"hostfwd=tcp::{L2_SSH_PORT}-")
             for a in _l2_argv(spec)]
 
@@ -293,9 +298,11 @@ def run_hostile_case(l1: L1, variant: VariantSpec, case: str, disk_path: Path, c
 
 
 def boot_l2_fio(l1: L1, variant: VariantSpec, timeout: float, memory_mb: int = 512,
-                vcpus: int = 1):
-    """Start the fio guest in L2 and log in from L0 (two port forwards); the connection."""
-    l1.start_l2(l2_fio_argv(variant, l1.login, memory_mb, vcpus))
+                vcpus: int = 1, disks: int = 1):
+    """Start the fio guest in L2 and log in from L0 (two port forwards); the connection.
+
+    disks: its test devices, L1's first ones (l2_fio_argv)."""
+    l1.start_l2(l2_fio_argv(variant, l1.login, memory_mb, vcpus, disks))
     state, status = l1.wait_l2(timeout, fioguest.READY_MARKER)
     if state != "found":
         raise InfraError(f"the fio guest in L2 did not get ready ({state}, status {status}): "

@@ -29,7 +29,7 @@ log = logging.getLogger("harness.nested")
 L1_MEMORY_MB = 2560
 L2_SSH_PORT = 2222              # in L1, forwarded by the 2012 QEMU to L2's port 22
 L2_QMP_PORT = 4444              # in L1: the 2012 QEMU's QMP on TCP
-L2_DISK = "/dev/vda"            # in L1: the test image
+L2_DISK = "/dev/vda"            # in L1: the test image (more disks: /dev/vdb, …)
 L1_ANSWER_S = 30.0              # an L1 that does not run `true` within this has stalled
 
 
