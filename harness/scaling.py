@@ -13,7 +13,9 @@ read from what the run recorded — the first that holds:
   equivalently IOPS × CPU µs per I/O reached the cores' budget;
 * **storage** — IOPS reached STORAGE_BUSY of fio on the host with one job per
   image on as many images as the guest has devices (host_ceiling: true;
-  runners/ceiling.py);
+  runners/ceiling.py), unless fio itself had its CPUs full there (HOST_BUSY of
+  a core per job, or of every core): then fio's speed was measured, not the
+  storage's, and no point is called storage-bound by it;
 * otherwise "not saturated" (nothing the run measured was full: the limit is
   elsewhere, e.g. a thread's own latency), or "unknown" without the numbers.
 """
@@ -77,7 +79,7 @@ def bound_by(row: pd.Series, limits: Limits) -> str:
     cores = limits.cores_of(row["host"])
     if cores and math.isfinite(host_pct) and host_pct >= HOST_BUSY * 100 * cores:
         return "host cores"
-    ceiling = ceiling_iops(limits.ceiling, row)
+    ceiling = storage_ceiling(limits, row)
     if ceiling and row["iops_median"] >= STORAGE_BUSY * ceiling:
         return "storage"
     if not math.isfinite(host_pct) or not cores:
@@ -88,12 +90,32 @@ def bound_by(row: pd.Series, limits: Limits) -> str:
 def ceiling_iops(ceiling: pd.DataFrame, row: Mapping) -> float | None:
     """fio on the host with one job per image on as many images as the row's devices,
     same disk and workload, or None (not measured)."""
+    hit = _ceiling_row(ceiling, row)
+    return None if hit is None else float(hit["host_iops_median"])
+
+
+def storage_ceiling(limits: Limits, row: Mapping) -> float | None:
+    """ceiling_iops when that is the storage's: None when fio's own jobs had their CPUs
+    full there (on tmpfs fio runs out of CPU long before memory runs out of IOPS; a
+    guest near such a ceiling has met fio's speed, not the storage's)."""
+    hit = _ceiling_row(limits.ceiling, row)
+    if hit is None:
+        return None
+    fio_pct = float(hit["host_cpu_us_per_io_median"]) * float(hit["host_iops_median"]) / 1e4
+    threads = int(row["devices"]) * int(row["numjobs"])
+    cores = limits.cores_of(row["host"]) or threads
+    if math.isfinite(fio_pct) and fio_pct >= HOST_BUSY * 100 * min(threads, cores):
+        return None
+    return float(hit["host_iops_median"])
+
+
+def _ceiling_row(ceiling: pd.DataFrame, row: Mapping) -> pd.Series | None:
     hit = ceiling
     for name in stats.CEILING_KEYS:
         if hit.empty:
             return None
         hit = hit[hit[name] == row[name]]
-    return float(hit["host_iops_median"].iloc[0]) if len(hit) else None
+    return hit.iloc[0] if len(hit) else None
 
 
 def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table) -> str:
@@ -108,8 +130,8 @@ def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table)
              "same variant with one device. *Bound by* is what the run saw full: the guest's "
              f"vCPUs (≥ {stats.GUEST_BOUND_PCT:.0f}% busy), the host's cores (QEMU at ≥ "
              f"{HOST_BUSY:.0%} of all of them), the storage (≥ {STORAGE_BUSY:.0%} of fio on "
-             "the host with one job per image, as many images as devices), else *not "
-             "saturated*. The vCPU and I/O threads' CPU "
+             "the host with one job per image, as many images as devices, when fio itself "
+             "was not CPU-bound), else *not saturated*. The vCPU and I/O threads' CPU "
              "(percent of one core, all such threads together; an I/O thread is a data-plane "
              "thread or an iothread) shows whether one kind of QEMU thread was full."]
     for key, frame in rows.groupby(SCALING_KEYS, sort=False):

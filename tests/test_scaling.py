@@ -97,3 +97,21 @@ def test_the_figure_draws_the_ceiling_measured_at_each_device_count(run_dir):
     ceiling = lines[scaling_plot.CEILING_LABEL]
     assert list(ceiling.get_xdata()) == [1, 2, 4]
     assert list(ceiling.get_ydata()) == pytest.approx(list(CEILING.values()))  # not 2000 × N
+
+
+def test_a_ceiling_where_fio_had_its_cpu_full_is_not_the_storages(run_dir):
+    """On tmpfs fio on the host runs out of CPU first: a guest near it is not storage-bound."""
+    store = ResultsStore(run_dir)
+    frame = store.load()
+    frame = frame[frame["variant"] != HOST_VARIANT]
+    busy = pd.DataFrame([row(HOST_VARIANT, 4, rep, 8200 / 1.02, math.nan, 199.0)
+                         for rep in (1, 2, 3)])   # fio's 4 jobs at 199% of the 2 cores
+    limits = scaling.Limits(2, stats.host_ceiling(pd.concat([frame, busy])))
+    rows = scaling.scaling_rows(stats.summarize(frame), limits)
+    four = rows[(rows["variant"] == "dataplane") & (rows["devices"] == 4)].iloc[0]
+    assert scaling.ceiling_iops(limits.ceiling, four) == pytest.approx(8200)
+    assert scaling.storage_ceiling(limits, four) is None
+    assert four["bound_by"] == "not saturated"
+    idle = scaling.Limits(2, stats.host_ceiling(pd.concat([frame, busy.assign(
+        host_cpu_pct=120.0, cpu_us_per_io=120.0 * 1e4 / busy["iops"])])))
+    assert scaling.bound_by(four, idle) == "storage"     # fio had CPU to spare: the storage's
