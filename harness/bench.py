@@ -33,7 +33,7 @@ from .guest import GuestAssets
 from .devices import ensure_images_space, most_devices, prepare_images
 from .hostinfo import disturbers
 from .hostload import PointWatch, wait_for_quiet
-from .hosts.prepare import prepare_host
+from .fleet.prepare import prepare_host
 from .hosts.spec import merge_hosts
 from .manifest_writer import read_run_manifest, write_manifest
 from .matrix import Session, plan, skipped
@@ -53,7 +53,7 @@ from .runners.micro import hostile_todo, run_hostile
 from .runners.nested import run_hostile as run_hostile_nested
 from .runners.trace import ensure_trace_builds
 from .runstate import Run
-from .hosts.scheduler import Scheduler, Unit, units
+from .fleet.scheduler import Scheduler, Unit, units
 from .util import Say, stamp
 
 
@@ -135,7 +135,7 @@ def prepare(config: BenchConfig, config_path: Path, resume: str | None, accel: s
             say: Say, remote: bool = False) -> tuple[Run, GuestAssets]:
     """Everything resolved and checked before the first boot.
 
-    remote: the points run on hosts (hosts.prepare.prepare_host does their disks and accel).
+    remote: the points run on hosts (fleet.prepare.prepare_host does their disks and accel).
     """
     ensure_trace_builds(config, say)
     binaries = {v.name: resolve_binary(v) for v in config.variants}
@@ -388,7 +388,7 @@ def _record_precision(run: Run, say: Say) -> None:
 
 def _run_on_hosts(run: Run, hosted: list[HostedRun], sessions: list[Session],
                   ceiling: list, say: Say, advance) -> None:
-    """The sessions and ceiling points spread over the hosts (scheduler.py).
+    """The sessions and ceiling points spread over the hosts (fleet/scheduler.py).
 
     A host brought back after it was lost replaces its entry in hosted, for
     the rest of this call and the rounds after it."""

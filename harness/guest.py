@@ -68,7 +68,7 @@ class GuestImage:
 @dataclass(frozen=True)
 class GuestAssets:
     """What a run's guests boot, prepared before the first boot, as the machine that
-    runs the points sees them (here, or a remote host: hosts/prepare.py ships them there)."""
+    runs the points sees them (here, or a remote host: fleet/prepare.py ships them there)."""
 
     images: dict[str, GuestImage] = field(default_factory=dict)  # Linux guests by guest id
     kernel: Path | None = None  # the micro-guest ELF, if a guest or the hostile cases need it

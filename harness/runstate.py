@@ -39,7 +39,7 @@ class Run:
     notices: list[str] = field(default_factory=list)
     command_lines: dict[str, str] = field(default_factory=dict)  # per variant, one boot's
     boot_seconds: dict[str, float] = field(default_factory=dict)  # launch → SSH ready, per boot
-    #: where this Run's points run: LOCAL, or (hosts.prepare.prepare_host) a remote host whose
+    #: where this Run's points run: LOCAL, or (fleet.prepare.prepare_host) a remote host whose
     #: binaries, disks and accel the fields above then hold
     host: Executor = LOCAL
     host_facts: dict[str, dict] = field(default_factory=dict)  # per remote host, for the manifest

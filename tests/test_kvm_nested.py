@@ -215,7 +215,7 @@ class FakeL1:
         return self.answer
 
 
-def _micro(ok: bool, error: str = "") -> "MicroResult":
+def _micro(ok: bool, error: str = ""):
     from harness.microguest import MicroResult
 
     return MicroResult(ok=ok, rw="randwrite", bs=4096, qd=8, n=10, done=10 if ok else 0,

@@ -18,7 +18,7 @@ import pytest
 
 from harness.config import DiskSpec
 from harness.errors import InfraError
-from harness.hosts.prepare import prepare_disk_there
+from harness.fleet.prepare import prepare_disk_there
 from harness.hosts.spec import HostSpec
 from harness.hosts.ssh import SSHHost
 from procs import processes_mentioning

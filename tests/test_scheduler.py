@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.matrix import Point, Session, Workload
-from harness.hosts.scheduler import Unit, units
+from harness.fleet.scheduler import Unit, units
 
 QD1, QD4 = Workload("randread", "4k", 1, 1), Workload("randread", "4k", 4, 1)
 
@@ -71,7 +71,7 @@ def test_a_lost_host_brought_back_runs_the_unfinished_points_and_the_rest(tmp_pa
     """kvm-nested's L1 stops answering: a new L1 (revive) takes the unit's unfinished
     points first, then the rest of the queue; nothing fails."""
     from harness.errors import HostLost
-    from harness.hosts.scheduler import Scheduler
+    from harness.fleet.scheduler import Scheduler
 
     writer = _Writer()
     first, second = _Run("l1", writer, tmp_path), _Run("l1", writer, tmp_path)
@@ -102,7 +102,7 @@ def test_a_lost_host_brought_back_runs_the_unfinished_points_and_the_rest(tmp_pa
 
 def test_a_host_that_cannot_be_brought_back_is_lost_as_before(tmp_path):
     from harness.errors import HostLost
-    from harness.hosts.scheduler import Scheduler
+    from harness.fleet.scheduler import Scheduler
 
     writer = _Writer()
     only = _Run("l1", writer, tmp_path)

@@ -2,7 +2,7 @@
 
 The provider boots L1 from an image with what any remote host needs (fio,
 setsid, python3, ldd, an SFTP server: hosttools.py) and hands the run to
-hosts.prepare.prepare_host as an SSH host: the variants and guests are shipped to
+fleet.prepare.prepare_host as an SSH host: the variants and guests are shipped to
 it and the same runners run the points there with `-machine accel=kvm`,
 exactly as on a user's KVM machine.  Only these stay nested-specific:
 
@@ -31,7 +31,7 @@ from ..config import check_kvm_nested
 from ..devices import guest_device, image_paths, most_devices
 from ..errors import UserError
 from ..guest import GuestAssets
-from ..hosts.prepare import prepare_host
+from ..fleet.prepare import prepare_host
 from ..hosts.spec import HostSpec
 from ..hosts.ssh import SSHHost
 from ..runstate import Run

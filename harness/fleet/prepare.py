@@ -22,11 +22,11 @@ from ..config import DiskSpec, VariantSpec
 from ..devices import image_paths, most_devices
 from ..errors import UserError
 from ..guest import GuestAssets, GuestImage
-from .check import gather_facts, library_problems, manifest_facts, problems
+from ..hosts.check import gather_facts, library_problems, manifest_facts, problems
 from ..hostinfo import DISK_FORMAT
-from .spec import HostSpec
+from ..hosts.spec import HostSpec
 from ..qemuinfo import parse_version
-from .ssh import SSHHost
+from ..hosts.ssh import SSHHost
 from ..runstate import Run
 from ..util import Say
 
