@@ -90,7 +90,7 @@ def bound_by(row: pd.Series, limits: Limits) -> str:
 def ceiling_iops(ceiling: pd.DataFrame, row: Mapping) -> float | None:
     """fio on the host with one job per image on as many images as the row's devices,
     same disk and workload, or None (not measured)."""
-    hit = _ceiling_row(ceiling, row)
+    hit = stats.ceiling_row(ceiling, row)
     return None if hit is None else float(hit["host_iops_median"])
 
 
@@ -98,7 +98,7 @@ def storage_ceiling(limits: Limits, row: Mapping) -> float | None:
     """ceiling_iops when that is the storage's: None when fio's own jobs had their CPUs
     full there (on tmpfs fio runs out of CPU long before memory runs out of IOPS; a
     guest near such a ceiling has met fio's speed, not the storage's)."""
-    hit = _ceiling_row(limits.ceiling, row)
+    hit = stats.ceiling_row(limits.ceiling, row)
     if hit is None:
         return None
     fio_pct = float(hit["host_cpu_us_per_io_median"]) * float(hit["host_iops_median"]) / 1e4
@@ -108,14 +108,6 @@ def storage_ceiling(limits: Limits, row: Mapping) -> float | None:
         return None
     return float(hit["host_iops_median"])
 
-
-def _ceiling_row(ceiling: pd.DataFrame, row: Mapping) -> pd.Series | None:
-    hit = ceiling
-    for name in stats.CEILING_KEYS:
-        if hit.empty:
-            return None
-        hit = hit[hit[name] == row[name]]
-    return hit.iloc[0] if len(hit) else None
 
 
 def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table) -> str:

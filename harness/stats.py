@@ -39,6 +39,7 @@ change, those R are reported at level 1 − αR/m (see compare.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -316,6 +317,16 @@ def ratios(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     out = pd.DataFrame(records, columns=RATIO_COLUMNS)
     out["noisy"] = (out["cv"] > NOISY_CV) | (out["base_cv"] > NOISY_CV)
     return out
+
+
+def ceiling_row(ceiling: pd.DataFrame, key: Mapping) -> pd.Series | None:
+    """host_ceiling's row for a guest workload (CEILING_KEYS of key), or None."""
+    hit = ceiling
+    for name in CEILING_KEYS:
+        if hit.empty:
+            return None
+        hit = hit[hit[name] == key[name]]
+    return hit.iloc[0] if len(hit) else None
 
 
 def host_ceiling(df: pd.DataFrame) -> pd.DataFrame:

@@ -86,13 +86,10 @@ class RunNumbers:
                                   *self._ceiling_for(wanted))
 
     def _ceiling_for(self, key: dict[str, Any]) -> tuple[float | None, float | None]:
-        hit = self.ceiling
-        for name in stats.CEILING_KEYS:
-            hit = hit[hit[name] == key[name]]
-        if not len(hit):
+        hit = stats.ceiling_row(self.ceiling, key)
+        if hit is None:
             return None, None
-        return (float(hit["host_iops_median"].iloc[0]),
-                float(hit["host_cpu_us_per_io_median"].iloc[0]))
+        return float(hit["host_iops_median"]), float(hit["host_cpu_us_per_io_median"])
 
 
 def ci_half_width(ratio, low, high):
