@@ -11,6 +11,11 @@ read from what the run recorded — the first that holds:
 * **host cores** — QEMU used at least HOST_BUSY of every host core
   (`host_cpu_pct`, percent of one core, against the manifest's core count);
   equivalently IOPS × CPU µs per I/O reached the cores' budget;
+* **main loop** — QEMU's main-loop thread used at least HOST_BUSY of one core
+  (threads.py's `main` kind is that one thread): every request of the
+  baseline goes through it under the global mutex, so when it is full the
+  devices and vCPUs beside it wait; under TCG here it rarely is, as the vCPU
+  thread takes the mutex in turn (see the table's threads);
 * **storage** — IOPS reached STORAGE_BUSY of fio on the host with one job per
   image on as many images as the guest has devices (host_ceiling: true;
   runners/ceiling.py), unless fio itself had its CPUs full there (HOST_BUSY of
@@ -79,6 +84,8 @@ def bound_by(row: pd.Series, limits: Limits) -> str:
     cores = limits.cores_of(row["host"])
     if cores and math.isfinite(host_pct) and host_pct >= HOST_BUSY * 100 * cores:
         return "host cores"
+    if thread_pct(row, "main") >= HOST_BUSY * 100:
+        return "main loop"
     ceiling = storage_ceiling(limits, row)
     if ceiling and row["iops_median"] >= STORAGE_BUSY * ceiling:
         return "storage"
@@ -121,11 +128,13 @@ def section(rows: pd.DataFrame, limits: Limits, images: list[str], table: Table)
              f"guest, each on its own image; the host has {cores} cores. *Gain* is over the "
              "same variant with one device. *Bound by* is what the run saw full: the guest's "
              f"vCPUs (≥ {stats.GUEST_BOUND_PCT:.0f}% busy), the host's cores (QEMU at ≥ "
-             f"{HOST_BUSY:.0%} of all of them), the storage (≥ {STORAGE_BUSY:.0%} of fio on "
-             "the host with one job per image, as many images as devices, when fio itself "
-             "was not CPU-bound), else *not saturated*. The vCPU and I/O threads' CPU "
-             "(percent of one core, all such threads together; an I/O thread is a data-plane "
-             "thread or an iothread) shows whether one kind of QEMU thread was full."]
+             f"{HOST_BUSY:.0%} of all of them), QEMU's main loop (its one thread, which serves "
+             f"every device under the global mutex, at ≥ {HOST_BUSY:.0%} of a core), the "
+             f"storage (≥ {STORAGE_BUSY:.0%} of fio on the host with one job per image, as "
+             "many images as devices, when fio itself was not CPU-bound), else *not "
+             "saturated*. The vCPU, main-loop and I/O threads' CPU (percent of one core, all "
+             "such threads together; an I/O thread is a data-plane thread or an iothread) "
+             "shows whether one kind of QEMU thread was full."]
     for key, frame in rows.groupby(SCALING_KEYS, sort=False):
         parts += [_heading(dict(zip(SCALING_KEYS, key))), _table(frame, table)]
     parts += [f"![{name}](plots/{name})" for name in images]
@@ -141,15 +150,19 @@ def _table(frame: pd.DataFrame, table: Table) -> str:
     rows = [[r.variant, int(r.devices), _num(r.iops_median), _times(r.gain),
              _num(r.cpu_us_per_io_median, 1), _num(r.guest_cpu_pct_median),
              _num(r.host_cpu_pct_median), _num(thread_pct(r, "vcpu")),
-             _num(thread_pct(r, "iothread")), r.bound_by] for r in frame.itertuples(index=False)]
+             _num(thread_pct(r, "main")), _num(thread_pct(r, "iothread")), r.bound_by]
+            for r in frame.itertuples(index=False)]
     return table(["variant", "devices", "IOPS", "gain", "host CPU µs per I/O", "guest CPU %",
-                  "QEMU CPU % of a core", "vCPU threads %", "I/O threads %", "bound by"], rows)
+                  "QEMU CPU % of a core", "vCPU threads %", "main loop %", "I/O threads %",
+                  "bound by"], rows)
 
 
 def thread_pct(row, kind: str) -> float:
     """CPU of one thread kind (threads.THREAD_KINDS) in percent of a core: its µs per I/O
-    times the IOPS (the data-plane threads or iothreads together, the vCPUs together)."""
-    return getattr(row, f"cpu_us_per_io_{kind}_median") * row.iops_median / 1e4
+    times the IOPS (the data-plane threads or iothreads together, the vCPUs together);
+    NaN where the run has no thread split (the comparison with it is then false)."""
+    value = getattr(row, f"cpu_us_per_io_{kind}_median", math.nan)
+    return float(value) * float(row.iops_median) / 1e4
 
 
 def _num(value: float, digits: int = 0) -> str:

@@ -68,7 +68,7 @@ def test_the_report_has_the_section_and_the_figure(run_dir):
     section = text.split("## Scaling with devices")[1].split("\n## ")[0]
     assert "| dataplane | 4 | " in section and "| storage |" in section
     # the I/O threads' CPU: their µs per I/O × IOPS (half of QEMU's 120%; IOPS 2% up)
-    assert "| 8,160 | 5.33× | 150.0 | 50 | 120 | — | 61 | storage |" in section
+    assert "| 8,160 | 5.33× | 150.0 | 50 | 120 | — | — | 61 | storage |" in section
     assert "![scaling.png](plots/scaling.png)" in section
     assert (run_dir / "plots" / "scaling.png").stat().st_size > 10_000
     # the per-iodepth summary never pools two device counts
@@ -115,3 +115,19 @@ def test_a_ceiling_where_fio_had_its_cpu_full_is_not_the_storages(run_dir):
     idle = scaling.Limits(2, stats.host_ceiling(pd.concat([frame, busy.assign(
         host_cpu_pct=120.0, cpu_us_per_io=120.0 * 1e4 / busy["iops"])])))
     assert scaling.bound_by(four, idle) == "storage"     # fio had CPU to spare: the storage's
+
+
+def test_a_full_main_loop_bounds_the_point(run_dir):
+    """The baseline's one main-loop thread at a full core (as under KVM, where the vCPUs run
+    outside the global mutex) is what bounds it, before any storage verdict."""
+    frame = ResultsStore(run_dir).load()
+    base = frame["variant"] == "baseline"
+    frame.loc[base, "cpu_us_per_io_main"] = 95.0 * 1e4 / frame.loc[base, "iops"]
+    frame.loc[~base, "cpu_us_per_io_main"] = 20.0 * 1e4 / frame.loc[~base, "iops"]
+    limits = scaling.Limits(8, stats.host_ceiling(frame))
+    rows = scaling.scaling_rows(stats.summarize(frame), limits)
+    found = {(r.variant, r.devices): r.bound_by for r in rows.itertuples()}
+    assert found[("baseline", 1)] == found[("baseline", 2)] == "main loop"
+    assert found[("baseline", 4)] == "guest CPU"          # the guest's vCPUs come first
+    assert found[("dataplane", 2)] == "storage"   # its main loop at 20% is not full: next rule
+    assert scaling.thread_pct(rows.iloc[0], "main") == pytest.approx(95.0)
