@@ -13,7 +13,11 @@ samples give the CPU seconds of each kind of thread between them (`split`):
   (``CPU 0/TCG``, ``CPU 0/KVM``).  Under single-threaded TCG one thread runs
   every vCPU; on the 2012 tree under TCG that is its TCG thread.
 * ``main``     — the main loop: the thread whose id is the process id (unless
-  QMP says it runs a vCPU, then it counts as ``vcpu``).
+  it is the only thread QMP names for the vCPUs: then they run in it, and it
+  counts as ``vcpu``).  The 2012 tree under TCG with several vCPUs names the
+  main thread beside its TCG thread: a vCPU created after the TCG thread
+  started keeps the id of the thread that created it (cpus.c sets the ids of
+  the vCPUs it finds when it starts), so there it stays ``main``.
 * ``iothread`` — the thread that serves the disk outside the main loop: the
   2012 data plane's thread when it is named ``dataplane``, or a modern
   ``-object iothread`` (named ``IO <id>``; not ``IO mon_iothread``, QMP's own).
@@ -236,10 +240,13 @@ def sample_on(host, pid: int | None) -> Sample | None:
 
 def classify(tid: int, name: str, pid: int, vcpu_tids: Iterable[int] = ()) -> str:
     """The kind (THREAD_KINDS) of one thread; see the module docstring."""
-    if tid in set(vcpu_tids) or (name.startswith("CPU ") and name.endswith(_VCPU_SUFFIXES)):
+    vcpus = set(vcpu_tids)
+    if name.startswith("CPU ") and name.endswith(_VCPU_SUFFIXES):
         return "vcpu"
     if tid == pid:
-        return "main"
+        return "vcpu" if vcpus == {pid} else "main"
+    if tid in vcpus:
+        return "vcpu"
     if name == DATAPLANE_THREAD or (name.startswith("IO ") and name != MONITOR_IOTHREAD):
         return "iothread"
     return "other"

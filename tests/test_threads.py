@@ -49,6 +49,8 @@ def test_parse_stat_names_with_spaces_and_parentheses():
 @pytest.mark.parametrize("tid, name, vcpus, kind", [
     (100, "qemu-system-x86", (), "main"),
     (100, "qemu-system-x86", (100,), "vcpu"),      # QMP says the main thread runs the vCPU
+    (100, "qemu-system-x86", (101, 100), "main"),  # 2012 TCG, 2 vCPUs: the 2nd's id is stale
+    (101, "qemu-system-x86", (101, 100), "vcpu"),  # … and the TCG thread runs both
     (101, "qemu-system-x86", (101,), "vcpu"),      # the 2012 tree: ids from query-cpus only
     (102, "CPU 0/TCG", (), "vcpu"),
     (103, "CPU 3/KVM", (), "vcpu"),
