@@ -117,10 +117,16 @@ def fio_argv(workload: Workload, runtime_s: int, ramp_s: int,
     if len(devices) == 1:
         return ["fio", f"--name={workload.label}", f"--filename={devices[0]}", *options,
                 "--group_reporting", "--randrepeat=0", "--output-format=json"]
-    jobs = [arg for index, path in enumerate(devices)
+    return ["fio", *options, "--randrepeat=0", "--output-format=json+",
+            *device_jobs(workload, devices, vcpus)]
+
+
+def device_jobs(workload: Workload, paths, vcpus: int = 1) -> list[str]:
+    """fio's job options for one job per device (after the global options): its name,
+    its file and, with several vCPUs, its vCPU (round-robin)."""
+    return [arg for index, path in enumerate(paths)
             for arg in (f"--name={device_job(workload, index)}", f"--filename={path}",
                         *([f"--cpus_allowed={index % vcpus}"] if vcpus > 1 else []))]
-    return ["fio", *options, "--randrepeat=0", "--output-format=json+", *jobs]
 
 
 def device_job(workload: Workload, index: int) -> str:

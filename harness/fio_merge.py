@@ -53,9 +53,8 @@ def merged_metrics(fio_json: dict, rw: str, percentiles: Mapping[str, str]) -> d
     """IOPS, MiB/s, latencies (µs) over every device's jobs; see the module docstring.
 
     percentiles: column → fio's percentile text (results.PERCENTILES)."""
-    jobs = _jobs(fio_json)
-    sides = {d: [job.get(d, {}) for job in jobs] for d in ("read", "write")}
-    blocks = _latency_blocks(fio_json, rw)
+    sides = _sides(fio_json)
+    blocks = _latency_blocks(sides, rw)
     iops = sum(float(side.get("iops", 0.0)) for d in sides for side in sides[d])
     bw_kib = sum(float(side.get("bw", 0.0)) for d in sides for side in sides[d])
     runtime = max(float(side.get("runtime", 0)) for d in sides for side in sides[d])
@@ -69,14 +68,19 @@ def merged_metrics(fio_json: dict, rw: str, percentiles: Mapping[str, str]) -> d
 
 def merged_percentiles(fio_json: dict, rw: str, percents: list[float]) -> dict[float, float]:
     """Latency (µs) at each percent over every device's requests (the latency CDF's)."""
-    bins = merged_bins(_latency_blocks(fio_json, rw))
+    bins = merged_bins(_latency_blocks(_sides(fio_json), rw))
     return {percent: percentile_ns(bins, percent) / 1000.0 for percent in percents}
 
 
-def _latency_blocks(fio_json: dict, rw: str) -> list[dict]:
+def _sides(fio_json: dict) -> dict[str, list[dict]]:
+    """Every job's read and write results, by direction."""
+    jobs = _jobs(fio_json)
+    return {d: [job.get(d, {}) for job in jobs] for d in ("read", "write")}
+
+
+def _latency_blocks(sides: dict[str, list[dict]], rw: str) -> list[dict]:
     """Every job's latency block of the side the row reports (the reads', unless only
     writes were done)."""
-    sides = {d: [job.get(d, {}) for job in _jobs(fio_json)] for d in ("read", "write")}
     read_ios = sum(int(side.get("total_ios", 0)) for side in sides["read"])
     direction = "read" if (rw in _MIXED or read_ios) else "write"
     return [b for side in sides[direction] if (b := _latency_block(side))]

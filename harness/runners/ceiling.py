@@ -21,7 +21,7 @@ from typing import Any
 from ..config import parse_size
 from ..devices import device_counts, image_paths
 from ..errors import InfraError, UserError
-from ..fio_jobs import device_job
+from ..fio_jobs import device_jobs
 from ..matrix import Point, Workload, workloads
 from ..hosts.executor import LOCAL, Executor
 from ..results import HOST_VARIANT, parse_fio_output, row_from_fio
@@ -40,9 +40,7 @@ def host_fio_argv(disk_paths: tuple[Path, ...], workload: Workload, runtime_s: i
     if len(disk_paths) == 1:
         return ["fio", "--name=ceiling", f"--filename={disk_paths[0]}", *options,
                 "--group_reporting", "--output-format=json"]
-    jobs = [arg for index, path in enumerate(disk_paths)
-            for arg in (f"--name={device_job(workload, index)}", f"--filename={path}")]
-    return ["fio", *options, "--output-format=json+", *jobs]
+    return ["fio", *options, "--output-format=json+", *device_jobs(workload, disk_paths)]
 
 
 def host_fio_ceiling(disk_path: str | os.PathLike, workload: Workload, runtime_s: int, *,
